@@ -1,0 +1,98 @@
+"""All configuration, read once: ``ORCH_*`` environment variables, overridden by flags.
+
+This is the only module that reads the environment. Everything else receives a ``Settings``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+PREFIX = "ORCH_"
+DEFAULT_VLLM_MODEL = "qwen3.6-35b-a3b-mxfp4"
+ENGINES = ("auto", "embedded", "openai", "vllm", "scripted")
+
+
+class ConfigError(ValueError):
+    """A setting has a value that cannot be used; the message names the variable."""
+
+
+def _default_data_dir() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return str(Path(base) / "orchestrator")
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Typed settings. Each field ``x`` is read from ``ORCH_X``."""
+
+    data_dir: str = msgspec.field(default_factory=_default_data_dir)
+    # The model: one engine and one model per run, recorded in the plan.
+    engine: str = "auto"
+    model: str = ""
+    openai_base_url: str = ""
+    openai_api_key: str = ""
+    vllm_model: str = DEFAULT_VLLM_MODEL
+    vllm_model_source: str = ""
+    vllm_replicas: int = 1
+    vllm_gpus: int = 1
+    max_streams: int = 4  # concurrent model streams per engine replica (backpressure beyond)
+    model_timeout: float = 120.0
+    # Agent steps.
+    step_turns: int = 6
+    step_max_tokens: int = 512
+    context_tokens: int = 2048
+    # The API.
+    host: str = "127.0.0.1"
+    port: int = 8765
+    token: str = ""
+    repo_roots: tuple[str, ...] = ()
+    chat_webhook_url: str = ""
+    personas_dir: str = ""
+    max_request_bytes: int = 1_000_000
+    # A plain directory (not git) is copied into the run's data up to this size.
+    copy_limit_bytes: int = 50_000_000
+
+    @property
+    def events_path(self) -> Path:
+        return Path(self.data_dir) / "events.duckdb"
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from the environment, with non-None ``overrides`` (flags) winning."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, field_type in _FIELDS.items():
+            raw = env.get(PREFIX + name.upper())
+            if raw is not None and raw != "":
+                values[name] = _cast(name, raw, field_type)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            settings = msgspec.convert(values, cls)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"bad setting: {exc}") from None
+        if settings.engine not in ENGINES:
+            raise ConfigError(
+                f"{PREFIX}ENGINE={settings.engine!r} is not one of {', '.join(ENGINES)}"
+            )
+        return settings
+
+
+_FIELDS = {f.name: f.type for f in msgspec.structs.fields(Settings)}
+
+
+def _cast(name: str, raw: str, field_type: Any) -> Any:
+    var = PREFIX + name.upper()
+    try:
+        if field_type is int:
+            return int(raw)
+        if field_type is float:
+            return float(raw)
+        if field_type == tuple[str, ...]:
+            return tuple(p for p in raw.split(os.pathsep) if p)
+    except ValueError:
+        raise ConfigError(f"{var}={raw!r} is not a valid {field_type.__name__}") from None
+    return raw

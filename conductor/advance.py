@@ -1,0 +1,120 @@
+"""What a run does next, decided from its folded state alone.
+
+The ``FlowRun`` actor folds its events and carries out these decisions; it decides nothing
+itself. A live run and a resumed run therefore take the same path through the flow.
+
+Order within a run: steps of wave *w* start once every step of earlier waves is terminal, its
+citations are checked, and any earlier validator's verdicts are applied. A retryable failure is
+tried again up to ``max_attempts``; a step that stays failed does not stop the run. When every
+step is terminal the report is rendered, then the run finishes.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from conductor.state import RunState, StepState
+
+MAX_ATTEMPTS = 3
+
+
+class Dispatch(msgspec.Struct, frozen=True, tag=True):
+    """Run (or, with ``resume``, pick up again) one attempt of a step."""
+
+    step_id: str
+    attempt: int
+    resume: bool = False
+
+
+class CheckEvidence(msgspec.Struct, frozen=True, tag=True):
+    """Check a finished step's citations against the snapshot."""
+
+    step_id: str
+
+
+class ApplyVerdicts(msgspec.Struct, frozen=True, tag=True):
+    """Parse a finished validator step and apply its verdicts to the surviving findings."""
+
+    step_id: str
+
+
+class Render(msgspec.Struct, frozen=True, tag=True):
+    """Render the report from the run's state."""
+
+
+class Finish(msgspec.Struct, frozen=True, tag=True):
+    """Close the run."""
+
+    failed_steps: int = 0
+
+
+Decision = Dispatch | CheckEvidence | ApplyVerdicts | Render | Finish
+
+
+def will_retry(st: StepState, max_attempts: int = MAX_ATTEMPTS) -> bool:
+    return st.status == "failed" and st.retryable and st.attempt < max_attempts
+
+
+def is_terminal(st: StepState, max_attempts: int = MAX_ATTEMPTS) -> bool:
+    return st.status == "finished" or (st.status == "failed" and not will_retry(st, max_attempts))
+
+
+def _settled(state: RunState, st: StepState, max_attempts: int) -> bool:
+    """Terminal, and everything that follows from its end has been recorded."""
+    if not is_terminal(st, max_attempts):
+        return False
+    if st.status == "finished":
+        if st.evidence is None:
+            return False
+        if st.step.role == "validator" and st.step_id not in state.verdicts:
+            return False
+    return True
+
+
+def advance(
+    state: RunState, *, resume: bool = False, max_attempts: int = MAX_ATTEMPTS
+) -> list[Decision]:
+    """The decisions to carry out now; an empty list means wait for a step to end.
+
+    With ``resume`` (a restarted server), steps that were in flight are dispatched again with
+    the attempt they had, so the agent can continue from the committed text.
+    """
+    if state.terminal or state.plan is None:
+        return []
+    if state.report is not None:
+        return [Finish(failed_steps=sum(st.status == "failed" for st in state.steps.values()))]
+
+    decisions: list[Decision] = []
+    for st in state.steps.values():
+        if st.status == "finished" and st.evidence is None:
+            decisions.append(CheckEvidence(st.step_id))
+        elif (
+            st.status == "finished"
+            and st.step.role == "validator"
+            and st.evidence is not None
+            and st.step_id not in state.verdicts
+        ):
+            decisions.append(ApplyVerdicts(st.step_id))
+    if decisions:
+        return decisions
+
+    for st in state.steps.values():
+        if resume and st.in_flight:
+            decisions.append(Dispatch(st.step_id, st.attempt, resume=True))
+        elif will_retry(st, max_attempts):
+            decisions.append(Dispatch(st.step_id, st.attempt + 1))
+
+    waves = sorted({st.step.wave for st in state.steps.values()})
+    for wave in waves:
+        earlier = [st for st in state.steps.values() if st.step.wave < wave]
+        if not all(_settled(state, st, max_attempts) for st in earlier):
+            break
+        for st in state.steps.values():
+            if st.step.wave == wave and st.status == "planned":
+                decisions.append(Dispatch(st.step_id, 1))
+    if decisions:
+        return decisions
+
+    if all(_settled(state, st, max_attempts) for st in state.steps.values()):
+        return [Render()]
+    return []

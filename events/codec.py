@@ -1,0 +1,71 @@
+"""The one place where events become bytes and bytes become events."""
+
+from __future__ import annotations
+
+import msgspec
+
+from events.errors import DecodeError
+from events.types import KINDS, SCHEMA_VERSION, AgentEvent
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(AgentEvent)
+_probe = msgspec.json.Decoder(dict)
+
+
+def encode(event: AgentEvent) -> bytes:
+    """Encode one event as compact JSON."""
+    return _encoder.encode(event)
+
+
+def decode(data: bytes | str) -> AgentEvent:
+    """Decode one event, failing with a message that names what is wrong.
+
+    An unknown ``kind`` and a schema version newer than this build are named as such, so a
+    reader running old code says why it cannot read a newer log instead of a field error.
+    """
+    try:
+        event = _decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise DecodeError(_explain(data, exc)) from None
+    if event.v > SCHEMA_VERSION:
+        raise DecodeError(
+            f"event schema version {event.v} is newer than this build reads ({SCHEMA_VERSION}); "
+            "upgrade orchestrator to read this log"
+        )
+    return event
+
+
+def _explain(data: bytes | str, exc: Exception) -> str:
+    try:
+        raw = _probe.decode(data)
+    except msgspec.DecodeError:
+        return f"not a JSON event object: {exc}"
+    kind = raw.get("kind")
+    if kind is None:
+        return "event has no 'kind' field"
+    if kind not in KINDS:
+        return f"unknown event kind {kind!r}"
+    version = raw.get("v", SCHEMA_VERSION)
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        return (
+            f"event schema version {version} of kind {kind!r} is newer than this build reads "
+            f"({SCHEMA_VERSION}); upgrade orchestrator to read this log"
+        )
+    return f"invalid {kind!r} event: {exc}"
+
+
+def validate(event: object) -> AgentEvent:
+    """Check that an in-memory object is a well-formed event (types and constraints).
+
+    Round-tripping through the encoder re-runs msgspec's type checks, which plain struct
+    construction skips.
+    """
+    try:
+        return decode(_encoder.encode(event))
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise DecodeError(f"cannot encode {type(event).__name__}: {exc}") from None
+
+
+def schema() -> dict:
+    """The JSON Schema of the event union, for TypeScript clients."""
+    return msgspec.json.schema(AgentEvent)
