@@ -1,0 +1,316 @@
+"""The ``FlowRun`` actor: an event-sourced supervisor for one run.
+
+Its state is the fold of its own events. It asks ``conductor.advance`` what to do, carries that
+out (dispatch a step to an agent, check evidence, apply the validator's verdicts, render, finish)
+and folds the events that result. It decides nothing itself, so a run resumed after a restart
+takes the same path as a live one. Every event it appends has a key derived from the decision,
+so a decision carried out twice (before and after a crash) is written once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from typing import Any
+
+import ray
+
+from actors.config import Settings
+from actors.runtime import Names
+from actors.step_runner import ModelPort, StepOutcome, StepSpec
+from conductor.advance import ApplyVerdicts, CheckEvidence, Dispatch, Finish, Render, advance
+from conductor.state import RunState, apply, fold
+from events.types import (
+    AgentEvent,
+    EvidenceChecked,
+    ReportRendered,
+    RunCancelled,
+    RunFailed,
+    RunFinished,
+    StepFailed,
+    StepQueued,
+)
+
+# How long a cancelled step may take to stop before the run is closed anyway.
+CANCEL_GRACE_S = 1.0
+
+
+@ray.remote(max_restarts=0, num_cpus=0, max_concurrency=1000)
+class FlowRun:
+    def __init__(
+        self,
+        names: Names,
+        settings: Settings,
+        run_id: str,
+        model: ModelPort,
+        resumed: bool = False,
+    ):
+        self._names, self._settings, self._run_id = names, settings, run_id
+        self._model, self._resumed = model, resumed
+        self._state: RunState | None = None
+        self._inflight: dict[str, tuple[Any, asyncio.Task]] = {}
+        self._done = asyncio.Event()
+        self._cancel_reason: str | None = None
+        self._task: asyncio.Task | None = None
+        self._agents = None
+        self._rr = itertools.count()
+        self._snapshot = None
+        self._personas = None
+        self._last_seq = 0
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._main())
+
+    async def wait(self, timeout: float | None = None) -> str:
+        try:
+            await asyncio.wait_for(self._done.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        return self._state.status if self._state else "requested"
+
+    async def status(self) -> str:
+        return self._state.status if self._state else "requested"
+
+    async def cancel(self, reason: str = "") -> bool:
+        """Stop every stream of the run and record the cancellation."""
+        if self._state is not None and self._state.terminal:
+            return False
+        self._cancel_reason = reason or "cancelled"
+        refs = [ref for ref, _ in self._inflight.values()]
+        for ref in refs:
+            ray.cancel(ref)
+        if self._task is not None:
+            self._task.cancel()
+        await self._close_cancelled()
+        return True
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    async def _main(self) -> None:
+        try:
+            await self._catch_up()
+            resume = self._resumed
+            while not self._state.terminal:
+                decisions = advance(self._state, resume=resume)
+                resume = False
+                for decision in decisions:
+                    await self._carry_out(decision)
+                await self._catch_up()
+                if self._state.terminal:
+                    break
+                if not self._inflight:
+                    if advance(self._state):
+                        continue
+                    # Nothing running and nothing to do: the plan cannot go on.
+                    await self._append(
+                        [RunFailed(run_id=self._run_id, ts=time.time(), error="the run stalled: no step can start")],
+                        [f"{self._run_id}/failed"],
+                    )
+                    continue
+                await self._wait_any()
+                await self._catch_up()
+        except asyncio.CancelledError:
+            if self._cancel_reason is None:
+                raise
+        except Exception as exc:  # the run records why it stopped rather than vanishing
+            await self._append(
+                [RunFailed(run_id=self._run_id, ts=time.time(), error=f"{type(exc).__name__}: {exc}")],
+                [f"{self._run_id}/failed"],
+            )
+            await self._catch_up()
+        finally:
+            if self._cancel_reason is None:
+                self._done.set()
+
+    async def _close_cancelled(self) -> None:
+        pending = [t for _, t in self._inflight.values()]
+        if pending:
+            await asyncio.wait(pending, timeout=CANCEL_GRACE_S)
+        await self._catch_up()
+        now = time.time()
+        events: list[AgentEvent] = []
+        keys: list[str] = []
+        for st in self._state.steps.values():
+            if st.in_flight:
+                events.append(
+                    StepFailed(
+                        run_id=self._run_id,
+                        ts=now,
+                        step_id=st.step_id,
+                        attempt=st.attempt,
+                        error="cancelled",
+                        retryable=False,
+                    )
+                )
+                keys.append(f"{self._run_id}/cancel/{st.step_id}/{st.attempt}")
+        events.append(RunCancelled(run_id=self._run_id, ts=now, reason=self._cancel_reason or ""))
+        keys.append(f"{self._run_id}/cancelled")
+        await self._append(events, keys)
+        await self._catch_up()
+        self._done.set()
+
+    async def _wait_any(self) -> None:
+        tasks = [t for _, t in self._inflight.values()]
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for step_id, (_, task) in list(self._inflight.items()):
+            if task in done:
+                del self._inflight[step_id]
+
+    # --- carrying out decisions ---------------------------------------------------------------
+
+    async def _carry_out(self, decision) -> None:
+        match decision:
+            case Dispatch(step_id=step_id, attempt=attempt, resume=resume):
+                await self._dispatch(step_id, attempt, resume)
+            case CheckEvidence(step_id=step_id):
+                from conductor.evidence import check
+
+                st = self._state.steps[step_id]
+                results = check(st.findings, self._snap())
+                await self._append(
+                    [EvidenceChecked(run_id=self._run_id, ts=time.time(), step_id=step_id, results=results)],
+                    [f"{self._run_id}/evidence/{step_id}/{st.attempt}"],
+                )
+            case ApplyVerdicts(step_id=step_id):
+                from conductor.validator import gate
+
+                verdict = gate(self._state, step_id, self._snap())
+                await self._append([verdict], [f"{self._run_id}/verdicts/{step_id}"])
+            case Render():
+                from conductor.report import build_report, render_markdown, report_digest, summary_counts
+
+                report = build_report(self._state, self._snap())
+                counts, recommendation = summary_counts(report)
+                await self._append(
+                    [
+                        ReportRendered(
+                            run_id=self._run_id,
+                            ts=time.time(),
+                            recommendation=recommendation,
+                            counts=counts,
+                            digest=report_digest(render_markdown(report)),
+                        )
+                    ],
+                    [f"{self._run_id}/report"],
+                )
+            case Finish(failed_steps=failed):
+                await self._append(
+                    [RunFinished(run_id=self._run_id, ts=time.time(), failed_steps=failed)],
+                    [f"{self._run_id}/finished"],
+                )
+
+    async def _dispatch(self, step_id: str, attempt: int, resume: bool) -> None:
+        from conductor.findings import output_schema
+        from conductor.prompts import build_messages
+
+        st = self._state.steps[step_id]
+        if step_id in self._inflight:
+            return
+        if not resume:
+            await self._append(
+                [
+                    StepQueued(
+                        run_id=self._run_id,
+                        ts=time.time(),
+                        step_id=step_id,
+                        attempt=attempt,
+                        persona=st.persona,
+                        phase=st.step.phase,
+                    )
+                ],
+                [f"{self._run_id}/queued/{step_id}/{attempt}"],
+            )
+        personas = self._load_personas()
+        budget = max(256, self._settings.context_tokens - self._settings.step_max_tokens)
+        prompt = build_messages(self._state, step_id, self._snap(), personas, budget_tokens=budget)
+        persona = personas.get(st.persona)
+        plan = self._state.plan
+        spec = StepSpec(
+            run_id=self._run_id,
+            step_id=step_id,
+            persona=st.persona,
+            role=st.step.role,
+            attempt=attempt,
+            resume=resume,
+            messages=prompt.messages,
+            final_schema=output_schema(st.step.role, persona),
+            max_tokens=self._settings.step_max_tokens,
+            turn_limit=self._settings.step_turns,
+            repo=self._state.request.repo,
+            commit=plan.commit,
+            work_dir=str(self._names.run_dir(self._run_id)),
+        )
+        agents = self._pool()
+        agent = agents[next(self._rr) % len(agents)]
+        model_app = self._names.model_app(plan.engine, plan.model)
+        ref = agent.run.remote(spec, model_app, self._model)
+        task = asyncio.get_running_loop().create_task(self._await_step(step_id, ref, spec))
+        self._inflight[step_id] = (ref, task)
+
+    async def _await_step(self, step_id: str, ref, spec: StepSpec) -> StepOutcome | None:
+        try:
+            return await ref
+        except ray.exceptions.TaskCancelledError:
+            return None
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+            # The agent died mid-step: the same as a restart. Pick the step up again from
+            # its committed events on another (or the restarted) agent.
+            if self._cancel_reason is not None:
+                return None
+            await self._catch_up()
+            st = self._state.steps[step_id]
+            if st.in_flight:
+                self._inflight.pop(step_id, None)
+                await self._dispatch(step_id, st.attempt, resume=True)
+                _, task = self._inflight[step_id]
+                return await task
+            return None
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def _log(self):
+        if getattr(self, "_log_client", None) is None:
+            from actors.eventlog import LogClient
+
+            self._log_client = LogClient.connect(self._names.eventlog, namespace=self._names.namespace)
+        return self._log_client
+
+    async def _append(self, events: list[AgentEvent], keys: list[str]) -> list[int]:
+        return await self._log().append_async(events, keys)
+
+    async def _catch_up(self) -> None:
+        records = await self._log().read_async(self._last_seq, run_id=self._run_id)
+        if self._state is None:
+            self._state = fold((r.event for r in records), run_id=self._run_id)
+        else:
+            for rec in records:
+                apply(self._state, rec.event)
+        if records:
+            self._last_seq = records[-1].seq
+
+    def _snap(self):
+        if self._snapshot is None:
+            from actors.snapshot import GitSnapshot
+
+            self._snapshot = GitSnapshot.open(
+                self._state.request.repo,
+                self._state.plan.commit,
+                work_dir=str(self._names.run_dir(self._run_id)),
+            )
+        return self._snapshot
+
+    def _load_personas(self):
+        if self._personas is None:
+            from personas import load_personas
+
+            self._personas = load_personas(self._settings.personas_dir or None)
+        return self._personas
+
+    def _pool(self):
+        if self._agents is None:
+            from actors.agent_step import agent_pool
+
+            self._agents = agent_pool(self._names)
+        return self._agents

@@ -1,0 +1,278 @@
+"""``Orchestrator``: starts the shared actors and is the one door for launches and reads.
+
+See ``actors.service`` for the contract the CLI and the API rely on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import ray
+
+from actors.config import Settings
+from actors.runtime import Names, ensure_ray, names_for
+from actors.service import LaunchError, LaunchRequest, NotFound
+from actors.step_runner import ModelPort
+from conductor.state import RunState, fold
+from events.log import Record
+from events.types import RunPlanned, RunRequested, RunResumed
+
+# Long-poll window of a subscription; short enough to notice a closed client promptly.
+POLL_S = 1.0
+
+
+class Orchestrator:
+    def __init__(self, settings: Settings, *, engine: str | None = None, script: Any = None):
+        from actors.eventlog import LogClient, start_event_log
+
+        self.settings = settings
+        self._engine_override = engine
+        self._script = script
+        Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+        self.names: Names = names_for(settings, ensure_ray())
+        handle = start_event_log(
+            str(settings.events_path), name=self.names.eventlog, namespace=self.names.namespace
+        )
+        self.log = LogClient(handle)
+        self._models: dict[str, ModelPort] = {}
+        self._runs: dict[str, Any] = {}
+        self._personas = None
+        self._closed = False
+
+    # --- launching --------------------------------------------------------------------------
+
+    def launch(self, req: LaunchRequest) -> str:
+        """Validate, pin and plan a run, write its first events, and start its FlowRun."""
+        from actors.engines import select_engine
+        from actors.snapshot import SnapshotError, pin
+        from conductor.flows import FLOWS
+        from conductor.plan import plan
+        from conductor.requests import RequestError, validate
+
+        run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        requested = RunRequested(
+            run_id=run_id,
+            ts=time.time(),
+            flow=req.flow,
+            repo=str(Path(req.repo).expanduser().resolve()) if req.repo else "",
+            band=req.band,  # type: ignore[arg-type]
+            base=req.base,
+            focus=req.focus,
+            symptom=req.symptom,
+            text=req.text,
+            paths=tuple(req.paths),
+            personas=tuple(req.personas),
+            engine=req.engine or self._engine_override or self.settings.engine,
+            model=req.model or self.settings.model,
+            origin=req.origin,
+            thread=req.thread,
+        )
+        try:
+            validate(requested, FLOWS)
+        except RequestError as exc:
+            raise LaunchError(str(exc), getattr(exc, "code", "bad_request")) from None
+        engine, model = self._resolve_engine(requested)
+        try:
+            snapshot = pin(
+                requested.repo,
+                base=requested.base,
+                paths=requested.paths,
+                work_dir=self.names.run_dir(run_id),
+                copy_limit_bytes=self.settings.copy_limit_bytes,
+            )
+        except SnapshotError as exc:
+            raise LaunchError(str(exc), "bad_repository") from None
+        planned = plan(
+            requested, snapshot, self._load_personas(), model=model, engine=engine, ts=time.time()
+        )
+        port = self._ensure_model(engine, model)
+        self.log.append([requested, planned], [f"{run_id}/requested", f"{run_id}/planned"])
+        self._start_run(run_id, port, resumed=False)
+        return run_id
+
+    def resume_all(self) -> list[str]:
+        """Pick up every run that is not terminal (after a restart): fold, then advance."""
+        from projections.queries import list_runs
+
+        resumed = []
+        rows = self.log.query_rows(list_runs, status=("requested", "planned", "running"), limit=10_000)
+        for row in rows:
+            run_id = row["run_id"]
+            if run_id in self._runs:
+                continue
+            state = self.state(run_id)
+            if state.terminal or state.plan is None:
+                continue
+            in_flight = tuple(st.step_id for st in state.steps.values() if st.in_flight)
+            self.log.append(
+                [RunResumed(run_id=run_id, ts=time.time(), reason="server restarted", in_flight=in_flight)],
+                [f"{run_id}/resumed/{state.resumes}"],
+            )
+            port = self._ensure_model(state.plan.engine, state.plan.model)
+            self._start_run(run_id, port, resumed=True)
+            resumed.append(run_id)
+        return resumed
+
+    def _start_run(self, run_id: str, port: ModelPort, *, resumed: bool) -> None:
+        from actors.flow_run import FlowRun
+
+        actor = FlowRun.options(
+            name=self.names.flow_run(run_id), namespace=self.names.namespace, get_if_exists=True
+        ).remote(self.names, self.settings, run_id, port, resumed)
+        ray.get(actor.start.remote())
+        self._runs[run_id] = actor
+
+    def _resolve_engine(self, requested: RunRequested) -> tuple[str, str]:
+        from actors.engines import select_engine
+
+        settings = msgspec.structs.replace(
+            self.settings, engine=requested.engine, model=requested.model
+        )
+        try:
+            return select_engine(settings)
+        except ValueError as exc:
+            raise LaunchError(str(exc), "bad_engine") from None
+
+    def _ensure_model(self, engine: str, model: str) -> ModelPort:
+        from actors.model import start_model
+
+        key = self.names.model_app(engine, model)
+        if key not in self._models:
+            settings = msgspec.structs.replace(self.settings, engine=engine, model=model)
+            caps = start_model(settings, engine=engine, script=self._script, name=key)
+            self._models[key] = ModelPort(
+                supports_tools=caps.supports_tools, supports_continue=caps.supports_continue
+            )
+        return self._models[key]
+
+    def _load_personas(self):
+        if self._personas is None:
+            from personas import load_personas
+
+            self._personas = load_personas(self.settings.personas_dir or None)
+        return self._personas
+
+    # --- controlling ------------------------------------------------------------------------
+
+    def wait(self, run_id: str, timeout: float | None = None) -> str:
+        actor = self._actor(run_id)
+        if actor is None:
+            return self.state(run_id).status
+        return ray.get(actor.wait.remote(timeout))
+
+    def cancel(self, run_id: str, reason: str = "") -> bool:
+        state = self.state(run_id)
+        if state.terminal:
+            return False
+        actor = self._actor(run_id)
+        if actor is not None:
+            return ray.get(actor.cancel.remote(reason))
+        from events.types import RunCancelled
+
+        self.log.append(
+            [RunCancelled(run_id=run_id, ts=time.time(), reason=reason or "cancelled")],
+            [f"{run_id}/cancelled"],
+        )
+        return True
+
+    def _actor(self, run_id: str):
+        if run_id in self._runs:
+            return self._runs[run_id]
+        try:
+            return ray.get_actor(self.names.flow_run(run_id), namespace=self.names.namespace)
+        except ValueError:
+            return None
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def state(self, run_id: str) -> RunState:
+        records = self.log.read(0, run_id=run_id)
+        if not records:
+            raise NotFound(f"no run {run_id!r}")
+        return fold((r.event for r in records), run_id=run_id)
+
+    def events(self, run_id: str | None, after: int = 0, limit: int = 1000) -> list[Record]:
+        if run_id is not None and not self.log.read(0, run_id=run_id, limit=1):
+            raise NotFound(f"no run {run_id!r}")
+        return self.log.read(after, run_id=run_id, limit=limit)
+
+    async def subscribe(self, run_id: str | None, after: int = 0) -> AsyncIterator[list[Record]]:
+        """Committed records after ``after``: the catch-up, then live, until the caller stops."""
+        last = after
+        while True:
+            records = await self.log.poll_async(last, run_id=run_id, timeout=POLL_S)
+            if records:
+                last = records[-1].seq
+                yield records
+            else:
+                await asyncio.sleep(0)
+
+    def runs(self, **filters: Any) -> list[dict]:
+        from projections.queries import list_runs
+
+        return self.log.query_rows(list_runs, **filters)
+
+    def run(self, run_id: str) -> dict:
+        from projections.queries import get_run, get_steps
+
+        run = self.log.query_rows(get_run, run_id=run_id)
+        if not run:
+            raise NotFound(f"no run {run_id!r}")
+        steps = self.log.query_rows(get_steps, run_id=run_id)
+        return {"run": run[0], "steps": steps, "seq": self.log.max_seq()}
+
+    def report(self, run_id: str, fmt: str = "md") -> str:
+        from conductor.report import build_report, render_html, render_json, render_markdown
+
+        renderers = {"md": render_markdown, "json": render_json, "html": render_html}
+        if fmt not in renderers:
+            raise LaunchError(f"unknown report format {fmt!r}: use md, json or html", "bad_format")
+        state = self.state(run_id)
+        if state.report is None:
+            raise LaunchError(f"run {run_id} has no report yet (status {state.status})", "not_ready")
+        return renderers[fmt](build_report(state, self._snapshot(state)))
+
+    def _snapshot(self, state: RunState):
+        from actors.snapshot import GitSnapshot, SnapshotError
+
+        try:
+            return GitSnapshot.open(
+                state.request.repo, state.plan.commit, work_dir=str(self.names.run_dir(state.run_id))
+            )
+        except SnapshotError:
+            return None  # the report renders from the events alone
+
+    def flows(self) -> list[dict]:
+        from conductor.flows import FLOWS
+
+        return [msgspec.to_builtins(f) for f in FLOWS.values()]
+
+    def personas(self) -> list[dict]:
+        return [
+            msgspec.to_builtins(p) for p in sorted(self._load_personas().values(), key=lambda p: p.name)
+        ]
+
+    def analytics(self) -> dict[str, list[dict]]:
+        from projections.analytics import analytics
+
+        return self.log.query_rows(analytics)
+
+    def send_report(self, run_id: str, request_id: str) -> dict:
+        raise LaunchError("sending to chat is served by the API layer", "not_supported")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for actor in list(self._runs.values()):
+            try:
+                ray.kill(actor)
+            except Exception:
+                pass
+        self.log.checkpoint()

@@ -1,0 +1,401 @@
+"""One agent step: stream the model, let it call read-only tools, write every fact to the log.
+
+Plain asyncio, no Ray: ``AgentStep`` (the actor) is a thin shell around ``run_step``. The step
+is rebuilt from its own committed events whenever it starts, so a step picked up after a crash
+replays its tool results from the log instead of calling the tools again, and continues its
+last committed text when the engine can continue a partial answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import msgspec
+
+from events.log import Record
+from events.types import (
+    AgentEvent,
+    OutputDelta,
+    StepFailed,
+    StepFinished,
+    StepStarted,
+    ToolCalled,
+    ToolDenied,
+    ToolResult,
+)
+
+Append = Callable[[Sequence[AgentEvent], Sequence[str]], Awaitable[list[int]]]
+ReadStep = Callable[[str, str], Awaitable[list[Record]]]
+
+
+class StepSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything an agent needs to run one attempt of one step."""
+
+    run_id: str
+    step_id: str
+    persona: str
+    role: str
+    attempt: int
+    resume: bool = False
+    messages: list[dict[str, Any]]
+    final_schema: dict[str, Any] | None = None
+    max_tokens: int = 512
+    turn_limit: int = 6
+    # Where the pinned snapshot lives, so the tools read the same commit on any agent.
+    repo: str
+    commit: str
+    work_dir: str
+    # Coalescing of output deltas: flush after this long or this many characters.
+    flush_seconds: float = 0.02
+    flush_chars: int = 512
+
+
+class StepOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    step_id: str
+    attempt: int
+    status: str  # "finished" | "failed"
+    error: str = ""
+
+
+class _Committed(msgspec.Struct, kw_only=True):
+    """What the log already holds for one attempt of a step."""
+
+    attempt: int
+    events: int = 0
+    started: int = 0
+    text: str = ""
+    turn_texts: dict[int, str] = {}
+    calls: list[ToolCalled] = []
+    outcomes: dict[str, ToolResult | ToolDenied] = {}
+    ended: bool = False
+
+
+def _committed(records: Sequence[Record], attempt: int) -> _Committed:
+    c = _Committed(attempt=attempt)
+    for rec in records:
+        ev = rec.event
+        if getattr(ev, "attempt", None) != attempt:
+            continue
+        c.events += 1
+        match ev:
+            case StepStarted():
+                c.started += 1
+                c.text = c.text[: ev.continued_from]
+            case OutputDelta():
+                c.text = c.text[: ev.offset] + ev.text
+                c.turn_texts[ev.turn] = c.turn_texts.get(ev.turn, "") + ev.text
+            case ToolCalled():
+                c.calls.append(ev)
+            case ToolResult() | ToolDenied():
+                c.outcomes[ev.call_id] = ev
+            case StepFinished() | StepFailed():
+                c.ended = True
+    return c
+
+
+class _Writer:
+    """Appends a step's events with deterministic idempotency keys.
+
+    Keys count this attempt's events in the log, so an agent that takes over after a crash
+    continues the numbering, and an append retried after the log actor restarts is not
+    written twice.
+    """
+
+    def __init__(self, append: Append, spec: StepSpec, attempt: int, already: int):
+        self._append = append
+        self._prefix = f"{spec.run_id}/{spec.step_id}/{attempt}/"
+        self._n = already
+
+    async def write(self, *events: AgentEvent) -> list[int]:
+        keys = []
+        for _ in events:
+            keys.append(f"{self._prefix}{self._n}")
+            self._n += 1
+        return await self._append(list(events), keys)
+
+
+class _Coalescer:
+    """Gathers streamed text and writes it as few, prompt ``OutputDelta`` events."""
+
+    def __init__(self, writer: _Writer, spec: StepSpec, attempt: int, offset: int, turn: int):
+        self._w, self._spec, self._attempt = writer, spec, attempt
+        self.offset = offset  # where the next flushed chunk starts in the attempt's text
+        self.turn = turn
+        self._buf: list[str] = []
+        self._tokens = 0
+        self._since: float | None = None
+
+    async def add(self, text: str, tokens: int) -> None:
+        if not text and not tokens:
+            return
+        self._buf.append(text)
+        self._tokens += tokens
+        now = time.monotonic()
+        if self._since is None:
+            self._since = now
+        if (
+            now - self._since >= self._spec.flush_seconds
+            or sum(map(len, self._buf)) >= self._spec.flush_chars
+        ):
+            await self.flush()
+
+    async def flush(self) -> None:
+        text = "".join(self._buf)
+        if text or self._tokens:
+            await self._w.write(
+                OutputDelta(
+                    run_id=self._spec.run_id,
+                    ts=time.time(),
+                    step_id=self._spec.step_id,
+                    attempt=self._attempt,
+                    text=text,
+                    offset=self.offset,
+                    turn=self.turn,
+                    tokens=self._tokens,
+                )
+            )
+            self.offset += len(text)
+        self._buf, self._tokens, self._since = [], 0, None
+
+
+class ModelPort(msgspec.Struct, frozen=True, kw_only=True):
+    """What a step needs to know of the model it calls."""
+
+    supports_tools: bool
+    supports_continue: bool
+
+
+async def run_step(
+    spec: StepSpec,
+    *,
+    append: Append,
+    read_step: ReadStep,
+    stream: Callable[[Any], AsyncIterator[Any]],
+    model: ModelPort,
+    tools: Any,
+) -> StepOutcome:
+    """Run (or pick up again) one attempt of a step; every fact goes to the log first."""
+    from actors.engines.base import ChatRequest, EngineError
+    from actors.tools import TOOL_SPECS, call_schema, outcome_event
+    from conductor.findings import parse_output
+
+    records = await read_step(spec.run_id, spec.step_id)
+    attempt = spec.attempt
+    done = _committed(records, attempt)
+    if done.ended:
+        return StepOutcome(step_id=spec.step_id, attempt=attempt, status="finished")
+    keep = done.text if spec.resume else ""
+    if (keep or done.calls) and not model.supports_continue:
+        # The engine cannot continue a partial answer: start a new attempt, visibly.
+        attempt += 1
+        done, keep = _committed(records, attempt), ""
+    writer = _Writer(append, spec, attempt, done.events)
+    await writer.write(
+        StepStarted(
+            run_id=spec.run_id,
+            ts=time.time(),
+            step_id=spec.step_id,
+            attempt=attempt,
+            continued_from=len(keep),
+            worker=_worker_name(),
+        )
+    )
+
+    native_tools = model.supports_tools
+    schema = spec.final_schema if native_tools else call_schema(spec.final_schema)
+    messages = list(spec.messages)
+    # Replay committed turns: the model's text of each finished turn and its tool outcomes.
+    turn = 0
+    for call in done.calls:
+        outcome = done.outcomes.get(call.call_id)
+        if outcome is None:
+            outcome = outcome_event(
+                tools.call(call.tool, dict(call.args)),
+                run_id=spec.run_id,
+                step_id=spec.step_id,
+                attempt=attempt,
+                call_id=call.call_id,
+                tool=call.tool,
+                args=dict(call.args),
+                ts=time.time(),
+            )
+            await writer.write(outcome)
+        messages += _tool_messages(done.turn_texts.get(call.turn, ""), call, outcome, native_tools)
+        turn = call.turn + 1
+    partial = done.turn_texts.get(turn, "") if keep else ""
+
+    tokens_in = tokens_out = 0
+    coalescer = _Coalescer(writer, spec, attempt, len(keep), turn)
+    try:
+        while True:
+            request = ChatRequest(
+                messages=messages + ([{"role": "assistant", "content": partial}] if partial else []),
+                tools=TOOL_SPECS if native_tools else None,
+                response_schema=None if native_tools else schema,
+                max_tokens=spec.max_tokens,
+                temperature=0.0,
+                continue_final=bool(partial),
+            )
+            text, calls = partial, []
+            async for delta in stream(request):
+                if delta.text or delta.tokens:
+                    text += delta.text
+                    await coalescer.add(delta.text, delta.tokens)
+                calls.extend(delta.tool_calls or ())
+                if delta.usage is not None:
+                    tokens_in += delta.usage.prompt_tokens
+                    tokens_out += delta.usage.completion_tokens
+            await coalescer.flush()
+            partial = ""
+            wanted = _wanted_call(text, calls, native_tools, turn)
+            if wanted is None or turn + 1 >= spec.turn_limit:
+                final = _final_text(text, native_tools)
+                parsed = parse_output(final, persona=spec.persona, step_id=spec.step_id, role=spec.role)
+                note = parsed.error
+                if wanted is not None:
+                    note = (note + "; " if note else "") + (
+                        f"turn limit ({spec.turn_limit}) reached while the model still asked for tools"
+                    )
+                await writer.write(
+                    StepFinished(
+                        run_id=spec.run_id,
+                        ts=time.time(),
+                        step_id=spec.step_id,
+                        attempt=attempt,
+                        output=final,
+                        findings=parsed.findings,
+                        parse_error=note,
+                        tokens_in=tokens_in,
+                        tokens_out=tokens_out,
+                    )
+                )
+                return StepOutcome(step_id=spec.step_id, attempt=attempt, status="finished")
+            name, args, call_id = wanted
+            called = ToolCalled(
+                run_id=spec.run_id,
+                ts=time.time(),
+                step_id=spec.step_id,
+                attempt=attempt,
+                call_id=call_id,
+                tool=name,
+                args=args,
+                turn=turn,
+            )
+            outcome = outcome_event(
+                tools.call(name, args),
+                run_id=spec.run_id,
+                step_id=spec.step_id,
+                attempt=attempt,
+                call_id=call_id,
+                tool=name,
+                args=args,
+                ts=time.time(),
+            )
+            await writer.write(called)
+            await writer.write(outcome)
+            messages += _tool_messages(text, called, outcome, native_tools)
+            turn += 1
+            coalescer.turn = turn
+    except asyncio.CancelledError:
+        raise
+    except EngineError as exc:
+        await coalescer.flush()
+        await writer.write(_failed(spec, attempt, str(exc), exc.retryable))
+        return StepOutcome(step_id=spec.step_id, attempt=attempt, status="failed", error=str(exc))
+    except Exception as exc:  # a failed step never takes its run down
+        await writer.write(_failed(spec, attempt, f"{type(exc).__name__}: {exc}", False))
+        return StepOutcome(step_id=spec.step_id, attempt=attempt, status="failed", error=str(exc))
+
+
+def _failed(spec: StepSpec, attempt: int, error: str, retryable: bool) -> StepFailed:
+    return StepFailed(
+        run_id=spec.run_id,
+        ts=time.time(),
+        step_id=spec.step_id,
+        attempt=attempt,
+        error=error,
+        retryable=retryable,
+    )
+
+
+def _wanted_call(
+    text: str, calls: list[Any], native: bool, turn: int
+) -> tuple[str, dict[str, Any], str] | None:
+    """The one tool call the model asked for this turn, if any."""
+    if native:
+        if not calls:
+            return None
+        call = calls[0]
+        try:
+            args = json.loads(call.arguments or "{}")
+        except ValueError:
+            args = {"_raw": call.arguments}
+        return call.name, args if isinstance(args, dict) else {"_raw": args}, call.id or f"call-{turn}"
+    obj = _json_object(text)
+    if not obj or "tool" not in obj or "final" in obj:
+        return None
+    args = obj.get("args")
+    return str(obj["tool"]), args if isinstance(args, dict) else {}, f"call-{turn}"
+
+
+def _final_text(text: str, native: bool) -> str:
+    """The final answer: in call-or-answer mode it is the ``final`` member."""
+    if native:
+        return text
+    obj = _json_object(text)
+    if obj and "final" in obj:
+        final = obj["final"]
+        return final if isinstance(final, str) else json.dumps(final)
+    return text
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _tool_messages(
+    text: str, called: ToolCalled, outcome: ToolResult | ToolDenied, native: bool
+) -> list[dict[str, Any]]:
+    if isinstance(outcome, ToolDenied):
+        result = f"REFUSED: {outcome.reason}. Only read-only tools over the snapshot are allowed."
+    else:
+        result = outcome.content + ("\n[output truncated]" if outcome.truncated else "")
+    if native:
+        return [
+            {
+                "role": "assistant",
+                "content": text or None,
+                "tool_calls": [
+                    {
+                        "id": called.call_id,
+                        "type": "function",
+                        "function": {"name": called.tool, "arguments": json.dumps(called.args)},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": called.call_id, "content": result},
+        ]
+    return [
+        {"role": "assistant", "content": text},
+        {"role": "user", "content": f"Result of {called.tool}:\n{result}"},
+    ]
+
+
+def _worker_name() -> str:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ctx = ray.get_runtime_context()
+            return f"{ctx.get_node_id()[:8]}/{ctx.get_actor_id() or ''}"[:64]
+    except Exception:
+        pass
+    return ""

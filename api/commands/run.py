@@ -1,0 +1,164 @@
+"""``orchestrator run FLOW --repo PATH``: run a flow here, watch it live, print the report."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+from api.commands import CommandError
+
+NAME = "run"
+HELP = "Run a flow against a repository, showing each agent live, then print the report."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("flow", help="the flow to run (see `orchestrator flows`)")
+    parser.add_argument("--repo", required=True, help="the repository (or directory) to analyse")
+    parser.add_argument("--band", help="small, medium or large (default: sized from the code)")
+    parser.add_argument("--base", help="base ref: review the branch's changes since this ref")
+    parser.add_argument("--focus", default="", help="focus area (architectural-analysis, …)")
+    parser.add_argument("--symptom", default="", help="the symptom to investigate")
+    parser.add_argument("--text", default="", help="free text for every agent (trusted: yours)")
+    parser.add_argument("--path", action="append", default=[], dest="paths", help="limit to a path (repeatable)")
+    parser.add_argument("--persona", action="append", default=[], dest="personas", help="add a persona (repeatable)")
+    parser.add_argument("--engine", choices=["auto", "embedded", "openai", "vllm", "scripted"])
+    parser.add_argument("--model", help="model id (one model per run)")
+    parser.add_argument("--script", help="scripted engine only: JSON script file (a test double)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no live progress")
+
+
+def run(args: argparse.Namespace, settings) -> int:
+    from actors.service import LaunchError, LaunchRequest, Orchestrator
+
+    script = None
+    if args.script:
+        if args.engine != "scripted":
+            raise CommandError("--script goes with --engine scripted")
+        from actors.engines.scripted import load_script
+
+        script = load_script(args.script)
+    req = LaunchRequest(
+        flow=args.flow,
+        repo=args.repo,
+        band=args.band,
+        base=args.base,
+        focus=args.focus,
+        symptom=args.symptom,
+        text=args.text,
+        paths=tuple(args.paths),
+        personas=tuple(args.personas),
+        engine=args.engine,
+        model=args.model,
+        origin="cli",
+    )
+    _check_early(req)
+    orch = Orchestrator(settings, engine=args.engine, script=script)
+    try:
+        try:
+            run_id = orch.launch(req)
+        except LaunchError as exc:
+            raise CommandError(str(exc), 2) from None
+        state = asyncio.run(_watch(orch, run_id, live=not args.quiet))
+        if state.status == "finished":
+            print(orch.report(run_id, "json" if args.json else "md"))
+            return 0
+        why = state.error or state.cancel_reason or state.status
+        raise CommandError(f"run {run_id} {state.status}: {why}")
+    finally:
+        orch.close()
+
+
+def _check_early(req) -> None:
+    """Refuse what is obviously wrong before paying for Ray (the launch checks again)."""
+    from pathlib import Path
+
+    from conductor.flows import FLOWS
+    from conductor.requests import RequestError, validate
+    from events.types import RunRequested
+
+    if not Path(req.repo).expanduser().exists():
+        raise CommandError(f"no such repository: {req.repo}", 2)
+    try:
+        validate(
+            RunRequested(
+                run_id="check", ts=0.0, flow=req.flow, repo=req.repo, band=req.band,
+                base=req.base, focus=req.focus, symptom=req.symptom, text=req.text,
+                paths=req.paths, personas=req.personas,
+            ),
+            FLOWS,
+        )
+    except RequestError as exc:
+        raise CommandError(str(exc), 2) from None
+
+
+async def _watch(orch, run_id: str, *, live: bool):
+    from rich.console import Console
+    from rich.live import Live
+
+    from conductor.state import apply, fold
+
+    state = fold([], run_id=run_id)
+    console = Console(stderr=True)
+    view = _View(console)
+    with Live(view.render(state), console=console, refresh_per_second=8, transient=False,
+              disable=not live or not console.is_terminal) as screen:
+        async for records in orch.subscribe(run_id, 0):
+            for rec in records:
+                apply(state, rec.event)
+            screen.update(view.render(state))
+            if state.terminal:
+                break
+    if live and not console.is_terminal:
+        console.print(view.render(state))
+    return state
+
+
+class _View:
+    """The terminal picture of a run: band first, then the roster and a progress bar."""
+
+    def __init__(self, console):
+        self.console = console
+        self.t0 = time.time()
+
+    def render(self, state):
+        from rich.console import Group
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+        from rich.text import Text
+
+        parts = []
+        if state.request is not None:
+            parts.append(Text(f"{state.request.flow} · {state.request.repo}", style="bold"))
+        if state.plan is None:
+            parts.append(Text("planning…"))
+            return Group(*parts)
+        plan = state.plan
+        parts.append(Text(f"Band {plan.band}: {plan.band_reason}", style="cyan"))
+        parts.append(Text(f"commit {plan.commit[:12]} · {plan.engine} · {plan.model}", style="dim"))
+        for note in plan.notes:
+            parts.append(Text(f"note: {note}", style="yellow"))
+        table = Table(expand=False, box=None, pad_edge=False)
+        for col in ("persona", "phase", "status", "tokens", "elapsed"):
+            table.add_column(col)
+        now = time.time()
+        done = 0
+        for st in state.steps.values():
+            end = st.ended_ts or (now if st.started_ts else None)
+            elapsed = f"{end - st.started_ts:5.1f}s" if st.started_ts and end else ""
+            tokens = st.tokens_out or st.streamed_tokens
+            style = {"finished": "green", "failed": "red", "running": "yellow"}.get(st.status, "")
+            status = st.status + (f" (attempt {st.attempt})" if st.attempt > 1 else "")
+            if st.status == "failed":
+                status += f": {st.error[:60]}"
+                done += 1
+            elif st.status == "finished":
+                done += 1
+            table.add_row(st.persona, st.step.phase, Text(status, style=style), str(tokens or ""), elapsed)
+        parts.append(table)
+        total = max(1, len(state.steps))
+        parts.append(ProgressBar(total=total, completed=done, width=40))
+        parts.append(Text(f"{done}/{total} steps · {state.status}"))
+        return Group(*parts)
+
