@@ -1,0 +1,382 @@
+"""The WebSocket ``/ws``: subscribe to one run or all, from a ``seq``; launch and cancel.
+
+Client frames: ``subscribe {run_id|null, after?}``, ``unsubscribe {run_id|null}``,
+``launch {...LaunchBody, request_id?}``, ``cancel {run_id, reason?}``, ``ping {id?}``.
+
+Server frames: on ``subscribe`` a ``snapshot`` (the projection rows, and the ``after`` from
+which events follow), then one ``event {seq, run_id, event}`` per committed event, in ``seq``
+order, with no gap and no duplicate; ``launched``, ``ack`` (cancel, unsubscribe), ``error
+{code, message}``, ``pong``, and a ``heartbeat {ts}`` every few seconds.
+
+A client that reconnects and subscribes with ``after`` = the last ``seq`` it saw misses
+nothing and sees nothing twice. A client that does not read fast enough is disconnected
+(close code 1013 and a reason) instead of slowing the others: each connection has a bounded
+send queue.
+
+Frame types are msgspec Structs (one tagged union per direction, ``tag_field="type"``); their
+JSON Schema, with the events', is ``schema_document()`` (``GET /api/schema``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Annotated, Any, Literal
+
+import msgspec
+from starlette.concurrency import run_in_threadpool
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from actors.service import LaunchError, NotFound
+from api.routes.shapes import ApiError, LaunchBody, to_launch_request
+from events.errors import SubscriberDropped
+from events.types import AgentEvent
+from projections.rows import RunRow, StepRow
+
+log = logging.getLogger("orchestrator.ws")
+
+QUEUE_FRAMES = 2048  # frames a client may lag behind before it is disconnected
+SLOW_CLOSE = 1013  # "try again later": the client should reconnect and resubscribe
+RECENT_RUNS = 50
+
+Short = Annotated[str, msgspec.Meta(max_length=200)]
+RunIdText = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+
+
+class Frame(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Base of every WebSocket frame, tagged by ``type``."""
+
+
+# --- client → server ----------------------------------------------------------------------
+
+
+class SubscribeFrame(Frame, tag="subscribe", frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Follow one run (``run_id``) or every run (``null``): a snapshot, then events with
+    ``seq > after``. Without ``after``, events follow from the snapshot's position."""
+
+    run_id: RunIdText | None = None
+    after: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+
+class UnsubscribeFrame(Frame, tag="unsubscribe", frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Stop following a run (or, with ``null``, the all-runs subscription)."""
+
+    run_id: RunIdText | None = None
+
+
+class LaunchFrame(LaunchBody, Frame, tag="launch", frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Launch a flow; answered by ``launched`` or ``error`` carrying the same ``request_id``."""
+
+    request_id: Short = ""
+
+
+class CancelFrame(Frame, tag="cancel", frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Cancel a run; answered by ``ack`` (``ok`` false if it had already ended)."""
+
+    run_id: RunIdText
+    reason: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+
+
+class PingFrame(Frame, tag="ping", frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Answered by ``pong`` with the same ``id``."""
+
+    id: Short = ""
+
+
+ClientFrame = SubscribeFrame | UnsubscribeFrame | LaunchFrame | CancelFrame | PingFrame
+
+
+# --- server → client ----------------------------------------------------------------------
+
+
+class SnapshotFrame(Frame, tag="snapshot", frozen=True, kw_only=True):
+    """The projection on subscribe. For one run: ``run`` and ``steps`` (each row carries the
+    ``last_seq`` it reflects); for all runs: the most recent ``runs``. Events with
+    ``seq > after`` follow."""
+
+    run_id: str | None
+    run: RunRow | None = None
+    steps: list[StepRow] = []
+    runs: list[RunRow] = []
+    seq: int
+    after: int
+
+
+class EventFrame(Frame, tag="event", frozen=True, kw_only=True):
+    """One committed event, in ``seq`` order."""
+
+    seq: int
+    run_id: str
+    event: AgentEvent
+
+
+class LaunchedFrame(Frame, tag="launched", frozen=True, kw_only=True):
+    """A launch was accepted."""
+
+    run_id: str
+    repo: str
+    request_id: str = ""
+
+
+class AckFrame(Frame, tag="ack", frozen=True, kw_only=True):
+    """A cancel or unsubscribe was carried out (``ok`` false: nothing to do)."""
+
+    op: Literal["cancel", "unsubscribe"]
+    run_id: str | None
+    ok: bool
+
+
+class ErrorFrame(Frame, tag="error", frozen=True, kw_only=True):
+    """A frame was refused; ``code`` is stable, ``message`` is for people."""
+
+    code: str
+    message: str
+    request_id: str = ""
+    run_id: str | None = None
+
+
+class HeartbeatFrame(Frame, tag="heartbeat", frozen=True, kw_only=True):
+    """The server is alive (sent every few seconds)."""
+
+    ts: float
+
+
+class PongFrame(Frame, tag="pong", frozen=True, kw_only=True):
+    """The answer to ``ping``."""
+
+    id: str = ""
+    ts: float
+
+
+ServerFrame = (
+    SnapshotFrame | EventFrame | LaunchedFrame | AckFrame | ErrorFrame | HeartbeatFrame | PongFrame
+)
+
+_decode_client = msgspec.json.Decoder(ClientFrame)
+_encoder = msgspec.json.Encoder()
+
+
+def schema_document() -> dict[str, Any]:
+    """One JSON Schema document: client frames, server frames and the event union."""
+    (client, server, event), defs = msgspec.json.schema_components(
+        [ClientFrame, ServerFrame, AgentEvent], ref_template="#/$defs/{name}"
+    )
+    defs = dict(defs, ClientFrame=client, ServerFrame=server, AgentEvent=event)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "Orchestrator WebSocket frames and events",
+        "description": (
+            "ClientFrame: what a client sends on /ws; ServerFrame: what the server sends; "
+            "AgentEvent: the event inside an 'event' frame (and in GET /api/runs/{id}/events)."
+        ),
+        "$defs": defs,
+        "anyOf": [
+            {"$ref": "#/$defs/ClientFrame"},
+            {"$ref": "#/$defs/ServerFrame"},
+        ],
+    }
+
+
+class Connection:
+    """One client: a receive loop, one sender with a bounded queue, a task per subscription."""
+
+    def __init__(self, ws: WebSocket, *, backend, roots, gate, heartbeat: float, max_frame: int):
+        self.ws = ws
+        self.backend = backend
+        self.roots = roots
+        self.gate = gate
+        self.heartbeat = heartbeat
+        self.max_frame = max_frame
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue(QUEUE_FRAMES)
+        self.subs: dict[str | None, asyncio.Task] = {}
+        self.tasks: set[asyncio.Task] = set()
+        self.closing: tuple[int, str] | None = None
+        self.stopped = asyncio.Event()
+
+    # -- plumbing --
+
+    def offer(self, frame: Frame) -> None:
+        """Queue a frame for the sender; a full queue means the client is too slow."""
+        if self.closing:
+            return
+        try:
+            self.queue.put_nowait(_encoder.encode(frame))
+        except asyncio.QueueFull:
+            self.close_soon(SLOW_CLOSE, "slow consumer: reconnect and subscribe from your last seq")
+
+    def close_soon(self, code: int, reason: str) -> None:
+        if self.closing is None:
+            self.closing = (code, reason)
+            self.stopped.set()
+
+    def spawn(self, coro) -> asyncio.Task:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def _sender(self) -> None:
+        while True:
+            data = await self.queue.get()
+            await self.ws.send_text(data.decode())
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            self.offer(HeartbeatFrame(ts=time.time()))
+
+    # -- the connection's life --
+
+    async def serve(self) -> None:
+        sender = asyncio.create_task(self._sender())
+        receiver = asyncio.create_task(self._receive())
+        stop = asyncio.create_task(self.stopped.wait())
+        beats = self.spawn(self._heartbeats())
+        try:
+            await asyncio.wait({sender, receiver, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # A slow client's sender may be stuck writing to it: cancel rather than wait.
+            for task in [sender, receiver, stop, beats, *self.subs.values(), *self.tasks]:
+                task.cancel()
+            await asyncio.gather(sender, receiver, stop, *self.tasks, return_exceptions=True)
+            await self._close()
+
+    async def _close(self) -> None:
+        if self.ws.application_state == WebSocketState.DISCONNECTED:
+            return
+        code, reason = self.closing or (1000, "")
+        try:
+            await asyncio.wait_for(self.ws.close(code=code, reason=reason[:120]), 2.0)
+        except Exception:  # the client is gone or not reading: the server drops the socket
+            pass
+
+    async def _receive(self) -> None:
+        try:
+            while True:
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                text = message.get("text")
+                if text is None:
+                    self.offer(ErrorFrame(code="bad_frame", message="send frames as JSON text"))
+                    continue
+                if len(text) > self.max_frame:
+                    self.offer(ErrorFrame(code="frame_too_large", message=f"frames are limited to {self.max_frame} bytes"))
+                    continue
+                self._dispatch(text)
+        except WebSocketDisconnect:
+            return
+
+    def _dispatch(self, text: str) -> None:
+        try:
+            frame = _decode_client.decode(text)
+        except msgspec.ValidationError as exc:
+            self.offer(ErrorFrame(code="bad_frame", message=f"invalid frame: {exc}"))
+            return
+        except msgspec.DecodeError as exc:
+            self.offer(ErrorFrame(code="bad_json", message=f"the frame is not valid JSON: {exc}"))
+            return
+        match frame:
+            case SubscribeFrame():
+                old = self.subs.pop(frame.run_id, None)
+                if old is not None:
+                    old.cancel()
+                self.subs[frame.run_id] = self.spawn(self._follow(frame.run_id, frame.after))
+            case UnsubscribeFrame():
+                task = self.subs.pop(frame.run_id, None)
+                if task is not None:
+                    task.cancel()
+                self.offer(AckFrame(op="unsubscribe", run_id=frame.run_id, ok=task is not None))
+            case LaunchFrame():
+                self.spawn(self._launch(frame))
+            case CancelFrame():
+                self.spawn(self._cancel(frame))
+            case PingFrame():
+                self.offer(PongFrame(id=frame.id, ts=time.time()))
+
+    # -- what frames do --
+
+    async def _follow(self, run_id: str | None, after: int | None) -> None:
+        try:
+            if run_id is not None:
+                detail = await run_in_threadpool(self.backend.run, run_id)
+                run = msgspec.convert(detail["run"], RunRow)
+                steps = msgspec.convert(detail["steps"], list[StepRow])
+                # The run row reflects exactly the run's events up to its last_seq.
+                point = run.last_seq or detail["seq"]
+                start = point if after is None else after
+                self.offer(SnapshotFrame(run_id=run_id, run=run, steps=steps, seq=point, after=start))
+            else:
+                rows = await run_in_threadpool(self.backend.runs, limit=RECENT_RUNS)
+                runs = msgspec.convert(rows, list[RunRow])
+                point = max((r.last_seq for r in runs), default=0)
+                start = point if after is None else after
+                self.offer(SnapshotFrame(run_id=None, runs=runs, seq=point, after=start))
+        except NotFound:
+            self.subs.pop(run_id, None)
+            self.offer(ErrorFrame(code="not_found", message=f"no run {run_id!r}", run_id=run_id))
+            return
+        last = start
+        while True:
+            try:
+                async for batch in self.backend.subscribe(run_id, last):
+                    for rec in batch:
+                        if rec.seq <= last:
+                            continue  # never twice, even if a source repeats itself
+                        last = rec.seq
+                        self.offer(EventFrame(seq=rec.seq, run_id=rec.event.run_id, event=rec.event))
+                    if self.closing:
+                        return
+                return
+            except SubscriberDropped:
+                continue  # our own reader fell behind the log: pick up from what we sent
+
+    async def _launch(self, frame: LaunchFrame) -> None:
+        try:
+            body = msgspec.convert(
+                {k: v for k, v in msgspec.structs.asdict(frame).items() if k != "request_id"},
+                LaunchBody,
+            )
+            req = to_launch_request(body, self.roots, origin="ws")
+            if self.gate.closing:
+                raise ApiError(503, "shutting_down", "the server is shutting down")
+            run_id = await run_in_threadpool(self.backend.launch, req)
+        except ApiError as exc:
+            self.offer(ErrorFrame(code=exc.code, message=exc.message, request_id=frame.request_id))
+        except LaunchError as exc:
+            self.offer(ErrorFrame(code=exc.code, message=str(exc), request_id=frame.request_id))
+        except Exception as exc:  # a fault of ours: say so, keep the connection
+            log.exception("launch over the WebSocket failed")
+            self.offer(ErrorFrame(code="internal", message=f"launch failed: {type(exc).__name__}", request_id=frame.request_id))
+        else:
+            self.offer(LaunchedFrame(run_id=run_id, repo=req.repo, request_id=frame.request_id))
+
+    async def _cancel(self, frame: CancelFrame) -> None:
+        try:
+            ok = await run_in_threadpool(self.backend.cancel, frame.run_id, frame.reason or "cancelled over the WebSocket")
+        except NotFound:
+            self.offer(ErrorFrame(code="not_found", message=f"no run {frame.run_id!r}", run_id=frame.run_id))
+        except Exception as exc:
+            log.exception("cancel over the WebSocket failed")
+            self.offer(ErrorFrame(code="internal", message=f"cancel failed: {type(exc).__name__}", run_id=frame.run_id))
+        else:
+            self.offer(AckFrame(op="cancel", run_id=frame.run_id, ok=bool(ok)))
+
+
+async def websocket_endpoint(ws: WebSocket) -> None:
+    state = ws.state
+    await ws.accept()
+    conn = Connection(
+        ws,
+        backend=state.backend,
+        roots=state.roots,
+        gate=state.gate,
+        heartbeat=state.heartbeat,
+        max_frame=state.settings.max_request_bytes,
+    )
+    state.gate.connections.add(conn)
+    try:
+        await conn.serve()
+    finally:
+        state.gate.connections.discard(conn)
