@@ -1,0 +1,341 @@
+"""The projector: keeps ``flow_runs`` and ``flow_steps`` in step with the log, in its transaction.
+
+``apply`` folds a committed batch with ``projections.fold.fold`` and writes only the rows the
+batch changed, then moves the tracking row (the last applied ``seq``) in the same transaction,
+so the tables and the log cannot disagree after a crash. A ``seq`` at or below the tracking row
+is skipped: applying a batch twice changes nothing (eventsourcing's tracking records).
+
+Rows of recently active runs stay in memory between batches, so a batch of output deltas costs
+a fold per event and three statements, with no reads. The memory is trusted only while the
+tracking row still holds the ``seq`` this projector last wrote: the conditional update of that
+row is also the check, and a mismatch (a batch rolled back after ``apply``, another writer)
+drops the memory and reloads from the tables.
+
+``rebuild`` folds the whole log from ``seq`` 0 into fresh tables with the same fold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import msgspec
+
+from events.codec import decode
+from events.log import Record
+from projections.analytics import create_views
+from events.types import OutputDelta
+from projections.fold import TERMINAL_RUN, Runs, Steps, fold
+from projections.rows import (
+    RUNS_TABLE,
+    STEPS_TABLE,
+    TABLES,
+    RunRow,
+    StepRow,
+    arrow_schema,
+    columns,
+    ddl,
+    from_db,
+)
+
+LOG_TABLE = "events"  # the log's table (events.duckdb_log): seq and the encoded event in body
+TRACKING_TABLE = "projection_tracking"
+NAME = "flow"
+# Bump when the fold changes meaning without a column changing: setup then rebuilds.
+FOLD_VERSION = 1
+VERSION = f"{FOLD_VERSION}:" + hashlib.sha256(
+    "\n".join(ddl(t) for t in TABLES).encode()
+).hexdigest()[:16]
+
+_TRACKING_DDL = f"""
+CREATE TABLE IF NOT EXISTS {TRACKING_TABLE} (
+  name VARCHAR PRIMARY KEY,
+  last_seq BIGINT NOT NULL,
+  version VARCHAR NOT NULL
+)"""
+
+_READ_CHUNK = 10_000
+
+
+class Projector:
+    """``events.log.Projector`` for ``flow_runs``, ``flow_steps`` and the analytics views."""
+
+    def __init__(self, *, cached_runs: int = 512):
+        self._cached_runs = cached_runs
+        self._forget(None)
+
+    # --- the Projector protocol --------------------------------------------------------------
+
+    def setup(self, con: Any) -> None:
+        """Create the tables and views; rebuild if they are from another version; catch up.
+
+        Runs its own transaction, so call it outside one (the log does, at start-up).
+        """
+        con.execute(_TRACKING_DDL)
+        row = con.execute(
+            f"SELECT last_seq, version FROM {TRACKING_TABLE} WHERE name = ?", [NAME]
+        ).fetchone()
+        if row is None or row[1] != VERSION or not _tables_exist(con):
+            rebuild(con)
+        else:
+            create_views(con)
+            self._catch_up(con, row[0])
+        self._forget(None)
+
+    def apply(self, con: Any, records: Sequence[Record]) -> None:
+        """Fold a committed batch into the tables, on the caller's transaction."""
+        if not records:
+            return
+        top = max(r.seq for r in records)
+        if self._seen is None or not self._claim(con, self._seen, max(top, self._seen)):
+            # The memory cannot be trusted: start again from what the tables hold.
+            self._forget(None)
+            current = self._position(con)
+            self._claim(con, current, max(top, current))
+            self._seen = current
+        fresh = [r for r in records if r.seq > self._seen]
+        self._seen = max(top, self._seen)
+        if not fresh:
+            return
+        self._load(con, {r.event.run_id for r in fresh})
+        # Rows a batch changed only through output deltas get a narrow update of the columns
+        # a delta moves; every other changed row is written whole.
+        wide_runs: set[str] = set()
+        wide_steps: set[tuple[str, str]] = set()
+        narrow_runs: set[str] = set()
+        narrow_steps: set[tuple[str, str]] = set()
+        runs, steps = self._runs, self._steps
+        for record in fresh:
+            event = record.event
+            run_id = event.run_id
+            if type(event) is OutputDelta:
+                key = (run_id, event.step_id)
+                if run_id not in runs:
+                    wide_runs.add(run_id)
+                elif run_id not in wide_runs:
+                    narrow_runs.add(run_id)
+                if event.step_id not in steps.get(run_id, ()):
+                    wide_steps.add(key)
+                elif key not in wide_steps:
+                    narrow_steps.add(key)
+                fold(runs, steps, record)
+            else:
+                wide_runs.add(run_id)
+                wide_steps.update((run_id, s) for s in fold(runs, steps, record))
+        narrow_runs -= wide_runs
+        narrow_steps -= wide_steps
+        _upsert(con, RUNS_TABLE, RunRow, [runs[r] for r in sorted(wide_runs)])
+        _upsert(con, STEPS_TABLE, StepRow, [steps[r][s] for r, s in sorted(wide_steps)])
+        _update_streamed(
+            con,
+            [runs[r] for r in sorted(narrow_runs)],
+            [steps[r][s] for r, s in sorted(narrow_steps)],
+        )
+        self._evict()
+
+    # --- rebuild -----------------------------------------------------------------------------
+
+    def rebuild(self, con: Any) -> RebuildResult:
+        """``projections.rebuild``, and forget what this projector held in memory."""
+        try:
+            return rebuild(con)
+        finally:
+            self._forget(None)
+
+    # --- the memory --------------------------------------------------------------------------
+
+    def _forget(self, seen: int | None) -> None:
+        self._runs: Runs = {}
+        self._steps: Steps = {}
+        self._known: set[str] = set()  # run ids whose rows (or absence) are in memory
+        self._seen: int | None = seen
+
+    def _claim(self, con: Any, expected: int, new: int) -> bool:
+        """Move the tracking row from ``expected`` to ``new``; False if it did not hold it."""
+        moved = con.execute(
+            f"UPDATE {TRACKING_TABLE} SET last_seq = ? WHERE name = ? AND last_seq = ? "
+            "RETURNING last_seq",
+            [new, NAME, expected],
+        ).fetchall()
+        return bool(moved)
+
+    def _position(self, con: Any) -> int:
+        row = con.execute(
+            f"SELECT last_seq FROM {TRACKING_TABLE} WHERE name = ?", [NAME]
+        ).fetchone()
+        if row is None:
+            raise RuntimeError("projection tracking row is missing: was Projector.setup run?")
+        return row[0]
+
+    def _load(self, con: Any, run_ids: set[str]) -> None:
+        missing = sorted(run_ids - self._known)
+        if not missing:
+            return
+        for values in con.execute(
+            f"SELECT * FROM {RUNS_TABLE} WHERE run_id IN (SELECT unnest(?))", [missing]
+        ).fetchall():
+            run = from_db(RunRow, values)
+            self._runs[run.run_id] = run
+        for values in con.execute(
+            f"SELECT * FROM {STEPS_TABLE} WHERE run_id IN (SELECT unnest(?))", [missing]
+        ).fetchall():
+            step = from_db(StepRow, values)
+            self._steps.setdefault(step.run_id, {})[step.step_id] = step
+        self._known.update(missing)
+
+    def _evict(self) -> None:
+        if len(self._known) <= self._cached_runs:
+            return
+        done = [r for r, run in self._runs.items() if run.status in TERMINAL_RUN]
+        for run_id in done:
+            self._known.discard(run_id)
+            self._runs.pop(run_id, None)
+            self._steps.pop(run_id, None)
+        if len(self._known) > self._cached_runs:
+            self._forget(self._seen)
+
+    def _catch_up(self, con: Any, position: int) -> None:
+        """Fold log records the tables have not seen (a log written without this projector)."""
+        if not _has_log(con) or _max_log_seq(con) <= position:
+            return
+        con.execute("BEGIN TRANSACTION")
+        try:
+            self._forget(position)
+            batch: list[Record] = []
+            for record in read_log(con, after=position):
+                batch.append(record)
+                if len(batch) >= _READ_CHUNK:
+                    self.apply(con, batch)
+                    batch = []
+            self.apply(con, batch)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+
+class RebuildResult(msgspec.Struct, frozen=True):
+    """What a rebuild folded and wrote."""
+
+    events: int
+    runs: int
+    steps: int
+    last_seq: int
+
+
+def rebuild(con: Any) -> RebuildResult:
+    """Drop both tables and fold every event of the log from ``seq`` 0 into fresh ones.
+
+    One transaction: readers see the old tables or the new ones, never a half-built state.
+    Call it outside a transaction, with no other writer on the file.
+    """
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(_TRACKING_DDL)
+        for table in TABLES:
+            con.execute(f"DROP TABLE IF EXISTS {table}")
+            con.execute(ddl(table))
+        runs: Runs = {}
+        steps: Steps = {}
+        events = last = 0
+        if _has_log(con):
+            for record in read_log(con):
+                fold(runs, steps, record)
+                events += 1
+                last = record.seq
+        run_rows = [runs[r] for r in sorted(runs)]
+        step_rows = [s[k] for r in sorted(steps) for s in [steps[r]] for k in sorted(s)]
+        _upsert(con, RUNS_TABLE, RunRow, run_rows)
+        _upsert(con, STEPS_TABLE, StepRow, step_rows)
+        con.execute(
+            f"INSERT OR REPLACE INTO {TRACKING_TABLE} VALUES (?, ?, ?)", [NAME, last, VERSION]
+        )
+        create_views(con)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return RebuildResult(events=events, runs=len(run_rows), steps=len(step_rows), last_seq=last)
+
+
+def read_log(con: Any, after: int = 0) -> Iterator[Record]:
+    """The log's records with ``seq > after``, decoded, in order.
+
+    Read in pages of ``seq``, each fetched whole, so the caller may run statements on ``con``
+    between records and memory stays bounded on a long log.
+    """
+    while True:
+        page = con.execute(
+            f"SELECT seq, body FROM {LOG_TABLE} WHERE seq > ? ORDER BY seq LIMIT ?",
+            [after, _READ_CHUNK],
+        ).fetchall()
+        for seq, body in page:
+            yield Record(seq, decode(body))
+        if len(page) < _READ_CHUNK:
+            return
+        after = page[-1][0]
+
+
+def _upsert(con: Any, table: str, row_type: type, rows: Iterable[Any]) -> None:
+    rows = list(rows)
+    if not rows:
+        return
+    import pyarrow as pa
+
+    names = columns(row_type)
+    data = {n: [getattr(r, n) for r in rows] for n in names}
+    batch = pa.table(data, schema=arrow_schema(row_type))
+    view = f"_orch_{table}_batch"
+    con.register(view, batch)
+    try:
+        con.execute(f"INSERT OR REPLACE INTO {table} SELECT * FROM {view}")
+    finally:
+        con.unregister(view)
+
+
+def _update_streamed(con: Any, runs: list[RunRow], steps: list[StepRow]) -> None:
+    """Write the columns an output delta moves (see ``fold.fold``), for existing rows."""
+    if runs:
+        con.execute(
+            f"UPDATE {RUNS_TABLE} AS t SET streamed_tokens = b.streamed_tokens, "
+            "events = b.events, last_seq = b.last_seq FROM (SELECT unnest(?) AS run_id, "
+            "unnest(?) AS streamed_tokens, unnest(?) AS events, unnest(?) AS last_seq) AS b "
+            "WHERE t.run_id = b.run_id",
+            [
+                [r.run_id for r in runs],
+                [r.streamed_tokens for r in runs],
+                [r.events for r in runs],
+                [r.last_seq for r in runs],
+            ],
+        )
+    if steps:
+        con.execute(
+            f"UPDATE {STEPS_TABLE} AS t SET streamed_tokens = b.streamed_tokens, "
+            "last_seq = b.last_seq FROM (SELECT unnest(?) AS run_id, unnest(?) AS step_id, "
+            "unnest(?) AS streamed_tokens, unnest(?) AS last_seq) AS b "
+            "WHERE t.run_id = b.run_id AND t.step_id = b.step_id",
+            [
+                [s.run_id for s in steps],
+                [s.step_id for s in steps],
+                [s.streamed_tokens for s in steps],
+                [s.last_seq for s in steps],
+            ],
+        )
+
+
+def _tables_exist(con: Any) -> bool:
+    names = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    return all(t in names for t in TABLES)
+
+
+def _has_log(con: Any) -> bool:
+    return bool(
+        con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [LOG_TABLE]
+        ).fetchone()[0]
+    )
+
+
+def _max_log_seq(con: Any) -> int:
+    return con.execute(f"SELECT coalesce(max(seq), 0) FROM {LOG_TABLE}").fetchone()[0]
