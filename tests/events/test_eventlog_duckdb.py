@@ -1,0 +1,236 @@
+"""The contract suite against DuckDB (a file and ``:memory:``), and what only DuckDB has: the
+file (reopen, lock, checkpoint), group commit, and the projector in the batch transaction."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import duckdb
+import pytest
+
+from eventlog_contract import LogContract
+from eventlog_helpers import CountingProjector, PoisonProjector, batch, blob, delta
+from events.duckdb_log import DuckDBLog
+from events.errors import LogLocked
+
+
+class TestDuckDBFileLog(LogContract):
+    def make_log(self, tmp_path, subscriber_buffer=10_000):
+        return DuckDBLog(tmp_path / "events.duckdb", subscriber_buffer=subscriber_buffer)
+
+
+class TestDuckDBMemoryLog(LogContract):
+    def make_log(self, tmp_path, subscriber_buffer=10_000):
+        return DuckDBLog(":memory:", subscriber_buffer=subscriber_buffer)
+
+
+def kind_counts(con) -> dict[str, int]:
+    return dict(con.execute("SELECT kind, n FROM kind_counts").fetchall())
+
+
+def log_counts(con) -> dict[str, int]:
+    return dict(con.execute("SELECT kind, count(*) FROM events GROUP BY kind").fetchall())
+
+
+# --- the file ------------------------------------------------------------------------------
+
+
+def test_reopen_keeps_records_bytes_and_keys(tmp_path):
+    path = tmp_path / "events.duckdb"
+    data = [blob(delta("r1", "s1", i)) for i in range(5)]
+    keys = [f"k{i}" for i in range(5)]
+    with DuckDBLog(path) as log:
+        assert log.append_encoded(data, keys) == [1, 2, 3, 4, 5]
+    with DuckDBLog(path) as log:
+        assert log.max_seq() == 5
+        # The same keys after a restart: the original seqs, nothing written.
+        assert log.append_encoded(data[:2], keys[:2]) == [1, 2]
+        assert log.append([delta("r1", "s1", 9)], ["k9"]) == [6]
+        assert log.read_encoded(0, limit=5) == list(zip(range(1, 6), data))
+    with DuckDBLog(path) as log:
+        assert [r.seq for r in log.read()] == [1, 2, 3, 4, 5, 6]
+
+
+def test_reads_from_the_table_and_from_the_recent_tail_agree(tmp_path, monkeypatch):
+    import events.duckdb_log as module
+
+    monkeypatch.setattr(module, "RECENT_RECORDS", 50)
+    with DuckDBLog(tmp_path / "events.duckdb") as log:
+        for c in range(20):
+            log.append(*batch(f"r{c % 3}", f"s{c % 2}", c * 10, 10))
+        assert log._from_recent(100, None, None, None) is None  # seq 101 left the tail
+        tail = log._from_recent(160, "r1", None, None)
+        assert tail is not None
+        assert [r for r, _ in tail] == [
+            r for r in log.read(0, run_id="r1") if r.seq > 160
+        ]  # the tail answer equals the table's
+        everything = log.read()
+        assert [r.seq for r in everything] == list(range(1, 201))
+        assert log.read(0, run_id="r2", step_id="s0", limit=7) == [
+            r for r in everything if r.event.run_id == "r2" and r.event.step_id == "s0"
+        ][:7]
+
+
+def test_second_process_gets_log_locked_naming_the_holder(tmp_path):
+    path = tmp_path / "events.duckdb"
+    with DuckDBLog(path) as log:
+        log.append(*batch("r", "s", 0, 1))
+        code = textwrap.dedent(
+            f"""
+            from events.duckdb_log import DuckDBLog
+            from events.errors import LogLocked
+            try:
+                DuckDBLog({str(path)!r})
+            except LogLocked as exc:
+                print("LogLocked:", exc)
+            """
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "LogLocked:" in out.stdout
+    assert f"is held by process {os.getpid()}" in out.stdout
+    assert str(path) in out.stdout
+
+
+def test_same_file_twice_in_one_process_is_refused(tmp_path):
+    path = tmp_path / "events.duckdb"
+    with DuckDBLog(path):
+        with pytest.raises(LogLocked, match="already open in this process"):
+            DuckDBLog(path)
+    DuckDBLog(path).close()  # released on close
+
+
+def test_close_checkpoints_the_wal_away(tmp_path):
+    path = tmp_path / "events.duckdb"
+    log = DuckDBLog(path)
+    log.append(*batch("r", "s", 0, 100))
+    wal = tmp_path / "events.duckdb.wal"
+    assert wal.exists() and wal.stat().st_size > 0
+    log.close()
+    assert not wal.exists() or wal.stat().st_size == 0
+    con = duckdb.connect(str(path), read_only=True)
+    assert con.execute("SELECT count(*) FROM events").fetchone()[0] == 100
+    con.close()
+
+
+def test_checkpoint_between_appends(tmp_path):
+    with DuckDBLog(tmp_path / "events.duckdb") as log:
+        log.append(*batch("r", "s", 0, 10))
+        log.checkpoint()
+        assert not (tmp_path / "events.duckdb.wal").exists() or (
+            tmp_path / "events.duckdb.wal"
+        ).stat().st_size == 0
+        assert log.append(*batch("r", "s", 10, 10)) == list(range(11, 21))
+
+
+def test_query_reads_and_refuses_writes(tmp_path):
+    with DuckDBLog(tmp_path / "events.duckdb") as log:
+        log.append(*batch("r1", "s", 0, 3))
+        log.append(*batch("r2", "s", 0, 2))
+        result = log.query("SELECT run_id, count(*) AS n FROM events GROUP BY run_id ORDER BY run_id")
+        assert result.columns == ["run_id", "n"]
+        assert result.rows == [("r1", 3), ("r2", 2)]
+        assert log.query("SELECT max(seq) FROM events WHERE run_id = ?", ["r1"]).rows == [(3,)]
+        for sql in ("DELETE FROM events", "INSERT INTO events SELECT * FROM events", "DROP TABLE events"):
+            with pytest.raises(ValueError, match="only read-only queries"):
+                log.query(sql)
+        with pytest.raises(ValueError, match="one SQL statement"):
+            log.query("SELECT 1; DELETE FROM events")
+        assert log.max_seq() == 5
+        assert log.query("SELECT count(*) FROM events").rows == [(5,)]
+
+
+def test_a_hash_collision_does_not_lose_an_event(tmp_path):
+    with DuckDBLog(tmp_path / "events.duckdb") as log:
+        log.append([delta("r", "s", 0)], ["first"])
+        # Make "second" look, by its hash, like a key the log holds (seq 1).
+        log._by_hash[hash("second")] = 1
+        assert log.append([delta("r", "s", 1)], ["second"]) == [2]
+        assert log.append([delta("r", "s", 1)], ["second"]) == [2]
+        assert log.append([delta("r", "s", 0)], ["first"]) == [1]
+        assert log.max_seq() == 2
+
+
+# --- group commit and the projector ----------------------------------------------------------
+
+
+def test_projector_runs_in_the_batch_transaction(tmp_path):
+    path = tmp_path / "events.duckdb"
+    with DuckDBLog(path, CountingProjector()) as log:
+        log.append([delta("r", "s", 0), delta("r", "s", 1)], ["a", "b"])
+        log.append(*batch("r", "s", 2, 5))
+        log.append([delta("r", "s", 0)], ["a"])  # a duplicate is not projected again
+        with log.reader() as cur:
+            assert kind_counts(cur) == {"output_delta": 7} == log_counts(cur)
+    with DuckDBLog(path, CountingProjector()) as log:  # setup again on a reopen is fine
+        log.append(*batch("r", "s", 7, 1))
+        with log.reader() as cur:
+            assert kind_counts(cur) == {"output_delta": 8}
+
+
+def test_projector_failure_commits_nothing_of_that_append_and_spares_the_rest(tmp_path):
+    projector = PoisonProjector()
+    with DuckDBLog(tmp_path / "events.duckdb", projector) as log:
+        log.append(*batch("r", "s", 0, 2))
+        # Hold the writer in its projector so the next appends queue up as one group.
+        projector.gate = threading.Event()
+        projector.entered.clear()
+        first = log.submit_encoded([blob(delta("r", "s", 2))], ["held"])
+        assert projector.entered.wait(5)
+        queued = [
+            log.submit_encoded([blob(delta("g", "s", i)) for i in range(3)], [f"g{c}/{i}" for i in range(3)])
+            for c in range(3)
+        ]
+        poisoned = log.submit_encoded([blob(delta("p", "s", 0, text="poison"))], ["poison"])
+        queued.append(log.submit_encoded([blob(delta("g", "s", 9))], ["last"]))
+        projector.gate.set()
+        assert first.result(10) == [3]
+        with pytest.raises(RuntimeError, match="poisoned batch"):
+            poisoned.result(10)
+        seqs = [f.result(10) for f in queued]
+        # The five queued appends (11 events) went in as one batch first, which was rolled
+        # back; then each was retried alone.
+        assert projector.batch_sizes[2:] == [11, 3, 3, 3, 1, 1]
+        assert sorted(s for call in seqs for s in call) == list(range(4, 14))
+        assert log.max_seq() == 13
+        with log.reader() as cur:
+            assert cur.execute("SELECT count(*) FROM events WHERE key = 'poison'").fetchone()[0] == 0
+            assert kind_counts(cur) == {"output_delta": 13} == log_counts(cur)
+            assert [r[0] for r in cur.execute("SELECT seq FROM events ORDER BY seq").fetchall()] == list(
+                range(1, 14)
+            )
+
+
+def test_group_commit_batches_under_load(tmp_path):
+    with DuckDBLog(tmp_path / "events.duckdb") as log:
+        calls = 200
+        threads = [
+            threading.Thread(
+                target=lambda t=t: [log.append(*batch(f"r{t}", "s", i, 1)) for i in range(calls // 8)]
+            )
+            for t in range(8)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert log.max_seq() == calls
+        # Eight appenders at once: transactions hold several appends each.
+        assert log.batches < calls
+
+
+def test_a_lone_append_is_committed_at_once(tmp_path):
+    import time
+
+    with DuckDBLog(tmp_path / "events.duckdb") as log:
+        log.append(*batch("r", "s", 0, 1))  # warm up
+        t0 = time.perf_counter()
+        for i in range(1, 21):
+            log.append(*batch("r", "s", i, 1))
+        per_append = (time.perf_counter() - t0) / 20
+    # No batching window: an idle writer commits straight away (a commit costs ~2 ms here).
+    assert per_append < 0.05
