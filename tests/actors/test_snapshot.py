@@ -1,0 +1,351 @@
+"""The pinned snapshot: what is pinned, what is considered, and that the repository stays untouched."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+from hostile import (
+    ESCAPES,
+    PASSWD_MARK,
+    SECRET,
+    fingerprint,
+    git,
+    make_hostile_repo,
+    make_repo,
+    write,
+)
+
+from actors.snapshot import GitSnapshot, SnapshotError, pin
+from conductor.snapshot import Snapshot
+
+
+@pytest.fixture
+def repo(tmp_path):
+    return make_repo(
+        tmp_path / "repo",
+        {
+            "README.md": "# demo\n",
+            "src/app.py": "def main():\n    return 1\n",
+            "src/lib.py": "X = 1\n",
+            "docs/intro.md": "intro\n",
+            ".gitignore": "*.log\nbuild/\n",
+        },
+    )
+
+
+def head(repo) -> str:
+    return git(repo, "rev-parse", "HEAD").strip()
+
+
+# --- a clean repository ---------------------------------------------------------------------
+
+
+def test_clean_repository_pins_head_and_considers_every_file(repo, tmp_path):
+    snap = pin(repo, work_dir=tmp_path / "run")
+    assert isinstance(snap, Snapshot)
+    assert snap.commit == head(repo)
+    assert snap.mode == "tree" and not snap.dirty
+    assert snap.paths() == (".gitignore", "README.md", "docs/intro.md", "src/app.py", "src/lib.py")
+    assert snap.changed() == snap.paths()
+    assert snap.read("src/app.py") == b"def main():\n    return 1\n"
+    assert snap.read("missing.py") is None
+    assert snap.diff() == "" and snap.messages() == ()
+    assert not (tmp_path / "run" / "snapshot" / "objects").exists()  # nothing private needed
+
+
+def test_missing_path_or_file_is_a_clear_error(tmp_path):
+    with pytest.raises(SnapshotError, match="does not exist"):
+        pin(tmp_path / "nope", work_dir=tmp_path / "run")
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(SnapshotError, match="is not a directory"):
+        pin(tmp_path / "file.txt", work_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+# --- uncommitted changes --------------------------------------------------------------------
+
+
+def dirty(repo):
+    """Staged, then further modified; modified; deleted; untracked; ignored."""
+    write(repo, {"src/app.py": "def main():\n    return 2\n"})
+    git(repo, "add", "src/app.py")
+    write(repo, {"src/app.py": "def main():\n    return 3\n", "src/lib.py": "X = 2\n"})
+    (repo / "docs/intro.md").unlink()
+    write(repo, {"src/new.py": "NEW = True\n", "debug.log": "ignored\n", "build/out.txt": "ignored\n"})
+
+
+def test_uncommitted_changes_are_pinned_without_touching_the_repository(repo, tmp_path):
+    dirty(repo)
+    status = git(repo, "status", "--porcelain")
+    before = fingerprint(repo)
+
+    snap = pin(repo, work_dir=tmp_path / "run")
+
+    assert fingerprint(repo) == before  # files, index, refs, config, objects: all untouched
+    assert git(repo, "status", "--porcelain") == status
+    assert snap.mode == "uncommitted" and snap.dirty
+    assert snap.commit != head(repo)
+    assert snap.head == head(repo) == snap.base
+    assert snap.read("src/app.py") == b"def main():\n    return 3\n"  # the work tree, not the index
+    assert snap.read("src/lib.py") == b"X = 2\n"
+    assert snap.read("src/new.py") == b"NEW = True\n"
+    assert snap.read("docs/intro.md") is None
+    assert snap.read("debug.log") is None and snap.read("build/out.txt") is None
+    assert snap.changed() == ("src/app.py", "src/lib.py", "src/new.py")  # deletions only in the diff
+    diff = snap.diff()
+    assert "-    return 1\n+    return 3\n" in diff
+    assert "deleted file mode" in diff and "docs/intro.md" in diff
+    # The pinned commit lives only in the run's data, never in the user's object database.
+    proc = os.system(f"git -C {repo} cat-file -e {snap.commit} 2>/dev/null")
+    assert proc != 0
+    assert (tmp_path / "run" / "snapshot" / "objects").is_dir()
+
+
+def test_pinning_is_real_later_edits_are_not_seen(repo, tmp_path):
+    dirty(repo)
+    snap = pin(repo, work_dir=tmp_path / "run")
+    write(repo, {"src/app.py": "changed after the pin\n", "src/later.py": "later\n"})
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "later")
+    fresh = GitSnapshot(snap._pin)  # no cache: read from git again
+    assert fresh.read("src/app.py") == b"def main():\n    return 3\n"
+    assert fresh.read("src/later.py") is None
+    reopened = GitSnapshot.open(repo, snap.commit, work_dir=tmp_path / "run")
+    assert reopened.read("src/app.py") == b"def main():\n    return 3\n"
+    assert reopened.mode == "uncommitted" and reopened.changed() == snap.changed()
+
+
+def test_same_dirty_files_pin_to_the_same_commit(repo, tmp_path):
+    dirty(repo)
+    one = pin(repo, work_dir=tmp_path / "a")
+    two = pin(repo, work_dir=tmp_path / "b")
+    assert one.commit == two.commit
+
+
+def test_reopen_without_the_runs_data_cannot_find_uncommitted_pin(repo, tmp_path):
+    dirty(repo)
+    snap = pin(repo, work_dir=tmp_path / "run")
+    with pytest.raises(SnapshotError, match="is not in"):
+        GitSnapshot.open(repo, snap.commit)
+
+
+def test_untracked_files_in_a_repository_without_commits(tmp_path):
+    repo = tmp_path / "fresh"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    write(repo, {"a.py": "A = 1\n"})
+    before = fingerprint(repo)
+    snap = pin(repo, work_dir=tmp_path / "run")
+    assert fingerprint(repo) == before
+    assert snap.mode == "uncommitted" and snap.head == ""
+    assert snap.read("a.py") == b"A = 1\n"
+    assert snap.changed() == ("a.py",)
+    assert "+A = 1" in snap.diff()
+
+
+def test_empty_repository_is_a_clear_error(tmp_path):
+    repo = tmp_path / "empty"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    with pytest.raises(SnapshotError, match="no commits and no files"):
+        pin(repo, work_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+# --- a branch against its base --------------------------------------------------------------
+
+
+@pytest.fixture
+def branched(repo):
+    git(repo, "checkout", "-q", "-b", "feature")
+    write(repo, {"src/app.py": "def main():\n    return 42\n"})
+    git(repo, "commit", "-q", "-am", "Make main return 42")
+    write(repo, {"src/feature.py": "F = 1\n"})
+    git(repo, "add", "src/feature.py")
+    git(repo, "commit", "-q", "-m", "Add the feature module\n\nWith a body.")
+    git(repo, "checkout", "-q", "main")
+    write(repo, {"README.md": "# demo, moved on\n"})  # main moves on after the branch point
+    git(repo, "commit", "-q", "-am", "Main moves on")
+    git(repo, "checkout", "-q", "feature")
+    return repo
+
+
+def test_branch_against_base_considers_the_branch_diff(branched, tmp_path):
+    before = fingerprint(branched)
+    snap = pin(branched, base="main", work_dir=tmp_path / "run")
+    assert fingerprint(branched) == before
+    assert snap.mode == "branch" and snap.commit == head(branched)
+    assert snap.changed() == ("src/app.py", "src/feature.py")  # README changed only on main
+    assert "+    return 42" in snap.diff() and "README" not in snap.diff()
+    assert snap.messages() == ("Add the feature module\n\nWith a body.", "Make main return 42")
+    assert snap.read("README.md") == b"# demo\n"
+
+
+def test_branch_with_uncommitted_changes_includes_them(branched, tmp_path):
+    write(branched, {"src/extra.py": "E = 1\n"})
+    snap = pin(branched, base="main", work_dir=tmp_path / "run")
+    assert snap.mode == "branch" and snap.dirty
+    assert snap.changed() == ("src/app.py", "src/extra.py", "src/feature.py")
+    assert len(snap.messages()) == 2  # the pin's own commit is not a message of the branch
+
+
+def test_unknown_base_ref_is_a_clear_error(repo, tmp_path):
+    with pytest.raises(SnapshotError) as exc:
+        pin(repo, base="xyz", work_dir=tmp_path / "run")
+    assert str(exc.value) == f"unknown ref 'xyz' in {repo}"
+    with pytest.raises(SnapshotError, match="bad base ref"):
+        pin(repo, base="--output=/tmp/owned", work_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_diff_is_bounded(branched, tmp_path):
+    write(branched, {"big.txt": "".join(f"line {i}\n" for i in range(5000))})
+    snap = pin(branched, base="main", work_dir=tmp_path / "run")
+    text = snap.diff(limit=2000)
+    assert len(text.encode()) < 2100
+    assert text.endswith("[diff truncated at 2,000 bytes]\n")
+
+
+# --- given paths, subdirectories ------------------------------------------------------------
+
+
+def test_paths_narrow_what_is_considered(repo, tmp_path):
+    snap = pin(repo, paths=["src", "README.md"], work_dir=tmp_path / "run")
+    assert snap.mode == "paths"
+    assert snap.changed() == ("README.md", "src/app.py", "src/lib.py")
+    assert snap.paths() == pin(repo, work_dir=tmp_path / "all").paths()  # still reads everything
+
+
+def test_paths_that_do_not_exist_or_escape_are_errors(repo, tmp_path):
+    with pytest.raises(SnapshotError, match="'nope.py' is not in the snapshot"):
+        pin(repo, paths=["nope.py"], work_dir=tmp_path / "run")
+    with pytest.raises(SnapshotError, match="bad path"):
+        pin(repo, paths=["../outside"], work_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_paths_narrow_uncommitted_changes(repo, tmp_path):
+    dirty(repo)
+    snap = pin(repo, paths=["src/new.py"], work_dir=tmp_path / "run")
+    assert snap.mode == "uncommitted"
+    assert snap.changed() == ("src/new.py",)
+    assert "src/new.py" in snap.diff() and "src/lib.py" not in snap.diff()
+
+
+def test_subdirectory_pins_the_repository_scoped_to_it(repo, tmp_path):
+    snap = pin(repo / "src", work_dir=tmp_path / "run")
+    assert snap.commit == head(repo) and snap.mode == "paths"
+    assert snap.changed() == ("src/app.py", "src/lib.py")
+    assert snap.read("README.md") == b"# demo\n"
+
+
+def test_data_directory_inside_the_repository_is_refused(repo):
+    before = fingerprint(repo)
+    with pytest.raises(SnapshotError, match="inside the repository"):
+        pin(repo, work_dir=repo / ".orchestrator")
+    assert fingerprint(repo) == before
+
+
+def test_bare_repository_pins_head(repo, tmp_path):
+    bare = tmp_path / "bare.git"
+    git(tmp_path, "clone", "-q", "--bare", str(repo), str(bare))
+    snap = pin(bare, work_dir=tmp_path / "run")
+    assert snap.commit == head(repo) and snap.read("src/lib.py") == b"X = 1\n"
+
+
+# --- a plain directory ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def plain(tmp_path):
+    root = tmp_path / "plain"
+    write(root, {"main.py": "print('hi')\n", "pkg/mod.py": "M = 1\n", ".gitignore": "*.py\n"})
+    (root / "run.sh").write_text("#!/bin/sh\n")
+    (root / "run.sh").chmod(0o755)
+    (tmp_path / "secret.txt").write_text(SECRET)
+    os.symlink(tmp_path / "secret.txt", root / "out-link")
+    os.symlink("main.py", root / "in-link")
+    os.mkfifo(root / "pipe")
+    return root
+
+
+def test_plain_directory_is_copied_and_committed(plain, tmp_path):
+    before = fingerprint(plain)
+    snap = pin(plain, work_dir=tmp_path / "run")
+    assert fingerprint(plain) == before
+    assert snap.mode == "tree" and snap.source == str(plain)
+    # .gitignore does not hide anything: nothing is skipped silently.
+    assert snap.paths() == (".gitignore", "in-link", "main.py", "pkg/mod.py", "run.sh")
+    assert snap.read("in-link") == b"print('hi')\n"
+    assert snap.read("out-link") is None
+    assert snap.skipped == ("pipe",)
+    assert snap.entries()["run.sh"].mode == "100755"
+    assert SECRET not in str(snap.entries()) and not any(
+        SECRET.encode() in (snap.read(p) or b"") for p in snap.entries()
+    )
+    # The copy's link is still a link: the secret was never copied.
+    copy_root = tmp_path / "run" / "snapshot" / "tree"
+    assert (copy_root / "out-link").is_symlink()
+    again = pin(plain, work_dir=tmp_path / "run2")
+    assert again.commit == snap.commit  # fixed author and date: the id depends on the files only
+    reopened = GitSnapshot.open(plain, snap.commit, work_dir=tmp_path / "run")
+    assert reopened.read("pkg/mod.py") == b"M = 1\n"
+
+
+def test_plain_directory_over_the_copy_limit_is_an_error(plain, tmp_path):
+    with pytest.raises(SnapshotError, match=r"more than the copy limit \(.* > 10 bytes\)"):
+        pin(plain, work_dir=tmp_path / "run", copy_limit_bytes=10)
+    assert not (tmp_path / "run").exists()
+
+
+def test_plain_directory_with_a_base_ref_is_an_error(plain, tmp_path):
+    with pytest.raises(SnapshotError, match="needs a git repository"):
+        pin(plain, base="main", work_dir=tmp_path / "run")
+
+
+def test_plain_directory_holding_the_runs_data_skips_it(plain):
+    snap = pin(plain, work_dir=plain / "data" / "run")
+    assert not any(p.startswith("data/") for p in snap.paths())
+    assert snap.skipped == ("data/run", "pipe")
+
+
+# --- re-opening -----------------------------------------------------------------------------
+
+
+def test_open_restores_the_pinned_view(branched, tmp_path):
+    snap = pin(branched, base="main", paths=["src"], work_dir=tmp_path / "run")
+    again = GitSnapshot.open(branched, snap.commit, work_dir=tmp_path / "run")
+    assert (again.mode, again.changed(), again.diff(), again.messages()) == (
+        snap.mode, snap.changed(), snap.diff(), snap.messages()
+    )
+    plain_open = GitSnapshot.open(branched, snap.commit, base="main")
+    assert plain_open.changed() == snap.changed()
+    with pytest.raises(SnapshotError, match="is not in"):
+        GitSnapshot.open(branched, "0" * 40)
+    copy = pickle.loads(pickle.dumps(snap))
+    assert copy.read("src/feature.py") == b"F = 1\n"
+
+
+# --- a hostile repository -------------------------------------------------------------------
+
+
+def test_hostile_repository_runs_nothing_and_leaks_nothing(tmp_path):
+    repo = make_hostile_repo(tmp_path)
+    write(repo, {"src/app.py": "edited\n", "fresh.txt": "untracked\n"})
+    before = fingerprint(repo)
+    snap = pin(repo, work_dir=tmp_path / "run")
+    assert fingerprint(repo) == before
+    assert os.listdir(tmp_path / "canary") == []  # no hook, fsmonitor or filter ran
+    assert snap.mode == "uncommitted"
+    assert snap.read("src/app.py") == b"edited\n"  # raw bytes: the clean filter did not run
+    for path in ESCAPES + ("loop-a", "vendor/lib", "parent-dir"):
+        assert snap.read(path) is None, path
+    assert snap.read("docs/readme-link.md") == snap.read("README.md")
+    assert snap.read(".../hidden.txt") == b"three dots are just a name\n"
+    assert snap.read("new\nline.txt") == b"a name with a newline\n"
+    assert snap.read_head("data/huge.txt", 10) == (b"line 00000", 3_060_000)
+    everything = b"".join(snap.read(p) or b"" for p in snap.paths())
+    assert SECRET.encode() not in everything and PASSWD_MARK.encode() not in everything
+    assert "vendor/lib" not in snap.paths() and snap.entries()["vendor/lib"].kind == "submodule"
