@@ -95,6 +95,7 @@ class SnapshotFrame(Frame, tag="snapshot", frozen=True, kw_only=True):
     ``last_seq`` it reflects); for all runs: the most recent ``runs``. Events with
     ``seq > after`` follow."""
 
+    sub: str | None
     run_id: str | None
     run: RunRow | None = None
     steps: list[StepRow] = []
@@ -104,8 +105,10 @@ class SnapshotFrame(Frame, tag="snapshot", frozen=True, kw_only=True):
 
 
 class EventFrame(Frame, tag="event", frozen=True, kw_only=True):
-    """One committed event, in ``seq`` order."""
+    """One committed event, in ``seq`` order within its subscription ``sub`` (the run id
+    subscribed to, or null for the all-runs subscription)."""
 
+    sub: str | None
     seq: int
     run_id: str
     event: AgentEvent
@@ -306,13 +309,13 @@ class Connection:
                 # The run row reflects exactly the run's events up to its last_seq.
                 point = run.last_seq or detail["seq"]
                 start = point if after is None else after
-                self.offer(SnapshotFrame(run_id=run_id, run=run, steps=steps, seq=point, after=start))
+                self.offer(SnapshotFrame(sub=run_id, run_id=run_id, run=run, steps=steps, seq=point, after=start))
             else:
                 rows = await run_in_threadpool(self.backend.runs, limit=RECENT_RUNS)
                 runs = msgspec.convert(rows, list[RunRow])
                 point = max((r.last_seq for r in runs), default=0)
                 start = point if after is None else after
-                self.offer(SnapshotFrame(run_id=None, runs=runs, seq=point, after=start))
+                self.offer(SnapshotFrame(sub=None, run_id=None, runs=runs, seq=point, after=start))
         except NotFound:
             self.subs.pop(run_id, None)
             self.offer(ErrorFrame(code="not_found", message=f"no run {run_id!r}", run_id=run_id))
@@ -325,7 +328,7 @@ class Connection:
                         if rec.seq <= last:
                             continue  # never twice, even if a source repeats itself
                         last = rec.seq
-                        self.offer(EventFrame(seq=rec.seq, run_id=rec.event.run_id, event=rec.event))
+                        self.offer(EventFrame(sub=run_id, seq=rec.seq, run_id=rec.event.run_id, event=rec.event))
                     if self.closing:
                         return
                 return

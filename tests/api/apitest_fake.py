@@ -239,7 +239,7 @@ if __name__ == "__main__":  # a dev server for the pane
 
     root = Path(tempfile.mkdtemp())
     (root / "demo" / ".git").mkdir(parents=True)
-    settings = Settings(repo_roots=(str(root),), data_dir=str(root / "data"))
+    settings = Settings(repo_roots=(str(root / "demo"), str(root)), data_dir=str(root / "data"))
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 8799
     print(f"repo root {root}; http://127.0.0.1:{port}/")
     uvicorn.run(create_app(FakeBackend(delay=0.2), settings, heartbeat=5), host="127.0.0.1", port=port)

@@ -1,0 +1,256 @@
+// The pane's one connection to the server: REST calls and a WebSocket that resubscribes
+// from the last seq it saw after any disconnect, so a run's stream misses nothing and never
+// repeats itself.
+
+const TOKEN_KEY = "orchestrator.token";
+
+export class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+export class OrchClient {
+  /** @param {{server?: string, token?: string}} opts  server: base URL ("" = this page's). */
+  constructor({ server = "", token = "" } = {}) {
+    this.server = server.replace(/\/$/, "");
+    this.token = token;
+    this.socket = new Socket(this);
+    this._info = null;
+    this._flows = null;
+  }
+
+  url(path) {
+    return this.server + path;
+  }
+
+  headers(extra = {}) {
+    const h = { ...extra };
+    if (this.token) h.Authorization = `Bearer ${this.token}`;
+    return h;
+  }
+
+  async request(method, path, body) {
+    const init = { method, headers: this.headers() };
+    if (body !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    let resp;
+    try {
+      resp = await fetch(this.url(path), init);
+    } catch (err) {
+      throw new ApiError(0, "unreachable", `The server cannot be reached (${err.message}).`);
+    }
+    if (!resp.ok) throw await errorOf(resp);
+    return resp;
+  }
+
+  async get(path) {
+    return (await this.request("GET", path)).json();
+  }
+
+  async post(path, body) {
+    return (await this.request("POST", path, body)).json();
+  }
+
+  async text(path) {
+    return (await this.request("GET", path)).text();
+  }
+
+  async info() {
+    this._info ??= await this.get("/api/info");
+    return this._info;
+  }
+
+  async flows() {
+    this._flows ??= await this.get("/api/flows");
+    return this._flows;
+  }
+
+  launch(request) {
+    return this.post("/api/runs", request);
+  }
+
+  runs(filters = {}) {
+    const q = new URLSearchParams();
+    for (const [k, v] of Object.entries(filters)) if (v !== undefined && v !== null && v !== "") q.set(k, v);
+    return this.get(`/api/runs?${q}`);
+  }
+
+  run(runId) {
+    return this.get(`/api/runs/${encodeURIComponent(runId)}`);
+  }
+
+  report(runId, format) {
+    return this.text(`/api/runs/${encodeURIComponent(runId)}/report?format=${format}`);
+  }
+
+  cancel(runId, reason = "") {
+    return this.post(`/api/runs/${encodeURIComponent(runId)}/cancel`, { reason });
+  }
+
+  send(runId, requestId) {
+    return this.post(`/api/runs/${encodeURIComponent(runId)}/send`, { request_id: requestId });
+  }
+
+  /** Save a report file: fetched with the token in a header, handed to the browser as a blob. */
+  async download(runId, format) {
+    const resp = await this.request("GET", `/api/runs/${encodeURIComponent(runId)}/report?format=${format}&download=1`);
+    const blob = await resp.blob();
+    const disposition = resp.headers.get("Content-Disposition") || "";
+    const name = /filename="([^"]+)"/.exec(disposition)?.[1] || `${runId}-report.${format}`;
+    const href = URL.createObjectURL(blob);
+    const a = document.createElement("a");
+    a.href = href;
+    a.download = name;
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(href), 10_000);
+    return name;
+  }
+
+  /** Follow a run: onFrame gets the snapshot, then every event frame, in seq order. */
+  subscribe(runId, onFrame, after = 0) {
+    return this.socket.subscribe(runId, onFrame, after);
+  }
+}
+
+async function errorOf(resp) {
+  try {
+    const body = await resp.json();
+    if (body && body.error) return new ApiError(resp.status, body.error.code, body.error.message);
+  } catch {
+    /* not JSON */
+  }
+  return new ApiError(resp.status, "http_" + resp.status, `${resp.status} ${resp.statusText}`);
+}
+
+class Socket {
+  constructor(client) {
+    this.client = client;
+    this.ws = null;
+    this.subs = new Map(); // run id → {onFrame, lastSeq}
+    this.retry = 0;
+    this.lastBeat = 0;
+    this.listeners = new Set();
+    this.status = "idle";
+  }
+
+  onStatus(fn) {
+    this.listeners.add(fn);
+    fn(this.status);
+    return () => this.listeners.delete(fn);
+  }
+
+  _setStatus(status) {
+    this.status = status;
+    for (const fn of this.listeners) fn(status);
+  }
+
+  subscribe(runId, onFrame, after = 0) {
+    const sub = { onFrame, lastSeq: after };
+    this.subs.set(runId, sub);
+    this._ensure();
+    if (this.ws?.readyState === WebSocket.OPEN) this._send({ type: "subscribe", run_id: runId, after });
+    return () => {
+      if (this.subs.get(runId) !== sub) return;
+      this.subs.delete(runId);
+      if (this.ws?.readyState === WebSocket.OPEN) this._send({ type: "unsubscribe", run_id: runId });
+    };
+  }
+
+  _ensure() {
+    if (this.ws && this.ws.readyState <= WebSocket.OPEN) return;
+    const base = this.client.server || location.origin;
+    const url = new URL("/ws", base.replace(/^http/, "ws"));
+    if (this.client.token) url.searchParams.set("token", this.client.token);
+    this._setStatus("connecting");
+    const ws = new WebSocket(url);
+    this.ws = ws;
+    ws.onopen = () => {
+      this.retry = 0;
+      this._setStatus("open");
+      // Resubscribe everything from the last seq seen: nothing missed, nothing twice.
+      for (const [runId, sub] of this.subs) this._send({ type: "subscribe", run_id: runId, after: sub.lastSeq });
+    };
+    ws.onmessage = (msg) => this._frame(JSON.parse(msg.data));
+    ws.onclose = () => {
+      if (this.ws !== ws) return;
+      this._setStatus("closed");
+      if (this.subs.size === 0) return;
+      const delay = Math.min(5000, 300 * 2 ** this.retry++);
+      setTimeout(() => this._ensure(), delay);
+    };
+  }
+
+  _send(frame) {
+    this.ws.send(JSON.stringify(frame));
+  }
+
+  _frame(frame) {
+    switch (frame.type) {
+      case "snapshot":
+      case "event": {
+        const sub = this.subs.get(frame.sub);
+        if (!sub) return;
+        if (frame.type === "event") {
+          if (frame.seq <= sub.lastSeq) return;
+          sub.lastSeq = frame.seq;
+        }
+        sub.onFrame(frame);
+        return;
+      }
+      case "error": {
+        const sub = frame.run_id != null ? this.subs.get(frame.run_id) : null;
+        if (sub) sub.onFrame(frame);
+        return;
+      }
+      case "heartbeat":
+        this.lastBeat = Date.now();
+        return;
+      default:
+        return;
+    }
+  }
+
+  /** Drop the connection (tests and "reconnect" use it); it comes back on its own. */
+  drop() {
+    this.ws?.close();
+  }
+}
+
+let shared = null;
+
+/** The page's client: configured once (server, token), shared by every component. */
+export function configure(opts = {}) {
+  shared = new OrchClient(opts);
+  return shared;
+}
+
+export function client() {
+  if (!shared) {
+    // A token passed as ?token= is kept for this tab, then removed from the address bar.
+    const params = new URLSearchParams(location.search);
+    let token = params.get("token") || "";
+    if (token) {
+      sessionStorage.setItem(TOKEN_KEY, token);
+      params.delete("token");
+      const rest = params.toString();
+      history.replaceState(null, "", location.pathname + (rest ? `?${rest}` : "") + location.hash);
+    } else {
+      token = sessionStorage.getItem(TOKEN_KEY) || "";
+    }
+    shared = new OrchClient({ token });
+  }
+  return shared;
+}
+
+/** A request id for once-only operations. */
+export function requestId() {
+  if (crypto.randomUUID) return crypto.randomUUID();
+  return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+}
