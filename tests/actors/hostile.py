@@ -62,7 +62,10 @@ FILES: dict[str, bytes] = {
     "-rf.txt": b"a name that looks like an option\n",
     "blob.bin": bytes(range(256)) * 64,
     "docs/guide.md": b"# Guide\n\nRead the code, write nothing.\n",
+    # A line on which a pattern like (a+)+$ backtracks for ever.
+    "src/redos.txt": b"a" * 48 + b"!\n",
 }
+REDOS = r"(a+)+$"
 
 # Links: path -> target (the outside ones are filled in with absolute paths at build time).
 LINKS: dict[str, str] = {
