@@ -137,7 +137,7 @@ class DuckDBLog(EventLog):
             self._con.execute(_DDL)
             if projector is not None:
                 projector.setup(self._con)
-            self._seq = self._con.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+            self._seq = self._con.execute("SELECT coalesce(max(seq), 0) FROM events").fetchall()[0][0]
             self._by_hash: dict[int, int] = {}
             self._collided: dict[str, int] = {}  # keys whose hash another key already had
             self._load_keys()
@@ -392,6 +392,9 @@ class DuckDBLog(EventLog):
             schema=_ARROW_SCHEMA,
         )
         con = self._con
+        # DuckDB refuses an Arrow scan while an earlier result (say, the projector's last
+        # SELECT) is unfinished on the connection: finish it first.
+        con.complete()
         con.begin()
         try:
             con.from_arrow(batch).insert_into("events")

@@ -1,0 +1,408 @@
+"""The event log's one writer as a named, detached Ray actor, and the client other processes use.
+
+DuckDB lets one process write a file, so one ``EventLogActor`` owns it (a ``DuckDBLog`` inside).
+It is async: many appenders call at once, and each awaits the group commit that holds its
+events. Events cross the process boundary as their encoded bytes (no pickled Structs); the
+actor decodes them once, to validate. If the actor dies, Ray restarts it (``max_restarts=-1``)
+and it recovers from its file; ``LogClient`` retries a failed call with the same idempotency
+keys, so a retried append never writes twice.
+
+Other processes subscribe with ``poll``: a long-poll that answers as soon as records after
+``after`` are committed. Asking again from the last ``seq`` received is the catch-up and the
+live tail in one, with no gap and no duplicate by construction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import importlib
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from events.codec import decode
+from events.errors import EventError, LogClosed, LogLocked
+from events.log import EventLog, Projector, Record, Subscription
+from events.memory_log import encode_append
+from events.types import AgentEvent
+
+DEFAULT_NAME = "eventlog"
+DEFAULT_PROJECTOR = "projections.projector:Projector"
+POLL_LIMIT = 10_000  # records per poll answer at most
+RETRY_FOR = 60.0  # seconds a client keeps retrying while the actor restarts
+OPEN_TIMEOUT = 5.0  # seconds a restarted actor waits for its predecessor to let go of the file
+
+ProjectorSpec = str | Callable[[], Projector] | None
+
+
+def load_projector(spec: ProjectorSpec) -> Projector | None:
+    """Build the projector in the actor's process: ``"module:attr"`` names a factory (a class
+    or function), or ``spec`` is the factory itself; None means no projector."""
+    if spec is None:
+        return None
+    if callable(spec):
+        return spec()
+    module, _, attr = spec.partition(":")
+    if not module or not attr:
+        raise ValueError(f"projector {spec!r} should be written 'module:attribute'")
+    return getattr(importlib.import_module(module), attr)()
+
+
+@ray.remote
+class EventLogActor:
+    """Owns the DuckDB file: appends, reads, long-polls and read-only queries."""
+
+    def __init__(self, path: str, projector: ProjectorSpec = DEFAULT_PROJECTOR, open_timeout: float = OPEN_TIMEOUT):
+        from events.duckdb_log import DuckDBLog
+
+        self._path = os.path.realpath(path)
+        # A restart after a crash may come before the dead process's lock is gone: wait a
+        # little then. A first start fails at once, naming the holder.
+        restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        deadline = time.monotonic() + (open_timeout if restarted else 0.0)
+        while True:
+            try:
+                self._log = DuckDBLog(path, load_projector(projector))
+                break
+            except LogLocked:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
+        self._readers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="eventlog-read")
+        self._changed: asyncio.Event | None = None
+
+    async def _blocking(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """The one way this actor runs a blocking DuckDB call: on a reader thread, off the loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, functools.partial(fn, *args, **kwargs))
+
+    def _watch(self) -> asyncio.Event:
+        """An event set at the next commit (the writer thread wakes the loop)."""
+        if self._changed is None:
+            loop = asyncio.get_running_loop()
+            self._changed = asyncio.Event()
+
+            def bump() -> None:
+                changed, self._changed = self._changed, asyncio.Event()
+                changed.set()
+
+            self._log.add_listener(lambda seq: loop.call_soon_threadsafe(bump))
+        return self._changed
+
+    async def append(self, blobs: list[bytes], keys: list[str]) -> list[int]:
+        return await asyncio.wrap_future(self._log.submit_encoded(blobs, keys))
+
+    async def read(
+        self,
+        after: int = 0,
+        run_id: str | None = None,
+        step_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[tuple[int, bytes]]:
+        return await self._blocking(
+            self._log.read_encoded, after, run_id=run_id, step_id=step_id, limit=limit
+        )
+
+    async def poll(
+        self, after: int = 0, run_id: str | None = None, timeout: float = 10.0, limit: int = POLL_LIMIT
+    ) -> list[tuple[int, bytes]]:
+        """Committed records after ``after`` as soon as there are any, or [] after ``timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        scanned = after  # nothing of ours in (after, scanned]
+        while True:
+            changed = self._watch()
+            committed = self._log.max_seq()
+            if committed > scanned:
+                records = await self._blocking(
+                    self._log.read_encoded, scanned, run_id=run_id, limit=limit
+                )
+                if records:
+                    return records
+                scanned = committed
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return []
+            try:
+                await asyncio.wait_for(changed.wait(), remaining)
+            except TimeoutError:
+                return []
+
+    async def max_seq(self) -> int:
+        return self._log.max_seq()
+
+    async def query(self, sql: str, params: list[Any] | None = None) -> Any:
+        """One read-only statement (SELECT/EXPLAIN): ``events.duckdb_log.QueryResult``."""
+        return await self._blocking(self._log.query, sql, params)
+
+    async def call_reader(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(cursor, *args, **kwargs)`` on a read cursor of the log's database, here.
+
+        The hook for readers that need SQL over the projections (``projections.queries``);
+        ``fn`` must only read.
+        """
+        return await self._blocking(self._with_reader, fn, args, kwargs)
+
+    def _with_reader(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        with self._log.reader() as cursor:
+            return fn(cursor, *args, **kwargs)
+
+    async def checkpoint(self) -> None:
+        await self._blocking(self._log.checkpoint)
+
+    async def info(self) -> dict[str, Any]:
+        return {
+            "path": self._path,
+            "pid": os.getpid(),
+            "max_seq": self._log.max_seq(),
+            "batches": self._log.batches,
+        }
+
+    async def close(self) -> None:
+        """Commit what is queued, checkpoint and release the file (the actor stays, closed)."""
+        await self._blocking(self._log.close)
+
+
+def start_event_log(
+    path: str,
+    *,
+    name: str = DEFAULT_NAME,
+    namespace: str | None = None,
+    projector: ProjectorSpec = DEFAULT_PROJECTOR,
+) -> Any:
+    """The log actor for ``path``: the running one of that name, or a new one on this node.
+
+    Waits until the file is open, so a held file fails here with ``LogLocked``.
+    """
+    path = os.path.realpath(path)
+    handle = EventLogActor.options(
+        name=name,
+        namespace=namespace,
+        lifetime="detached",
+        get_if_exists=True,
+        max_restarts=-1,
+        max_concurrency=1000,
+        num_cpus=0,
+        # The file lives on this machine: the writer (and its restarts) must stay here.
+        scheduling_strategy=NodeAffinitySchedulingStrategy(
+            node_id=ray.get_runtime_context().get_node_id(), soft=False
+        ),
+    ).remote(path, projector)
+    try:
+        info = ray.get(handle.info.remote())
+    except RayActorError as exc:
+        ray.kill(handle, no_restart=True)
+        kind, message = _creation_error(exc)
+        if kind == "LogLocked":
+            raise LogLocked(message) from None
+        raise EventError(f"the event log actor {name!r} could not open {path}: {message}") from None
+    if info["path"] != path:
+        raise EventError(
+            f"an event log actor named {name!r} already serves {info['path']}, not {path}; "
+            "use another name or the same file"
+        )
+    return handle
+
+
+def stop_event_log(handle: Any) -> None:
+    """Close the log cleanly (checkpoint, release the file), then end the actor for good."""
+    try:
+        ray.get(handle.close.remote())
+    finally:
+        ray.kill(handle, no_restart=True)
+
+
+class LogClient(EventLog):
+    """The ``EventLog`` contract over the log actor, from any process of the Ray cluster.
+
+    Appends are encoded here and sent as bytes. A call that fails because the actor died is
+    retried (same keys, so nothing is written twice) for up to ``retry_for`` seconds.
+    ``close`` only drops this client; the actor keeps running.
+    """
+
+    def __init__(self, handle: Any, *, retry_for: float = RETRY_FOR):
+        self.handle = handle
+        self._retry_for = retry_for
+        self.retries = 0  # calls repeated because the actor was down
+
+    @classmethod
+    def connect(cls, name: str = DEFAULT_NAME, *, namespace: str | None = None, **kwargs: Any) -> LogClient:
+        """A client of the running log actor ``name``."""
+        return cls(ray.get_actor(name, namespace=namespace), **kwargs)
+
+    # --- appending -------------------------------------------------------------------------
+
+    def append(self, events: Sequence[AgentEvent], keys: Sequence[str]) -> list[int]:
+        return self.append_encoded(encode_append(events, keys), keys)
+
+    def append_encoded(self, blobs: Sequence[bytes], keys: Sequence[str]) -> list[int]:
+        return self._call("append", list(blobs), list(keys))
+
+    async def append_async(self, events: Sequence[AgentEvent], keys: Sequence[str]) -> list[int]:
+        return await self._call_async("append", encode_append(events, keys), list(keys))
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def read(
+        self,
+        after: int = 0,
+        *,
+        run_id: str | None = None,
+        step_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[Record]:
+        return _records(self._call("read", after, run_id, step_id, limit))
+
+    async def read_async(
+        self,
+        after: int = 0,
+        *,
+        run_id: str | None = None,
+        step_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[Record]:
+        return _records(await self._call_async("read", after, run_id, step_id, limit))
+
+    def poll(
+        self, after: int = 0, *, run_id: str | None = None, timeout: float = 10.0, limit: int = POLL_LIMIT
+    ) -> list[Record]:
+        """Committed records after ``after`` as soon as there are any, or [] after ``timeout``."""
+        return _records(self._call("poll", after, run_id, timeout, limit))
+
+    async def poll_async(
+        self, after: int = 0, *, run_id: str | None = None, timeout: float = 10.0, limit: int = POLL_LIMIT
+    ) -> list[Record]:
+        return _records(await self._call_async("poll", after, run_id, timeout, limit))
+
+    def max_seq(self) -> int:
+        return self._call("max_seq")
+
+    def subscribe(self, after: int = 0, *, run_id: str | None = None) -> PollSubscription:
+        return PollSubscription(self, after, run_id)
+
+    def query(self, sql: str, params: list[Any] | None = None) -> Any:
+        """One read-only statement run by the log's process: ``QueryResult(columns, rows)``."""
+        return self._call("query", sql, params)
+
+    def call_reader(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(cursor, *args, **kwargs)`` in the log's process; ``fn`` must be importable there."""
+        return self._call("call_reader", fn, *args, **kwargs)
+
+    def query_rows(self, fn: Callable[..., Any], **kwargs: Any) -> Any:
+        """``call_reader`` whose answer is made plain (``msgspec.to_builtins``): a single row
+        struct becomes a one-item list and None an empty list, so callers always get rows."""
+        result = self.call_reader(fn, **kwargs)
+        if result is None:
+            return []
+        if isinstance(result, msgspec.Struct):
+            return [msgspec.to_builtins(result)]
+        return msgspec.to_builtins(result)
+
+    def checkpoint(self) -> None:
+        self._call("checkpoint")
+
+    def close(self) -> None:
+        """Drop this client (the log actor keeps running; ``stop_event_log`` ends it)."""
+
+    # --- calling the actor -----------------------------------------------------------------
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + self._retry_for
+        while True:
+            try:
+                return ray.get(getattr(self.handle, method).remote(*args, **kwargs))
+            except RayTaskError as exc:
+                raise _unwrap(exc) from None
+            except RayActorError:
+                if time.monotonic() > deadline:
+                    raise
+                self.retries += 1
+                time.sleep(0.1)
+
+    async def _call_async(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + self._retry_for
+        while True:
+            try:
+                return await getattr(self.handle, method).remote(*args, **kwargs)
+            except RayTaskError as exc:
+                raise _unwrap(exc) from None
+            except RayActorError:
+                if time.monotonic() > deadline:
+                    raise
+                self.retries += 1
+                await asyncio.sleep(0.1)
+
+
+class PollSubscription(Subscription):
+    """A subscription through the actor's long-poll: never dropped, since the actor buffers
+    nothing for it (each poll reads from where this subscriber is)."""
+
+    def __init__(self, client: LogClient, after: int, run_id: str | None):
+        self._client = client
+        self._run_id = run_id
+        self._last = after
+        self._closed = False
+
+    @property
+    def last_seq(self) -> int:
+        return self._last
+
+    def get(self, timeout: float | None = None) -> list[Record]:
+        while True:
+            self._check()
+            wait = 10.0 if timeout is None else timeout
+            records = self._client.poll(self._last, run_id=self._run_id, timeout=wait)
+            if records or timeout is not None:
+                return self._took(records)
+
+    async def get_async(self, timeout: float | None = None) -> list[Record]:
+        while True:
+            self._check()
+            wait = 10.0 if timeout is None else timeout
+            records = await self._client.poll_async(self._last, run_id=self._run_id, timeout=wait)
+            if records or timeout is not None:
+                return self._took(records)
+
+    def close(self) -> None:
+        self._closed = True
+
+    def _check(self) -> None:
+        if self._closed:
+            raise LogClosed(f"the subscription was closed; resubscribe from seq {self._last}")
+
+    def _took(self, records: list[Record]) -> list[Record]:
+        if records:
+            self._last = records[-1].seq
+        return records
+
+
+def _records(pairs: list[tuple[int, bytes]]) -> list[Record]:
+    return [Record(seq, decode(blob)) for seq, blob in pairs]
+
+
+def _unwrap(exc: RayTaskError) -> BaseException:
+    """The log's own error (MalformedEvent, LogClosed, ...) rather than Ray's wrapper."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, (EventError, ValueError)) else exc
+
+
+def _creation_error(exc: BaseException) -> tuple[str, str]:
+    """The class name and message of the error that ended the actor's constructor.
+
+    Ray reports it as text: a traceback whose last line is ``module.Class: message``.
+    """
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    last = lines[-1].strip() if lines else type(exc).__name__
+    head, sep, message = last.partition(": ")
+    if sep and " " not in head:
+        return head.rsplit(".", 1)[-1], message
+    return "", last

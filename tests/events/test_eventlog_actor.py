@@ -1,0 +1,195 @@
+"""The log's writer as a named, detached Ray actor, driven from real Ray tasks."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+
+import pytest
+import ray
+
+import eventlog_helpers
+from actors.eventlog import LogClient, start_event_log, stop_event_log
+from eventlog_helpers import CountingProjector, batch, blob, delta
+from events.duckdb_log import DuckDBLog
+from events.errors import EventError, LogLocked, MalformedEvent
+
+pytestmark = pytest.mark.ray
+
+# Ray workers cannot import the test directory: ship this module's functions and the helpers
+# (tasks, reader functions, the test projector) to them by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+ray.cloudpickle.register_pickle_by_value(eventlog_helpers)
+
+
+@pytest.fixture
+def actor_log(ray_session, tmp_path):
+    """A fresh log actor on a fresh file; closed and ended afterwards."""
+    name = f"eventlog-{uuid.uuid4().hex[:8]}"
+    handle = start_event_log(str(tmp_path / "events.duckdb"), name=name, projector=None)
+    yield name, handle
+    stop_event_log(handle)
+
+
+@ray.remote(max_retries=0)
+def appender(name: str, namespace: str, worker: int, calls: int, size: int) -> list[tuple[list[str], list[int]]]:
+    """Appends ``calls`` lists of ``size`` deltas through the actor; returns keys and seqs
+    (and, last, how many calls the client had to retry)."""
+    client = LogClient.connect(name, namespace=namespace)
+    out = []
+    for c in range(calls):
+        events, keys = batch(f"w{worker}", "s", c * size, size)
+        out.append((keys, client.append(events, keys)))
+    out.append(([], [client.retries]))
+    return out
+
+
+def namespace() -> str:
+    return ray.get_runtime_context().namespace
+
+
+def test_start_is_get_or_create_and_refuses_another_file(actor_log, tmp_path):
+    name, handle = actor_log
+    again = start_event_log(str(tmp_path / "events.duckdb"), name=name, projector=None)
+    assert again._actor_id == handle._actor_id
+    with pytest.raises(EventError, match="already serves"):
+        start_event_log(str(tmp_path / "other.duckdb"), name=name, projector=None)
+
+
+def test_append_read_poll_query_through_the_actor(actor_log):
+    name, handle = actor_log
+    client = LogClient(handle)
+    events, keys = batch("r1", "s1", 0, 3)
+    assert client.append(events, keys) == [1, 2, 3]
+    assert client.append(events, keys) == [1, 2, 3]  # idempotent through the actor too
+    assert client.append_encoded([blob(delta("r2", "s1", 0))], ["r2/0"]) == [4]
+    assert [r.event for r in client.read(1, run_id="r1")] == events[1:]
+    assert client.max_seq() == 4
+
+    t0 = time.monotonic()
+    assert client.poll(4, timeout=0.3) == []
+    assert time.monotonic() - t0 >= 0.25
+    # A long-poll answers as soon as a commit lands, not at its timeout.
+    pending = handle.poll.remote(4, None, 30.0)
+    time.sleep(0.2)
+    client.append([delta("r1", "s1", 9)], ["late"])
+    t0 = time.monotonic()
+    assert [seq for seq, _ in ray.get(pending, timeout=10)] == [5]
+    assert time.monotonic() - t0 < 5
+
+    with pytest.raises(MalformedEvent, match="unknown event kind 'nope'"):
+        client.append_encoded([b'{"kind":"nope","run_id":"r","ts":1.0}'], ["bad"])
+    assert client.max_seq() == 5
+
+    result = client.query("SELECT run_id, count(*) FROM events GROUP BY run_id ORDER BY run_id")
+    assert result.rows == [("r1", 4), ("r2", 1)]
+    with pytest.raises(ValueError, match="only read-only"):
+        client.query("DELETE FROM events")
+    assert client.call_reader(_count_events) == 5
+
+
+def _count_events(cur) -> int:
+    return cur.execute("SELECT count(*) FROM events").fetchall()[0][0]
+
+
+def test_async_append_and_poll(actor_log):
+    import asyncio
+
+    name, handle = actor_log
+    client = LogClient(handle)
+
+    async def main():
+        seqs = await client.append_async(*batch("r", "s", 0, 2))
+        polled = await client.poll_async(0, run_id="r", timeout=1)
+        read = await client.read_async(1)
+        return seqs, polled, read
+
+    seqs, polled, read = asyncio.run(main())
+    assert seqs == [1, 2]
+    assert [r.seq for r in polled] == [1, 2]
+    assert [r.seq for r in read] == [2]
+
+
+def test_many_ray_appenders_get_dense_ordered_seqs(actor_log):
+    name, handle = actor_log
+    results = [calls[:-1] for calls in ray.get([appender.remote(name, namespace(), w, 25, 8) for w in range(4)])]
+    seqs = sorted(s for calls in results for _, call in calls for s in call)
+    assert seqs == list(range(1, 801))
+    by_key = {}
+    for calls in results:
+        previous = 0
+        for keys, call in calls:
+            assert call == list(range(call[0], call[0] + 8))  # one append is contiguous
+            assert call[0] > previous
+            previous = call[-1]
+            by_key.update(zip(keys, call))
+    records = LogClient(handle).read()
+    assert [r.seq for r in records] == list(range(1, 801))
+    for w in range(4):
+        events, keys = batch(f"w{w}", "s", 0, 200)
+        assert [records[by_key[k] - 1].event for k in keys] == events
+
+
+def test_subscription_through_polls_hands_over_without_gap_or_duplicate(actor_log):
+    name, handle = actor_log
+    client = LogClient(handle)
+    for c in range(4):
+        client.append(*batch("pre", "s", c * 50, 50))
+    running = [appender.remote(name, namespace(), w, 20, 10) for w in range(3)]
+    got = []
+    with client.subscribe(after=60) as sub:
+        deadline = time.monotonic() + 60
+        while not got or got[-1].seq < 800:
+            assert time.monotonic() < deadline
+            got.extend(sub.get(timeout=1))
+    ray.get(running)
+    assert [r.seq for r in got] == list(range(61, 801))
+
+
+def test_held_file_gives_log_locked_naming_the_holder(ray_session, tmp_path):
+    path = tmp_path / "events.duckdb"
+    with DuckDBLog(path):
+        with pytest.raises(LogLocked, match=f"held by process {os.getpid()}"):
+            start_event_log(str(path), name=f"eventlog-{uuid.uuid4().hex[:8]}", projector=None)
+
+
+def test_projector_is_built_in_the_actor_and_runs_in_its_transactions(ray_session, tmp_path):
+    handle = start_event_log(
+        str(tmp_path / "events.duckdb"),
+        name=f"eventlog-{uuid.uuid4().hex[:8]}",
+        projector=CountingProjector,
+    )
+    try:
+        client = LogClient(handle)
+        for c in range(5):
+            client.append(*batch("r", "s", c * 10, 10))
+        assert client.query("SELECT kind, n FROM kind_counts").rows == [("output_delta", 50)]
+    finally:
+        stop_event_log(handle)
+
+
+def test_actor_killed_under_load_restarts_and_retried_appends_duplicate_nothing(actor_log):
+    name, handle = actor_log
+    pid_before = ray.get(handle.info.remote())["pid"]
+    running = [appender.remote(name, namespace(), w, 60, 5) for w in range(4)]
+    client = LogClient(handle)
+    deadline = time.monotonic() + 60
+    while client.max_seq() < 150:
+        assert time.monotonic() < deadline, "appenders made no progress"
+        time.sleep(0.02)
+    ray.kill(handle, no_restart=False)
+    results = ray.get(running, timeout=120)
+    retried = sum(calls.pop()[1][0] for calls in results)
+    assert retried > 0  # some appends were in flight when it died, and were sent again
+
+    info = ray.get(handle.info.remote())
+    assert info["pid"] != pid_before  # Ray restarted it, and it reopened its file
+    total = 4 * 60 * 5
+    rows = client.query("SELECT count(*), count(DISTINCT key), min(seq), max(seq) FROM events").rows
+    assert rows == [(total, total, 1, total)]
+    stored = dict(client.query("SELECT key, seq FROM events").rows)
+    for calls in results:
+        for keys, seqs in calls:
+            assert [stored[k] for k in keys] == seqs
