@@ -1,4 +1,4 @@
-"""``orchestrator schema``: the JSON Schema of every event (and WebSocket frame)."""
+"""``orchestrator schema``: the JSON Schema of every event and WebSocket frame."""
 
 from __future__ import annotations
 
@@ -6,17 +6,27 @@ import argparse
 import json
 
 NAME = "schema"
-HELP = "Print the JSON Schema of the event union, for TypeScript clients."
+HELP = "Print the JSON Schema of the WebSocket frames and the event union, for TypeScript clients."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", "-o", help="write to this file instead of stdout")
+    parser.add_argument(
+        "--events-only", action="store_true", help="only the event union (no WebSocket frames)"
+    )
 
 
 def run(args: argparse.Namespace, settings) -> int:
-    from events import schema
+    if args.events_only:
+        from events import schema
 
-    text = json.dumps(schema(), indent=2, sort_keys=True)
+        doc = schema()
+    else:
+        # The same document as GET /api/schema: client frames, server frames, events.
+        from api.ws import schema_document
+
+        doc = schema_document()
+    text = json.dumps(doc, indent=2, sort_keys=True)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as fh:
             fh.write(text + "\n")
