@@ -21,11 +21,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import msgspec
+from msgspec.structs import astuple
 
 from events.codec import decode
 from events.log import Record
-from projections.analytics import create_views
 from events.types import OutputDelta
+from projections.analytics import create_views
 from projections.fold import TERMINAL_RUN, Runs, Steps, fold
 from projections.rows import (
     RUNS_TABLE,
@@ -33,8 +34,6 @@ from projections.rows import (
     TABLES,
     RunRow,
     StepRow,
-    arrow_schema,
-    columns,
     ddl,
     from_db,
 )
@@ -278,20 +277,21 @@ def read_log(con: Any, after: int = 0) -> Iterator[Record]:
 
 
 def _upsert(con: Any, table: str, row_type: type, rows: Iterable[Any]) -> None:
+    """Write whole rows: delete those keys, then append (cheaper here than INSERT OR REPLACE)."""
     rows = list(rows)
     if not rows:
         return
-    import pyarrow as pa
-
-    names = columns(row_type)
-    data = {n: [getattr(r, n) for r in rows] for n in names}
-    batch = pa.table(data, schema=arrow_schema(row_type))
-    view = f"_orch_{table}_batch"
-    con.register(view, batch)
-    try:
-        con.execute(f"INSERT OR REPLACE INTO {table} SELECT * FROM {view}")
-    finally:
-        con.unregister(view)
+    key = TABLES[table][1]
+    con.execute(
+        f"DELETE FROM {table} USING (SELECT "
+        + ", ".join(f"unnest(?::VARCHAR[]) AS {k}" for k in key)
+        + ") AS b WHERE "
+        + " AND ".join(f"{table}.{k} = b.{k}" for k in key),
+        [[getattr(r, k) for r in rows] for k in key],
+    )
+    appender = con.appender(table)
+    appender.append_rows([astuple(r) for r in rows])
+    appender.flush()
 
 
 def _update_streamed(con: Any, runs: list[RunRow], steps: list[StepRow]) -> None:

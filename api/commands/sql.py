@@ -1,0 +1,185 @@
+"""``orchestrator sql``: one read-only query over the event log and its projections.
+
+The file is opened ``read_only`` with external file access disabled, and the statement must
+pass ``projections.sql.readonly_query``'s guard: a refused statement runs nothing and leaves the
+file as it was. While a server holds the file (DuckDB lets one process open it for writing),
+the query goes through the server's event-log actor instead, found from
+``<data_dir>/server.json`` (``{"ray_address", "namespace", "pid"}``, written by the server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from api.commands import CommandError
+
+NAME = "sql"
+HELP = "Run one read-only SQL query over the event log and the projections."
+
+SERVER_FILE = "server.json"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("query", help="one SELECT (or EXPLAIN, or a PRAGMA that describes)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--max-rows", type=int, default=None, metavar="N", help="print at most N rows"
+    )
+
+
+def run(args: argparse.Namespace, settings) -> int:
+    from projections.sql import ReadOnlyViolation
+
+    if args.max_rows is not None and args.max_rows < 0:
+        raise CommandError("--max-rows must not be negative")
+    try:
+        result = query(settings, args.query, max_rows=args.max_rows)
+    except ReadOnlyViolation as exc:
+        raise CommandError(str(exc)) from None
+    if args.json:
+        print(to_json(result))
+    else:
+        print_table(result)
+    return 0
+
+
+def query(settings, sql: str, *, max_rows: int | None = None):
+    """``projections.sql.QueryResult`` of ``sql``: from the file, or through the server."""
+    import duckdb
+
+    from projections.sql import readonly_query
+
+    path = require_log(settings)
+    try:
+        con = duckdb.connect(
+            str(path), read_only=True, config={"enable_external_access": False}
+        )
+    except duckdb.IOException as exc:
+        if "lock" not in str(exc).lower():
+            raise CommandError(f"cannot open {path}: {exc}") from None
+        return _through_server(settings, sql, max_rows, str(exc))
+    try:
+        return readonly_query(con, sql, max_rows=max_rows)
+    except duckdb.Error as exc:
+        raise CommandError(f"query failed: {_first_line(exc)}") from None
+    finally:
+        con.close()
+
+
+def require_log(settings) -> Path:
+    path = Path(settings.events_path)
+    if not path.exists():
+        raise CommandError(
+            f"no event log at {path}: nothing has run with this data directory "
+            "(set --data-dir or ORCH_DATA_DIR)"
+        )
+    return path
+
+
+def server_info(settings) -> dict[str, Any] | None:
+    """What the running server recorded about itself, or None."""
+    file = Path(settings.data_dir) / SERVER_FILE
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"cannot read {file}: {exc}") from None
+
+
+def holder(lock_error: str) -> str:
+    """Which process DuckDB says holds the file, in words."""
+    import re
+
+    pid = re.search(r"PID (\d+)", lock_error)
+    return f"process {pid.group(1)}" if pid else "another process"
+
+
+def _through_server(settings, sql: str, max_rows: int | None, lock_error: str):
+    import ray
+
+    from actors.runtime import NAMESPACE
+
+    info = server_info(settings) or {}
+    held = f"{settings.events_path} is held by {holder(lock_error)}"
+    if ray.is_initialized():  # this process already joined a Ray (tests, an embedding app)
+        namespace = info.get("namespace") or ray.get_runtime_context().namespace or NAMESPACE
+        return _ask_actor(settings, namespace, sql, max_rows, held)
+    namespace = info.get("namespace") or NAMESPACE
+    try:
+        ray.init(
+            address=info.get("ray_address") or "auto",
+            namespace=namespace,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise CommandError(
+            f"{held}, and no running Orchestrator server could be reached to ask it "
+            f"({_first_line(exc)})"
+        ) from None
+    try:
+        return _ask_actor(settings, namespace, sql, max_rows, held)
+    finally:
+        ray.shutdown()
+
+
+def _ask_actor(settings, namespace: str, sql: str, max_rows: int | None, held: str):
+    import ray
+    from ray.exceptions import RayActorError, RayTaskError
+
+    from actors.runtime import names_for
+    from projections.sql import ReadOnlyViolation, readonly_query
+
+    name = names_for(settings, namespace).eventlog
+    try:
+        actor = ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        raise CommandError(
+            f"{held}, which is not an Orchestrator server of this data directory "
+            f"(no actor {name!r} in namespace {namespace!r}); stop that process and retry"
+        ) from None
+    try:
+        return ray.get(actor.call_reader.remote(readonly_query, sql, max_rows=max_rows))
+    except RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, ReadOnlyViolation):
+            raise ReadOnlyViolation(str(cause)) from None
+        raise CommandError(f"query failed: {_first_line(cause or exc)}") from None
+    except RayActorError as exc:
+        raise CommandError(f"the server's event log is not answering: {_first_line(exc)}") from None
+
+
+def to_json(result) -> str:
+    import msgspec
+
+    return msgspec.json.encode(
+        {"columns": result.columns, "types": result.types, "rows": result.rows,
+         "truncated": result.truncated},
+        enc_hook=str,
+    ).decode()
+
+
+def print_table(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*result.columns, show_lines=False, highlight=False)
+    for row in result.rows:
+        table.add_row(*("NULL" if v is None else str(v) for v in row))
+    console = Console(file=sys.stdout, soft_wrap=True)
+    console.print(table)
+    shown = len(result.rows)
+    note = f"{shown} row{'s' if shown != 1 else ''}"
+    if result.truncated:
+        note += " (more rows matched; raise --max-rows)"
+    console.print(note, style="dim")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

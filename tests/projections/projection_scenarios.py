@@ -1,0 +1,266 @@
+"""Valid event sequences of several runs, for the projection tests (imported by them).
+
+``run_events`` writes one run's life from a ``pick(lo, hi)`` chooser, so the same generator
+serves Hypothesis (``scenario()``, which shrinks) and a seeded ``random.Random`` (the crash
+test's writer process). Runs may stop anywhere (still in flight), fail, be cancelled, resume,
+retry steps, stream deltas, call and be refused tools, and report findings of any severity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import duckdb
+
+from events.types import (
+    AgentEvent,
+    Evidence,
+    EvidenceChecked,
+    EvidenceResult,
+    Finding,
+    OutputDelta,
+    PlannedStep,
+    ReportRendered,
+    ReportSent,
+    RosterEntry,
+    RunCancelled,
+    RunFailed,
+    RunFinished,
+    RunPlanned,
+    RunRequested,
+    RunResumed,
+    StepFailed,
+    StepFinished,
+    StepQueued,
+    StepStarted,
+    ToolCalled,
+    ToolDenied,
+    ToolResult,
+    ValidatorVerdict,
+    Verdict,
+)
+
+Pick = Callable[[int, int], int]
+
+FLOWS = ("code-review", "architectural-analysis", "investigate")
+PERSONAS = ("junior-developer", "adversarial-security-analyst", "risk-analyst", "validator")
+SEVERITIES = ("CRIT", "WARN", "SUGG", "Critical", "High", "Blocks decision")
+OUTCOMES = ("verified", "moved", "not_found", "no_such_file")
+RESULTS = ("confirmed", "partially_refuted", "refuted")
+
+
+def run_events(run_id: str, pick: Pick, t0: float = 1_700_000_000.0) -> list[AgentEvent]:
+    """One run's events in order (ts rising by one per event)."""
+    events: list[AgentEvent] = []
+    clock = [t0]
+
+    def ts() -> float:
+        clock[0] += 1.0
+        return clock[0]
+
+    events.append(
+        RunRequested(
+            run_id=run_id,
+            ts=ts(),
+            flow=FLOWS[pick(0, len(FLOWS) - 1)],
+            repo=f"/repos/r{pick(0, 2)}",
+            text="look at the parser" if pick(0, 1) else "",
+        )
+    )
+    if pick(0, 9) == 0:
+        events.append(RunFailed(run_id=run_id, ts=ts(), error="could not pin the snapshot"))
+        return events
+    n = pick(1, 4)
+    steps = tuple(
+        PlannedStep(
+            step_id=f"s{i}",
+            persona=PERSONAS[pick(0, len(PERSONAS) - 1)],
+            phase="analysis" if i < n - 1 else "validation",
+            wave=min(i, 2),
+            role="validator" if i == n - 1 and n > 1 else "discovery",
+        )
+        for i in range(n)
+    )
+    events.append(
+        RunPlanned(
+            run_id=run_id,
+            ts=ts(),
+            band=("small", "medium", "large")[pick(0, 2)],
+            band_reason="few files changed",
+            band_source=("explicit", "signals", "default")[pick(0, 2)],
+            roster=tuple(RosterEntry(persona=s.persona, reason="fits", phase=s.phase) for s in steps),
+            steps=steps,
+            commit="c0ffee",
+            model="smollm2",
+            engine="scripted",
+        )
+    )
+    if pick(0, 5) == 0:
+        events.append(RunResumed(run_id=run_id, ts=ts(), reason="server restarted"))
+    for step in steps:
+        _step_events(run_id, step, pick, ts, events)
+    ending = pick(0, 5)
+    if ending == 0:
+        events.append(RunCancelled(run_id=run_id, ts=ts(), reason="no longer needed"))
+    else:
+        events.append(ReportRendered(run_id=run_id, ts=ts(), recommendation="approve"))
+        events.append(RunFinished(run_id=run_id, ts=ts()))
+        if ending == 1:
+            events.append(ReportSent(run_id=run_id, ts=ts(), request_id="q1", target="chat"))
+    if pick(0, 3) == 0:
+        del events[pick(1, len(events)) :]  # still in flight when the sequence ends
+    return events
+
+
+def _step_events(run_id: str, step: PlannedStep, pick: Pick, ts, events: list) -> None:
+    sid = step.step_id
+    for attempt in (1, 2, 3):
+        events.append(
+            StepQueued(run_id=run_id, ts=ts(), step_id=sid, attempt=attempt,
+                       persona=step.persona, phase=step.phase)
+        )
+        events.append(StepStarted(run_id=run_id, ts=ts(), step_id=sid, attempt=attempt))
+        offset = 0
+        for call in range(pick(0, 6)):
+            what = pick(0, 4)
+            if what <= 2:
+                text = "token " * pick(1, 4)
+                events.append(
+                    OutputDelta(run_id=run_id, ts=ts(), step_id=sid, attempt=attempt,
+                                text=text, offset=offset, tokens=pick(0, 9))
+                )
+                offset += len(text)
+            elif what == 3:
+                cid = f"{sid}-{attempt}-{call}"
+                events.append(
+                    ToolCalled(run_id=run_id, ts=ts(), step_id=sid, attempt=attempt,
+                               call_id=cid, tool="read", args={"path": "a.py"})
+                )
+                events.append(
+                    ToolResult(run_id=run_id, ts=ts(), step_id=sid, attempt=attempt,
+                               call_id=cid, tool="read", content="print(1)\n")
+                )
+            else:
+                events.append(
+                    ToolDenied(run_id=run_id, ts=ts(), step_id=sid, attempt=attempt,
+                               call_id=f"{sid}-{attempt}-{call}", tool="write",
+                               reason="not a read tool")
+                )
+        end = pick(0, 4)
+        if end == 0 and attempt < 3:
+            events.append(
+                StepFailed(run_id=run_id, ts=ts(), step_id=sid, attempt=attempt,
+                           error="model timed out", retryable=True)
+            )
+            continue
+        if end == 1:
+            events.append(
+                StepFailed(run_id=run_id, ts=ts(), step_id=sid, attempt=attempt,
+                           error="bad output", retryable=False)
+            )
+            return
+        findings = tuple(
+            Finding(
+                id=f"{sid}-F{i}",
+                persona=step.persona,
+                severity=SEVERITIES[pick(0, len(SEVERITIES) - 1)],
+                title="something to look at",
+                evidence=(Evidence(path="a.py", line_start=1, line_end=1, quote="print(1)"),),
+            )
+            for i in range(pick(0, 3))
+        )
+        events.append(
+            StepFinished(run_id=run_id, ts=ts(), step_id=sid, attempt=attempt, output="done",
+                         findings=findings, tokens_in=pick(0, 900), tokens_out=pick(0, 300))
+        )
+        events.append(
+            EvidenceChecked(
+                run_id=run_id,
+                ts=ts(),
+                step_id=sid,
+                results=tuple(
+                    EvidenceResult(finding_id=f.id, index=0,
+                                   outcome=OUTCOMES[pick(0, len(OUTCOMES) - 1)],
+                                   path="a.py", line_start=1, line_end=1)
+                    for f in findings
+                ),
+            )
+        )
+        if step.role == "validator":
+            events.append(
+                ValidatorVerdict(
+                    run_id=run_id,
+                    ts=ts(),
+                    step_id=sid,
+                    verdicts=tuple(
+                        Verdict(finding_id=f"F{i}", result=RESULTS[pick(0, 2)])
+                        for i in range(pick(0, 4))
+                    ),
+                )
+            )
+        return
+
+
+def interleave(runs: Sequence[list[AgentEvent]], pick: Pick) -> list[AgentEvent]:
+    """The runs' events merged into one log order, each run's own order kept."""
+    queues = [list(reversed(r)) for r in runs if r]
+    out: list[AgentEvent] = []
+    while queues:
+        i = pick(0, len(queues) - 1)
+        out.append(queues[i].pop())
+        if not queues[i]:
+            del queues[i]
+    return out
+
+
+def batches(events: list[AgentEvent], cuts: Sequence[int]) -> list[list[AgentEvent]]:
+    """``events`` split before each index in ``cuts`` (empty pieces dropped)."""
+    bounds = [0, *sorted(c for c in set(cuts) if 0 < c < len(events)), len(events)]
+    return [events[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
+def tables(con: Any) -> dict[str, list[tuple]]:
+    """Both projection tables, every column, in a fixed order; and their column types."""
+    return {
+        "flow_runs": con.execute("SELECT * FROM flow_runs ORDER BY run_id").fetchall(),
+        "flow_steps": con.execute("SELECT * FROM flow_steps ORDER BY run_id, step_id").fetchall(),
+        "types": con.execute(
+            "SELECT table_name, column_name, data_type, ordinal_position FROM "
+            "information_schema.columns WHERE table_name IN ('flow_runs', 'flow_steps') "
+            "ORDER BY table_name, ordinal_position"
+        ).fetchall(),
+    }
+
+
+def sums_disagree(con: Any) -> list[tuple]:
+    """Runs whose sums differ from the sums over their steps (should be none)."""
+    return con.execute(
+        """
+        WITH s AS (
+          SELECT run_id, count(*) AS n,
+            count(*) FILTER (status = 'finished') AS fin,
+            count(*) FILTER (status = 'failed') AS fail,
+            count(*) FILTER (status IN ('queued', 'running')) AS active,
+            sum(tokens_in) AS ti, sum(tokens_out) AS tout, sum(streamed_tokens) AS st,
+            sum(tool_calls) AS tc, sum(tools_denied) AS td, sum(findings) AS f,
+            sum(evidence_verified) AS ev, sum(evidence_unverified) AS eu,
+            sum(confirmed) AS c, sum(partially_refuted) AS p, sum(refuted) AS r
+          FROM flow_steps GROUP BY run_id
+        )
+        SELECT r.run_id FROM flow_runs r LEFT JOIN s USING (run_id)
+        WHERE (r.steps_total, r.steps_finished, r.steps_failed, r.steps_running, r.tokens_in,
+               r.tokens_out, r.streamed_tokens, r.tool_calls, r.tools_denied, r.findings,
+               r.evidence_verified, r.evidence_unverified, r.confirmed, r.partially_refuted,
+               r.refuted)
+          IS DISTINCT FROM
+              (coalesce(s.n, 0), coalesce(s.fin, 0), coalesce(s.fail, 0), coalesce(s.active, 0),
+               coalesce(s.ti, 0), coalesce(s.tout, 0), coalesce(s.st, 0), coalesce(s.tc, 0),
+               coalesce(s.td, 0), coalesce(s.f, 0), coalesce(s.ev, 0), coalesce(s.eu, 0),
+               coalesce(s.c, 0), coalesce(s.p, 0), coalesce(s.r, 0))
+        """
+    ).fetchall()
+
+
+def open_rw(path) -> duckdb.DuckDBPyConnection:
+    return duckdb.connect(str(path))
