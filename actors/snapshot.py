@@ -273,7 +273,7 @@ def pin(
         if where is None:
             record = _pin_copy(source, store, base, scope, copy_limit_bytes)
         else:
-            record = _pin_repo(source, store, where, base, scope)
+            record = _pin_repo(source, store, where, base, scope, copy_limit_bytes)
         (store / PIN_FILE).write_bytes(msgspec.json.encode(record))
         snap = GitSnapshot(record)
         snap._check_scope()
@@ -332,7 +332,7 @@ def _resolve_commit(root: str, ref: str, env: dict[str, str]) -> str | None:
 
 
 def _pin_repo(
-    source: Path, store: Path, where: _Where, base: str | None, scope: tuple[str, ...]
+    source: Path, store: Path, where: _Where, base: str | None, scope: tuple[str, ...], limit: int
 ) -> Pin:
     root = where.root
     env = _base_env()
@@ -343,7 +343,7 @@ def _pin_repo(
         )
     commit, dirty, objects = head, False, ""
     if not where.bare:
-        commit, dirty, objects = _pin_work_tree(root, store, where, head)
+        commit, dirty, objects = _pin_work_tree(root, store, where, head, limit)
     if not commit:
         raise SnapshotError(f"repository {root} has no commits and no files to pin")
     read_env = _base_env(objects, where.objects if objects else "")
@@ -375,8 +375,14 @@ def _pin_repo(
     )
 
 
-def _pin_work_tree(root: str, store: Path, where: _Where, head: str) -> tuple[str, bool, str]:
+def _pin_work_tree(
+    root: str, store: Path, where: _Where, head: str, limit: int
+) -> tuple[str, bool, str]:
     """The commit of the files on disk: HEAD when clean, else a new commit in ``store``.
+
+    Only changes under the named directory are taken (all of them for the repository root),
+    so naming a subdirectory of a big tree never scans the rest; what is new or modified
+    there may total at most ``limit`` bytes (it is stored in the run's data).
 
     The index is a copy of the user's (so only changed files are hashed). ``git add`` and
     ``write-tree`` see ONLY the private object directory (no alternates), so git never finds,
@@ -393,7 +399,9 @@ def _pin_work_tree(root: str, store: Path, where: _Where, head: str) -> tuple[st
     write_env = _base_env(str(objects), "", str(index))
     if not index.exists() and head:
         _git(root, ["read-tree", head], _base_env(str(objects), where.objects, str(index)))
-    _git(root, ["add", "-A", "--", "."], write_env, extra_config=filters)
+    spec = where.prefix or "."
+    _check_change_size(root, spec, write_env, filters, limit)
+    _git(root, ["add", "-A", "--", spec], write_env, extra_config=filters)
     # write-tree re-checks racily clean files too, so it needs the same overrides as add.
     tree = _out(_git(root, ["write-tree", "--missing-ok"], write_env, extra_config=filters))
     index.unlink(missing_ok=True)
@@ -410,6 +418,31 @@ def _pin_work_tree(root: str, store: Path, where: _Where, head: str) -> tuple[st
         args[2:2] = ["-p", head]
     commit = _out(_git(root, args, {**read_env, **_IDENTITY}))
     return commit, True, str(objects)
+
+
+def _check_change_size(
+    root: str, spec: str, env: dict[str, str], filters: list[str], limit: int
+) -> None:
+    """Refuse uncommitted changes too big to keep in the run's data (before hashing any)."""
+    out = _git(
+        root,
+        ["ls-files", "-z", "--others", "--modified", "--exclude-standard", "--", spec],
+        env,
+        extra_config=filters,
+    ).stdout
+    total = 0
+    for rel in {p for p in out.split(b"\0") if p}:
+        try:
+            st = os.lstat(os.path.join(os.fsencode(root), rel))
+        except OSError:
+            continue  # deleted: costs nothing
+        if stat.S_ISREG(st.st_mode):
+            total += st.st_size
+    if total > limit:
+        raise SnapshotError(
+            f"the uncommitted changes in {root} hold {_size(total)}, more than the copy limit "
+            f"({_size(limit)}): commit or ignore the large files, or raise ORCH_COPY_LIMIT_BYTES"
+        )
 
 
 def _filter_overrides(root: str) -> list[str]:

@@ -241,6 +241,24 @@ def test_subdirectory_pins_the_repository_scoped_to_it(repo, tmp_path):
     assert snap.read("README.md") == b"# demo\n"
 
 
+def test_subdirectory_takes_only_its_own_uncommitted_changes(repo, tmp_path):
+    write(repo, {"src/lib.py": "X = 2\n", "README.md": "# edited outside the subdirectory\n"})
+    snap = pin(repo / "src", work_dir=tmp_path / "run")
+    assert snap.mode == "uncommitted"
+    assert snap.read("src/lib.py") == b"X = 2\n"
+    assert snap.read("README.md") == b"# demo\n"  # outside the named directory: as committed
+    assert snap.changed() == ("src/lib.py",)
+
+
+def test_uncommitted_changes_over_the_copy_limit_are_an_error(repo, tmp_path):
+    write(repo, {"src/big.bin": b"x" * 5000, "src/lib.py": "X = 2\n"})
+    before = fingerprint(repo)
+    with pytest.raises(SnapshotError, match=r"hold 5,006 bytes, more than the copy limit \(4,000 bytes\)"):
+        pin(repo, work_dir=tmp_path / "run", copy_limit_bytes=4000)
+    assert fingerprint(repo) == before and not (tmp_path / "run").exists()
+    assert pin(repo, work_dir=tmp_path / "run", copy_limit_bytes=6000).read("src/big.bin") == b"x" * 5000
+
+
 def test_data_directory_inside_the_repository_is_refused(repo):
     before = fingerprint(repo)
     with pytest.raises(SnapshotError, match="inside the repository"):
