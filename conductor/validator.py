@@ -1,0 +1,144 @@
+"""The validator gate: apply the adversarial validator's verdicts to the surviving findings.
+
+The validator filters; it never adds. For each surviving finding it judged:
+
+- **confirmed** keeps the finding;
+- **partially refuted** demotes it one level;
+- **refuted** drops it only when its counter-evidence itself verifies against the pinned
+  snapshot (the same mechanical check as any finding: at least one citation, every citation
+  found). A refutation whose counter-evidence is missing or not found demotes instead: a doubt
+  without proof does not remove a finding.
+
+Security findings follow the same rule, stated plainly: a refuted security finding is dropped
+only with verified counter-evidence; a demoted one steps down its own tier and never falls out
+of the report (it stays at least a suggestion).
+
+A finding the validator did not mention is kept (uncertainty keeps the item). Verdicts on ids
+that were not in its input, and second verdicts on one id, are ignored with a note. YAGNI and
+unverified items are not the validator's input and are untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import msgspec
+
+from conductor.collect import Collected, Item, Omitted, collect, demote, rank
+from conductor.evidence import check, finding_status
+from conductor.findings import parse_output
+from conductor.snapshot import Snapshot
+from conductor.state import RunState
+from events.types import Finding, ValidatorVerdict, Verdict
+
+__all__ = ["Validated", "apply_verdicts", "gate"]
+
+
+def gate(state: RunState, step_id: str, snapshot: Snapshot) -> ValidatorVerdict:
+    """Read the validator step's answer and decide what each verdict does.
+
+    The returned event carries only the verdicts that apply to a finding the validator was
+    given, each with its ``action`` and whether its counter-evidence verified.
+    """
+    st = state.steps[step_id]
+    surviving = collect(state, before_wave=st.step.wave).findings
+    known = {item.id for item in surviving}
+    parsed = parse_output(st.output, persona=st.persona, step_id=step_id, role="validator")
+    notes: list[str] = []
+    if parsed.error:
+        notes.append(f"validator output: {parsed.error}")
+    verdicts: list[Verdict] = []
+    seen: set[str] = set()
+    for v in parsed.verdicts:
+        if v.finding_id not in known:
+            notes.append(f"ignored a verdict on {v.finding_id}: not a finding the validator was given")
+            continue
+        if v.finding_id in seen:
+            notes.append(f"ignored a second verdict on {v.finding_id}")
+            continue
+        seen.add(v.finding_id)
+        verdicts.append(_decide(v, snapshot))
+    unmentioned = [i for i in sorted(known) if i not in seen]
+    if unmentioned:
+        notes.append(f"kept without a verdict: {', '.join(unmentioned)}")
+    return ValidatorVerdict(
+        run_id=state.run_id,
+        ts=st.ended_ts if st.ended_ts is not None else 0.0,
+        step_id=step_id,
+        verdicts=tuple(verdicts),
+        note="; ".join(notes),
+    )
+
+
+def _decide(v: Verdict, snapshot: Snapshot) -> Verdict:
+    counter_verified = False
+    if v.counter_evidence:
+        probe = Finding(id=v.finding_id, severity="", title="", evidence=v.counter_evidence)
+        counter_verified = finding_status(probe, check([probe], snapshot)) == "verified"
+    if v.result == "confirmed":
+        action = "keep"
+    elif v.result == "refuted" and counter_verified:
+        action = "drop"
+    else:
+        action = "demote"
+    return msgspec.structs.replace(v, counter_verified=counter_verified, action=action)
+
+
+class Validated(msgspec.Struct, frozen=True, kw_only=True):
+    """The collected findings after the validators' verdicts, and what each verdict did."""
+
+    collected: Collected
+    dropped: tuple[tuple[Item, Verdict], ...] = ()
+    demoted: tuple[str, ...] = ()
+    verdicts: tuple[Verdict, ...] = ()  # every applied verdict, in the validators' order
+    notes: tuple[str, ...] = ()
+
+
+def apply_verdicts(collected: Collected, events: Iterable[ValidatorVerdict]) -> Validated:
+    """Carry out the recorded actions on the collected findings (the report's view)."""
+    items = list(collected.findings)
+    omitted = list(collected.omitted)
+    dropped: list[tuple[Item, Verdict]] = []
+    demoted: list[str] = []
+    applied: list[Verdict] = []
+    notes: list[str] = []
+    for event in events:
+        if event.note:
+            notes.append(event.note)
+        for v in event.verdicts:
+            at = next((n for n, i in enumerate(items) if i.id == v.finding_id), None)
+            if at is None:
+                continue  # dropped earlier, or no longer in the list
+            applied.append(v)
+            item = items[at]
+            label = v.result.replace("_", " ")
+            if v.action == "drop":
+                dropped.append((item, v))
+                del items[at]
+            elif v.action == "demote":
+                lower = demote(item.level)
+                if lower is None and item.security:
+                    lower = item.level  # a security finding never falls out on a demotion
+                demoted.append(item.id)
+                if lower is None:
+                    del items[at]
+                    omitted.append(Omitted(item=item, reason=f"validator: {label}; demoted below suggestion"))
+                else:
+                    items[at] = _note(item, f"validator: {label}, demoted from {item.level}", level=lower)
+            else:
+                items[at] = _note(item, "validator: confirmed")
+    return Validated(
+        collected=msgspec.structs.replace(
+            collected,
+            findings=tuple(sorted(items, key=rank)),
+            omitted=tuple(sorted(omitted, key=lambda o: o.item.order)),
+        ),
+        dropped=tuple(dropped),
+        demoted=tuple(demoted),
+        verdicts=tuple(applied),
+        notes=tuple(notes),
+    )
+
+
+def _note(item: Item, note: str, **changes) -> Item:
+    return msgspec.structs.replace(item, notes=item.notes + (note,), **changes)
