@@ -32,7 +32,7 @@ from api.chat import ChatSender
 from api.routes import SCHEMA_TYPES, router
 from api.routes.shapes import ApiError, ErrorBody, ErrorDetail
 from api.security import Guard, is_loopback, repo_roots
-from api.ws import websocket_endpoint
+from api.ws import Hub, websocket_endpoint
 
 log = logging.getLogger("orchestrator.api")
 
@@ -77,7 +77,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        hub = Hub(backend)
+        await hub.start()
         yield {
+            "hub": hub,
             "backend": backend,
             "settings": settings,
             "roots": roots,
@@ -87,6 +90,7 @@ def create_app(
             "engine": engine or settings.engine,
         }
         gate.closing = True
+        await hub.stop()
         if close_backend:
             await run_in_threadpool(backend.close)
 

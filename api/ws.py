@@ -31,6 +31,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from actors.service import LaunchError, NotFound
 from api.routes.shapes import ApiError, LaunchBody, to_launch_request
 from events.errors import SubscriberDropped
+from events.log import Record
 from events.types import AgentEvent
 from projections.rows import RunRow, StepRow
 
@@ -39,6 +40,7 @@ log = logging.getLogger("orchestrator.ws")
 QUEUE_FRAMES = 2048  # frames a client may lag behind before it is disconnected
 SLOW_CLOSE = 1013  # "try again later": the client should reconnect and resubscribe
 RECENT_RUNS = 50
+CATCH_UP_PAGE = 1000
 
 Short = Annotated[str, msgspec.Meta(max_length=200)]
 RunIdText = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
@@ -181,12 +183,129 @@ def schema_document() -> dict[str, Any]:
     }
 
 
+class Listener:
+    """One subscription of one connection: catch-up records first, live ones buffered until
+    the catch-up is done, every record at most once and in ``seq`` order."""
+
+    def __init__(self, conn: Connection, run_id: str | None, after: int):
+        self.conn = conn
+        self.run_id = run_id
+        self.last = after
+        self.live = False
+        self.pending: list[Record] = []
+
+    def deliver(self, records) -> None:
+        for rec in records:
+            if rec.seq <= self.last:
+                continue  # already sent (the catch-up and the live feed overlap)
+            self.last = rec.seq
+            self.conn.offer(EventFrame(sub=self.run_id, seq=rec.seq, run_id=rec.event.run_id, event=rec.event))
+
+    def feed(self, records, encoded: dict) -> None:
+        """Live records from the hub (already filtered to this subscription)."""
+        if not self.live:
+            self.pending.extend(records)
+            return
+        for rec in records:
+            if rec.seq <= self.last:
+                continue
+            self.last = rec.seq
+            key = (rec.seq, self.run_id)
+            data = encoded.get(key)
+            if data is None:  # encode once for every listener of the same subscription
+                data = encoded[key] = _encoder.encode(
+                    EventFrame(sub=self.run_id, seq=rec.seq, run_id=rec.event.run_id, event=rec.event)
+                )
+            self.conn.offer_encoded(data)
+
+    def go_live(self) -> None:
+        pending, self.pending = self.pending, []
+        self.deliver(pending)
+        self.live = True
+
+
+class Hub:
+    """One live feed of the whole log per server, fanned out to every subscription.
+
+    A subscription registers, then catches up from the log by pages; the feed covers whatever
+    is committed from the moment it registered. Starting the feed before any subscription (at
+    a position no later than the log's end) is what makes the two meet with no gap.
+    """
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.by_run: dict[str | None, set[Listener]] = {}
+        self.position = 0
+        self.task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        rows = await run_in_threadpool(self.backend.runs, limit=RECENT_RUNS)
+        # A lower bound of the log's end (every event belongs to a run): the feed reads on
+        # from there; records older than a subscription's catch-up are dropped as repeats.
+        self.position = max((int(_field(r, "last_seq") or 0) for r in rows), default=0)
+        self.task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
+    def add(self, listener: Listener) -> None:
+        self.by_run.setdefault(listener.run_id, set()).add(listener)
+
+    def remove(self, listener: Listener) -> None:
+        group = self.by_run.get(listener.run_id)
+        if group is not None:
+            group.discard(listener)
+            if not group:
+                del self.by_run[listener.run_id]
+
+    async def _run(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                async for batch in self.backend.subscribe(None, self.position):
+                    self._dispatch(batch)
+                    delay = 0.1
+            except asyncio.CancelledError:
+                raise
+            except SubscriberDropped:
+                continue  # resume from the last record dispatched
+            except Exception:
+                log.exception("the live feed failed; resuming from seq %d", self.position)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _dispatch(self, batch) -> None:
+        fresh = [r for r in batch if r.seq > self.position]
+        if not fresh:
+            return
+        self.position = fresh[-1].seq
+        encoded: dict = {}
+        everyone = self.by_run.get(None)
+        if everyone:
+            for listener in list(everyone):
+                listener.feed(fresh, encoded)
+        by_run: dict[str, list[Record]] = {}
+        for rec in fresh:
+            if rec.event.run_id in self.by_run:
+                by_run.setdefault(rec.event.run_id, []).append(rec)
+        for run_id, records in by_run.items():
+            for listener in list(self.by_run.get(run_id, ())):
+                listener.feed(records, encoded)
+
+
+def _field(row, name):
+    return row.get(name) if isinstance(row, dict) else getattr(row, name, None)
+
+
 class Connection:
     """One client: a receive loop, one sender with a bounded queue, a task per subscription."""
 
-    def __init__(self, ws: WebSocket, *, backend, roots, gate, heartbeat: float, max_frame: int):
+    def __init__(self, ws: WebSocket, *, backend, hub: Hub, roots, gate, heartbeat: float, max_frame: int):
         self.ws = ws
         self.backend = backend
+        self.hub = hub
         self.roots = roots
         self.gate = gate
         self.heartbeat = heartbeat
@@ -201,10 +320,13 @@ class Connection:
 
     def offer(self, frame: Frame) -> None:
         """Queue a frame for the sender; a full queue means the client is too slow."""
+        self.offer_encoded(_encoder.encode(frame))
+
+    def offer_encoded(self, data: bytes) -> None:
         if self.closing:
             return
         try:
-            self.queue.put_nowait(_encoder.encode(frame))
+            self.queue.put_nowait(data)
         except asyncio.QueueFull:
             self.close_soon(SLOW_CLOSE, "slow consumer: reconnect and subscribe from your last seq")
 
@@ -309,31 +431,32 @@ class Connection:
                 # The run row reflects exactly the run's events up to its last_seq.
                 point = run.last_seq or detail["seq"]
                 start = point if after is None else after
-                self.offer(SnapshotFrame(sub=run_id, run_id=run_id, run=run, steps=steps, seq=point, after=start))
+                snapshot = SnapshotFrame(sub=run_id, run_id=run_id, run=run, steps=steps, seq=point, after=start)
             else:
                 rows = await run_in_threadpool(self.backend.runs, limit=RECENT_RUNS)
                 runs = msgspec.convert(rows, list[RunRow])
                 point = max((r.last_seq for r in runs), default=0)
                 start = point if after is None else after
-                self.offer(SnapshotFrame(sub=None, run_id=None, runs=runs, seq=point, after=start))
+                snapshot = SnapshotFrame(sub=None, run_id=None, runs=runs, seq=point, after=start)
         except NotFound:
             self.subs.pop(run_id, None)
             self.offer(ErrorFrame(code="not_found", message=f"no run {run_id!r}", run_id=run_id))
             return
-        last = start
-        while True:
-            try:
-                async for batch in self.backend.subscribe(run_id, last):
-                    for rec in batch:
-                        if rec.seq <= last:
-                            continue  # never twice, even if a source repeats itself
-                        last = rec.seq
-                        self.offer(EventFrame(sub=run_id, seq=rec.seq, run_id=rec.event.run_id, event=rec.event))
-                    if self.closing:
-                        return
-                return
-            except SubscriberDropped:
-                continue  # our own reader fell behind the log: pick up from what we sent
+        self.offer(snapshot)
+        listener = Listener(self, run_id, start)
+        self.hub.add(listener)  # before the catch-up: nothing committed from now on is missed
+        try:
+            last = start
+            while not self.closing:
+                page = await run_in_threadpool(self.backend.events, run_id, last, CATCH_UP_PAGE)
+                listener.deliver(page)
+                if len(page) < CATCH_UP_PAGE:
+                    break
+                last = page[-1].seq
+            listener.go_live()
+            await asyncio.Future()  # the hub feeds the listener until this task is cancelled
+        finally:
+            self.hub.remove(listener)
 
     async def _launch(self, frame: LaunchFrame) -> None:
         try:
@@ -373,6 +496,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     conn = Connection(
         ws,
         backend=state.backend,
+        hub=state.hub,
         roots=state.roots,
         gate=state.gate,
         heartbeat=state.heartbeat,

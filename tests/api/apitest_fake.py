@@ -210,7 +210,7 @@ class FakeBackend:
         return f"<!doctype html><html><body><h1>{st.request.flow} report</h1><ul>{items}</ul><script>alert(1)</script></body></html>"
 
     def flows(self):
-        return [{"name": k, "description": v, "inputs": ["focus"]} for k, v in FLOWS.items()]
+        return [{"name": k, "description": v, "inputs": [{"name": "focus", "field": "focus", "required": False}]} for k, v in FLOWS.items()]
 
     def personas(self):
         return [{"name": "junior-developer", "description": "Reads like a newcomer"}]

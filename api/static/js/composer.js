@@ -176,7 +176,11 @@ export class OrchComposer extends HTMLElement {
       toast(`There is no workflow /${cmd.flow}. Type / to see them.`, "error");
       return;
     }
-    const request = { flow: cmd.flow, repo: await currentRepo(), text: cmd.text, origin: "pane", thread: newThread() };
+    const request = { flow: cmd.flow, repo: await currentRepo(), origin: "pane", thread: newThread() };
+    // The free text answers the flow's required input (a symptom, a focus, a document) if it
+    // has one; otherwise it is a note to every agent.
+    const needs = (flow?.inputs || []).find((i) => i.required);
+    if (cmd.text) request[needs ? needs.field : "text"] = cmd.text;
     if (cmd.band && cmd.band !== "auto") request.band = cmd.band;
     this.sendBtn.disabled = true;
     try {

@@ -39,7 +39,14 @@ export class OrchLauncher extends HTMLElement {
     this.error = h("p", { class: "orch-form-error", role: "alert", hidden: true });
     this.launchBtn = h("button", { type: "submit", class: "orch-btn orch-primary", "aria-label": "Launch" }, icon("play"), h("span", { class: "orch-label" }, "Launch"));
 
-    this.symptomField = field("symptom", "Symptom", this.symptom);
+    this.paths = h("textarea", { id: id("paths"), name: "paths", rows: 2, placeholder: "src/auth\nsrc/session.py", spellcheck: "false" });
+    // The inputs a flow may take; each is shown only for the flows that take it.
+    this.inputs = {
+      base: { el: this.base, field: field("base", "Base ref", this.base, "") },
+      focus: { el: this.focusIn, field: field("focus", "Focus", this.focusIn, "") },
+      symptom: { el: this.symptom, field: field("symptom", "Symptom", this.symptom, "") },
+      paths: { el: this.paths, field: field("paths", "Paths", this.paths, "") },
+    };
     this.form = h(
       "form",
       { class: "orch-launcher-form", method: "dialog" },
@@ -48,10 +55,11 @@ export class OrchLauncher extends HTMLElement {
       this.about,
       field("repo", "Repository", this.repo),
       this.roots,
-      h("div", { class: "orch-field-row" }, field("band", "Band", this.band), field("base", "Base ref", this.base)),
-      field("focus", "Focus", this.focusIn),
-      this.symptomField,
-      field("model", "Model", this.model),
+      h("div", { class: "orch-field-row" }, field("band", "Band", this.band), field("model", "Model", this.model)),
+      this.inputs.symptom.field,
+      this.inputs.focus.field,
+      this.inputs.base.field,
+      this.inputs.paths.field,
       field("text", "Notes", this.text),
       this.error,
       h("footer", { class: "orch-dialog-foot" }, h("button", { type: "button", class: "orch-btn orch-quiet", onclick: () => this.close() }, h("span", { class: "orch-label-keep" }, "Cancel")), this.launchBtn),
@@ -89,12 +97,18 @@ export class OrchLauncher extends HTMLElement {
   _describe() {
     const flow = this.flows?.find((f) => f.name === this.flowSel.value);
     if (!flow) return;
-    const inputs = flowInputs(flow);
-    this.about.replaceChildren(
-      h("p", {}, flow.description || flow.summary || ""),
-      inputs.length ? h("p", { class: "orch-hint" }, "Uses: ", inputs.join(", ")) : null,
-    );
-    this.symptomField.hidden = !inputs.includes("symptom");
+    this.about.replaceChildren(h("p", {}, flow.description || ""));
+    const taken = new Map((flow.inputs || []).map((i) => [i.field, i]));
+    for (const [name, { el, field }] of Object.entries(this.inputs)) {
+      const spec = taken.get(name);
+      field.hidden = !spec;
+      el.required = !!spec?.required;
+      if (!spec) continue;
+      const label = field.querySelector("label");
+      label.textContent = capital(spec.name) + (spec.required ? " (required)" : "");
+      field.querySelector(".orch-hint")?.remove();
+      if (spec.help) field.append(h("p", { class: "orch-hint" }, capital(spec.help)));
+    }
   }
 
   async _launch() {
@@ -105,10 +119,13 @@ export class OrchLauncher extends HTMLElement {
       origin: "pane",
       thread: newThread(),
     };
-    for (const [key, el] of [["base", this.base], ["focus", this.focusIn], ["model", this.model], ["text", this.text]]) {
+    for (const [key, el] of [["model", this.model], ["text", this.text]]) {
       if (el.value.trim()) request[key] = el.value.trim();
     }
-    if (!this.symptomField.hidden && this.symptom.value.trim()) request.symptom = this.symptom.value.trim();
+    for (const [name, { el, field }] of Object.entries(this.inputs)) {
+      if (field.hidden || !el.value.trim()) continue;
+      request[name] = name === "paths" ? el.value.split(/[\n,]+/).map((p) => p.trim()).filter(Boolean) : el.value.trim();
+    }
     this.launchBtn.disabled = true;
     this.error.hidden = true;
     try {
@@ -124,10 +141,8 @@ export class OrchLauncher extends HTMLElement {
   }
 }
 
-/** The names of the inputs a flow reads (its definition may list strings or objects). */
-export function flowInputs(flow) {
-  const raw = flow.inputs || [];
-  return (Array.isArray(raw) ? raw : Object.keys(raw)).map((i) => (typeof i === "string" ? i : i.name)).filter(Boolean);
+function capital(text) {
+  return text ? text[0].toUpperCase() + text.slice(1) : text;
 }
 
 customElements.define("orch-launcher", OrchLauncher);
