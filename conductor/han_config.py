@@ -1,0 +1,139 @@
+"""The project's ``.han/config.md``, read from the pinned snapshot, so Han users keep their
+settings: ``default-swarm-size`` in the YAML front matter and the ``## Extra Agents`` list.
+
+Configuration never fails a run. Content we recognise but cannot use (malformed front matter,
+an unknown key, a blank or invalid value) gives a one-line note naming the file; settings that
+only matter to flows that write files (``output-directory``, ``writing-voice``) are ignored
+without a word, because our flows return their reports. Only the project file is read: a
+personal file lives outside the repository, and the conductor reads nothing but the snapshot.
+
+>>> cfg = parse("---\\ndefault-swarm-size: Large\\n---\\n## Extra Agents\\n- han-core:data-engineer\\n")
+>>> cfg.band, cfg.extra_agents, cfg.notes
+('large', ('data-engineer',), ())
+"""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+import yaml
+
+from conductor.snapshot import Snapshot
+from events.types import Band
+
+__all__ = ["CONFIG_PATH", "HanConfig", "parse", "read"]
+
+CONFIG_PATH = ".han/config.md"
+_BANDS = ("small", "medium", "large")
+_IGNORED_KEYS = ("output-directory", "writing-voice")  # Han keys for flows that write files
+_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+_HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
+_ITEM = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+(.*)$")
+
+
+class HanConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """What the project's configuration asks for, and what could not be used."""
+
+    present: bool = False
+    band: Band | None = None  # None: classify from the signals
+    dynamic: bool = False  # the file said ``dynamic`` (classify) in so many words
+    extra_agents: tuple[str, ...] = ()  # persona names, lower-case, in file order, no repeats
+    notes: tuple[str, ...] = ()
+    path: str = CONFIG_PATH
+
+
+def read(snapshot: Snapshot) -> HanConfig:
+    """The configuration in the snapshot, or an empty one when there is no such file."""
+    data = snapshot.read(CONFIG_PATH)
+    if data is None:
+        return HanConfig()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return HanConfig(present=True, notes=(f"{CONFIG_PATH}: not UTF-8 text; ignored",))
+    return parse(text)
+
+
+def parse(text: str, path: str = CONFIG_PATH) -> HanConfig:
+    notes: list[str] = []
+    front, body = _split_front_matter(text, path, notes)
+    band, dynamic = _band(front, path, notes)
+    extras = _extra_agents(body, path, notes)
+    return HanConfig(
+        present=True, band=band, dynamic=dynamic, extra_agents=extras, notes=tuple(notes), path=path
+    )
+
+
+def _split_front_matter(text: str, path: str, notes: list[str]) -> tuple[dict, str]:
+    text = text.lstrip("\ufeff")
+    lines = text.splitlines()
+    if not lines or lines[0].strip() != "---":
+        return {}, text
+    for end in range(1, len(lines)):
+        if lines[end].strip() in ("---", "..."):
+            break
+    else:
+        notes.append(f"{path}: the front matter has no closing '---'; its settings were ignored")
+        return {}, text
+    head, body = "\n".join(lines[1:end]), "\n".join(lines[end + 1 :])
+    try:
+        fields = yaml.safe_load(head) if head.strip() else {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 2})" if mark is not None else ""
+        notes.append(f"{path}: the front matter is not valid YAML{where}; its settings were ignored")
+        return {}, body
+    if not isinstance(fields, dict):
+        notes.append(f"{path}: the front matter is not a list of 'key: value' settings; ignored")
+        return {}, body
+    out = {}
+    for key, value in fields.items():
+        name = str(key).strip().lower()
+        if name == "default-swarm-size" or name in _IGNORED_KEYS:
+            out[name] = value
+        else:
+            notes.append(f"{path}: unknown setting {str(key)!r} ignored")
+    return out, body
+
+
+def _band(front: dict, path: str, notes: list[str]) -> tuple[Band | None, bool]:
+    if "default-swarm-size" not in front:
+        return None, False
+    raw = front["default-swarm-size"]
+    value = "" if raw is None else str(raw).strip().lower()
+    if not value:
+        notes.append(f"{path}: default-swarm-size is blank; sizing from the code instead")
+        return None, False
+    if value == "dynamic":
+        return None, True
+    if value in _BANDS:
+        return value, False  # type: ignore[return-value]
+    notes.append(
+        f"{path}: default-swarm-size {str(raw).strip()!r} is not small, medium, large or "
+        "dynamic; sizing from the code instead"
+    )
+    return None, False
+
+
+def _extra_agents(body: str, path: str, notes: list[str]) -> tuple[str, ...]:
+    names: list[str] = []
+    inside = False
+    for line in body.splitlines():
+        heading = _HEADING.match(line)
+        if heading:
+            inside = heading.group(2).strip().lower() == "extra agents"
+            continue
+        if not inside or not line.strip():
+            continue
+        item = _ITEM.match(line)
+        raw = (item.group(1) if item else line).strip().strip("`").strip()
+        # ``plugin:agent`` or a bare name; anything after the name (a comment) is ignored.
+        token = raw.split()[0].strip("`,;") if raw.split() else ""
+        name = token.rsplit(":", 1)[-1].lower()
+        if not _NAME.match(name):
+            notes.append(f"{path}: {raw!r} under Extra Agents is not an agent name; skipped")
+            continue
+        if name not in names:
+            names.append(name)
+    return tuple(names)
