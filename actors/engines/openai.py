@@ -1,0 +1,251 @@
+"""The ``openai`` engine: any OpenAI-compatible endpoint (vLLM, llama.cpp, Ollama…), streamed.
+
+``POST {base}/chat/completions`` with ``stream: true`` read as server-sent events. Streamed
+tool-call fragments are assembled into whole calls. A response schema goes as
+``response_format`` ``json_schema`` (the OpenAI and vLLM form); a server that refuses that
+form (llama-cpp-python's) gets ``json_object`` with the schema, and the engine remembers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import msgspec
+
+from actors.engines.base import ChatRequest, Delta, EngineError, ToolCallDelta, Usage, check_request
+
+# Servers whose /models answer says they can continue a partial assistant message.
+CONTINUING_SERVERS = ("vllm",)
+
+
+class ServerInfo(msgspec.Struct, frozen=True):
+    """What ``GET /models`` says: the models loaded and who serves them."""
+
+    models: list[str]
+    owned_by: str = ""
+
+
+def base_v1(url: str) -> str:
+    """``http://host:8000`` or ``http://host:8000/v1/`` → ``http://host:8000/v1``."""
+    url = url.strip().rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise EngineError(f"the OpenAI base URL must start with http:// or https://: {url!r}")
+    return url if url.endswith("/v1") else url + "/v1"
+
+
+def _headers(api_key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def probe(base_url: str, api_key: str = "", timeout: float = 10.0) -> ServerInfo:
+    """Ask the endpoint which models it serves (a blocking call, made once at start)."""
+    url = base_v1(base_url) + "/models"
+    try:
+        resp = httpx.get(url, headers=_headers(api_key), timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise EngineError(f"cannot reach the OpenAI endpoint {url}: {exc}", retryable=True) from None
+    if resp.status_code >= 400:
+        raise _http_error(resp.status_code, resp.text, url)
+    try:
+        data = resp.json().get("data") or []
+    except (ValueError, AttributeError):
+        raise EngineError(f"{url} did not answer with an OpenAI model list") from None
+    models = [m["id"] for m in data if isinstance(m, dict) and m.get("id")]
+    owners = [str(m.get("owned_by", "")) for m in data if isinstance(m, dict)]
+    return ServerInfo(models=models, owned_by=owners[0] if owners else "")
+
+
+def _http_error(status: int, body: str, where: str = "") -> EngineError:
+    transient = status == 429 or status >= 500
+    detail = " ".join(body.split())[:300]
+    who = f"model endpoint {where}" if where else "model endpoint"
+    return EngineError(f"{who} answered HTTP {status}: {detail}", transient)
+
+
+def request_body(
+    req: ChatRequest, model: str, *, schema_style: str = "json_schema", can_continue: bool
+) -> dict[str, Any]:
+    """The OpenAI chat-completions body for ``req`` (also what Ray Serve LLM takes)."""
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": req.messages,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": req.max_tokens,
+        "temperature": req.temperature,
+    }
+    if req.seed is not None:
+        body["seed"] = req.seed
+    if req.stop:
+        body["stop"] = req.stop
+    if req.tools:
+        body["tools"] = req.tools
+        if req.tool_choice is not None:
+            body["tool_choice"] = req.tool_choice
+    if req.response_schema is not None:
+        if schema_style == "json_schema":
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "answer", "schema": req.response_schema},
+            }
+        else:  # llama-cpp-python's form
+            body["response_format"] = {"type": "json_object", "schema": req.response_schema}
+    if req.continue_final:
+        if not can_continue:
+            raise EngineError("this endpoint cannot continue a partial answer")
+        # vLLM's extension: render the last assistant message open and carry on from it.
+        body["continue_final_message"] = True
+        body["add_generation_prompt"] = False
+    return body
+
+
+class Assembler:
+    """Turns OpenAI stream chunks into ``Delta``s; the last one carries calls and usage."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, dict[str, str]] = {}
+        self.finish: str | None = None
+        self.usage: Usage | None = None
+        self.pieces = 0
+
+    def feed(self, chunk: dict[str, Any]) -> Delta | None:
+        error = chunk.get("error")
+        if error:
+            raise _chunk_error(error)
+        if chunk.get("usage"):
+            u = chunk["usage"]
+            self.usage = Usage(
+                prompt_tokens=int(u.get("prompt_tokens") or 0),
+                completion_tokens=int(u.get("completion_tokens") or 0),
+            )
+        text, tokens = "", 0
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                text += delta["content"]
+                tokens += 1
+            for frag in delta.get("tool_calls") or ():
+                tokens += 1
+                call = self._calls.setdefault(
+                    int(frag.get("index") or 0), {"id": "", "name": "", "arguments": ""}
+                )
+                fn = frag.get("function") or {}
+                # Names and ids come whole (once, or repeated); arguments come in pieces.
+                call["id"] = call["id"] or frag.get("id") or ""
+                call["name"] = call["name"] or fn.get("name") or ""
+                call["arguments"] += fn.get("arguments") or ""
+            if choice.get("finish_reason"):
+                self.finish = choice["finish_reason"]
+        self.pieces += tokens
+        return Delta(text=text, tokens=tokens) if text else None
+
+    def done(self) -> Delta:
+        calls = [
+            ToolCallDelta(id=c["id"], name=c["name"], arguments=c["arguments"])
+            for _, c in sorted(self._calls.items())
+        ]
+        # Servers that send no usage (llama-cpp-python) get one token per streamed piece.
+        usage = self.usage or Usage(completion_tokens=self.pieces)
+        return Delta(tool_calls=calls, finish_reason=self.finish or "stop", usage=usage)
+
+
+def _chunk_error(error: Any) -> EngineError:
+    if isinstance(error, dict):
+        code = error.get("code")
+        message = error.get("message") or json.dumps(error)
+    else:
+        code, message = None, str(error)
+    transient = isinstance(code, int) and (code == 429 or code >= 500)
+    return EngineError(f"model endpoint error: {message}", transient)
+
+
+class OpenAIEngine:
+    name = "openai"
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str = "",
+        model: str = "",
+        supports_tools: bool = False,
+        supports_continue: bool | None = None,
+        timeout: float = 120.0,
+        info: ServerInfo | None = None,
+    ):
+        self.base_url = base_v1(base_url)
+        if info is None and (not model or supports_continue is None):
+            info = probe(self.base_url, api_key)
+        if not model:
+            if not info or not info.models:
+                raise EngineError(f"{self.base_url} serves no model; name one (ORCH_MODEL)")
+            model = info.models[0]
+        self.model = model
+        # Native tool calls need server support (vLLM: --enable-auto-tool-choice); off by
+        # default, the caller then drives tools through a response schema, which any server
+        # with structured output accepts.
+        self.supports_tools = supports_tools
+        if supports_continue is None:
+            supports_continue = bool(info and info.owned_by in CONTINUING_SERVERS)
+        self.supports_continue = supports_continue
+        self._schema_style = "json_schema"
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=_headers(api_key),
+            timeout=httpx.Timeout(timeout, connect=10.0),
+        )
+
+    async def stream(self, req: ChatRequest) -> AsyncIterator[Delta]:
+        check_request(self, req)
+        styles = [self._schema_style]
+        if req.response_schema is not None and self._schema_style == "json_schema":
+            styles.append("json_object")
+        for style in styles:
+            body = request_body(req, self.model, schema_style=style, can_continue=self.supports_continue)
+            try:
+                async with self._client.stream("POST", "/chat/completions", json=body) as resp:
+                    if resp.status_code >= 400:
+                        text = (await resp.aread()).decode("utf-8", "replace")
+                        if (
+                            resp.status_code in (400, 422)
+                            and style != styles[-1]
+                            and "response_format" in text
+                        ):
+                            continue  # this server wants the other schema form
+                        raise _http_error(resp.status_code, text, self.base_url)
+                    self._schema_style = style
+                    async for delta in _read_sse(resp):
+                        yield delta
+                    return
+            except httpx.TimeoutException as exc:
+                raise EngineError(f"model endpoint timed out: {type(exc).__name__}", True) from None
+            except httpx.TransportError as exc:
+                raise EngineError(f"model endpoint connection failed: {exc!r}", True) from None
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+async def _read_sse(resp: httpx.Response) -> AsyncIterator[Delta]:
+    asm = Assembler()
+    finished = False
+    async for line in resp.aiter_lines():
+        if not line.startswith("data:"):
+            continue  # blank separators, comments, event names
+        data = line[5:].strip()
+        if data == "[DONE]":
+            finished = True
+            break
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            raise EngineError(f"model endpoint sent a malformed event: {data[:200]!r}") from None
+        delta = asm.feed(chunk)
+        if delta is not None:
+            yield delta
+    if not finished and asm.finish is None:
+        raise EngineError("model endpoint closed the stream before the answer finished", True)
+    yield asm.done()
