@@ -34,11 +34,14 @@ from events.types import Finding, ValidatorVerdict, Verdict
 __all__ = ["Validated", "apply_verdicts", "gate"]
 
 
-def gate(state: RunState, step_id: str, snapshot: Snapshot) -> ValidatorVerdict:
+def gate(
+    state: RunState, step_id: str, snapshot: Snapshot, *, ts: float | None = None
+) -> ValidatorVerdict:
     """Read the validator step's answer and decide what each verdict does.
 
     The returned event carries only the verdicts that apply to a finding the validator was
-    given, each with its ``action`` and whether its counter-evidence verified.
+    given, each with its ``action`` and whether its counter-evidence verified. Its ``ts`` is
+    ``ts`` when given, else the validator step's end (the conductor reads no clock).
     """
     st = state.steps[step_id]
     surviving = collect(state, before_wave=st.step.wave).findings
@@ -63,7 +66,7 @@ def gate(state: RunState, step_id: str, snapshot: Snapshot) -> ValidatorVerdict:
         notes.append(f"kept without a verdict: {', '.join(unmentioned)}")
     return ValidatorVerdict(
         run_id=state.run_id,
-        ts=st.ended_ts if st.ended_ts is not None else 0.0,
+        ts=ts if ts is not None else (st.ended_ts if st.ended_ts is not None else 0.0),
         step_id=step_id,
         verdicts=tuple(verdicts),
         note="; ".join(notes),
