@@ -87,9 +87,9 @@ def _inside(path: Path, root: Path) -> bool:
 def resolve_repo(repo: str, roots: tuple[Path, ...]) -> str:
     """The real path of ``repo`` if it is a directory under one of ``roots``; else ``RepoRefused``.
 
-    A relative path is taken relative to the first root. The path is checked twice: as
-    written (after ``..`` is folded) and after symlinks are followed, so neither route
-    leaves the roots.
+    A relative path is taken relative to the first root under which it exists (the first root
+    if none). The path is checked twice: as written (after ``..`` is folded) and after
+    symlinks are followed, so neither route leaves the roots.
     """
     if not repo or not repo.strip():
         raise RepoRefused("no repository given", "repo_required")
@@ -99,7 +99,8 @@ def resolve_repo(repo: str, roots: tuple[Path, ...]) -> str:
         raise RepoRefused("no repository roots are configured (ORCH_REPO_ROOTS)", "repo_outside_roots")
     expanded = Path(os.path.expanduser(repo.strip()))
     if not expanded.is_absolute():
-        expanded = roots[0] / expanded
+        candidates = [root / expanded for root in roots]
+        expanded = next((c for c in candidates if c.exists()), candidates[0])
     lexical = Path(os.path.normpath(expanded))
     allowed = ", ".join(str(r) for r in roots)
     if not any(_inside(lexical, r) for r in roots):

@@ -39,8 +39,10 @@ log = logging.getLogger("orchestrator.ws")
 
 QUEUE_FRAMES = 2048  # frames a client may lag behind before it is disconnected
 SLOW_CLOSE = 1013  # "try again later": the client should reconnect and resubscribe
+SLOW_AFTER_S = 10.0  # a catch-up waiting this long for the client to read: the client is gone
 RECENT_RUNS = 50
 CATCH_UP_PAGE = 1000
+PENDING_MAX = 100_000  # live records held for a subscription still catching up
 
 Short = Annotated[str, msgspec.Meta(max_length=200)]
 RunIdText = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
@@ -205,6 +207,8 @@ class Listener:
         """Live records from the hub (already filtered to this subscription)."""
         if not self.live:
             self.pending.extend(records)
+            if len(self.pending) > PENDING_MAX:
+                self.conn.close_soon(SLOW_CLOSE, "slow consumer: reconnect and subscribe from your last seq")
             return
         for rec in records:
             if rec.seq <= self.last:
@@ -330,6 +334,16 @@ class Connection:
         except asyncio.QueueFull:
             self.close_soon(SLOW_CLOSE, "slow consumer: reconnect and subscribe from your last seq")
 
+    async def room(self, n: int) -> None:
+        """Wait until ``n`` frames fit in the send queue; a client that does not read for
+        ``SLOW_AFTER_S`` is disconnected as slow."""
+        deadline = time.monotonic() + SLOW_AFTER_S
+        while self.queue.qsize() + n > self.queue.maxsize and not self.closing:
+            if time.monotonic() > deadline:
+                self.close_soon(SLOW_CLOSE, "slow consumer: reconnect and subscribe from your last seq")
+                return
+            await asyncio.sleep(0.01)
+
     def close_soon(self, code: int, reason: str) -> None:
         if self.closing is None:
             self.closing = (code, reason)
@@ -447,10 +461,14 @@ class Connection:
         self.hub.add(listener)  # before the catch-up: nothing committed from now on is missed
         try:
             last = start
+            size = max(1, min(CATCH_UP_PAGE, self.queue.maxsize // 2))
             while not self.closing:
-                page = await run_in_threadpool(self.backend.events, run_id, last, CATCH_UP_PAGE)
+                page = await run_in_threadpool(self.backend.events, run_id, last, size)
+                # The catch-up is pulled, so it waits for the client to read (the live feed,
+                # pushed, never waits: a client that falls behind it is disconnected).
+                await self.room(len(page))
                 listener.deliver(page)
-                if len(page) < CATCH_UP_PAGE:
+                if len(page) < size:
                     break
                 last = page[-1].seq
             listener.go_live()

@@ -36,6 +36,10 @@ def test_a_repository_under_a_root_resolves_to_its_real_path(tree):
     assert resolve_repo("beta", roots) == str((root / "beta").resolve())  # relative to the first root
     assert resolve_repo(str(root / "alias"), roots) == str((root / "alpha").resolve())
     assert resolve_repo(str(root), roots) == str(root.resolve())
+    # A relative name is looked up under each root in turn.
+    both = ((root / "alpha").resolve(), root.resolve())
+    assert resolve_repo("src", both) == str((root / "alpha" / "src").resolve())
+    assert resolve_repo("beta", both) == str((root / "beta").resolve())
 
 
 @pytest.mark.parametrize(
