@@ -97,6 +97,93 @@ class _Checkpoint:
         self.future: concurrent.futures.Future[None] = concurrent.futures.Future()
 
 
+class KeyIndex:
+    """``hash(key) -> seq`` for every idempotency key in the log, in about 16 bytes a key.
+
+    Most keys sit in two sorted numpy arrays (hashes, seqs); the newest in a dict until it is
+    big enough to merge. A hit is only a candidate: the caller confirms it against the stored
+    key. A key whose hash another key already holds is kept whole in ``collided``.
+    """
+
+    MERGE_AT = 65_536
+
+    def __init__(self) -> None:
+        self._hashes = np.empty(0, np.int64)
+        self._seqs = np.empty(0, np.int64)
+        self._fresh: dict[int, int] = {}
+        self.collided: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return self._hashes.size + len(self._fresh) + len(self.collided)
+
+    @classmethod
+    def load(cls, con: duckdb.DuckDBPyConnection) -> KeyIndex:
+        """The index of every key in the ``events`` table (Python's hash is per process)."""
+        index = cls()
+        hashes, seqs = [], []
+        reader = con.sql("SELECT key, seq FROM events").to_arrow_reader(100_000)
+        for chunk in reader:
+            keys = chunk.column(0).to_pylist()
+            hashes.append(np.fromiter(map(hash, keys), np.int64, len(keys)))
+            seqs.append(chunk.column(1).to_numpy())
+        if hashes:
+            all_hashes, all_seqs = np.concatenate(hashes), np.concatenate(seqs)
+            order = np.argsort(all_hashes, kind="stable")
+            all_hashes, all_seqs = all_hashes[order], all_seqs[order]
+            twice = np.flatnonzero(all_hashes[1:] == all_hashes[:-1]) + 1
+            if twice.size:  # keys sharing a hash: keep the first in the arrays, the rest whole
+                clashing = [int(s) for s in all_seqs[twice]]
+                for key, seq in con.execute(
+                    "SELECT key, seq FROM events WHERE seq IN (SELECT unnest(?))", [clashing]
+                ).fetchall():
+                    index.collided[key] = seq
+                keep = np.ones(all_hashes.size, bool)
+                keep[twice] = False
+                all_hashes, all_seqs = all_hashes[keep], all_seqs[keep]
+            index._hashes, index._seqs = all_hashes, all_seqs
+        return index
+
+    def find(self, hashes: list[int]) -> dict[int, int]:
+        """``{position in hashes: seq}`` for the hashes present."""
+        hits: dict[int, int] = {}
+        if self._fresh:
+            fresh = self._fresh
+            for i, h in enumerate(hashes):
+                seq = fresh.get(h)
+                if seq is not None:
+                    hits[i] = seq
+        if self._hashes.size:
+            wanted = np.fromiter(hashes, np.int64, len(hashes))
+            pos = np.searchsorted(self._hashes, wanted)
+            np.minimum(pos, self._hashes.size - 1, out=pos)
+            for i in np.flatnonzero(self._hashes[pos] == wanted):
+                hits[int(i)] = int(self._seqs[pos[i]])
+        return hits
+
+    def add_new(self, hashes: list[int], seqs: range) -> None:
+        """Add hashes known to be absent and distinct."""
+        self._fresh.update(zip(hashes, seqs))
+        if len(self._fresh) >= self.MERGE_AT:
+            self._merge()
+
+    def add(self, key: str, h: int, seq: int) -> None:
+        if self.find([h]):
+            self.collided[key] = seq
+        else:
+            self.add_new([h], range(seq, seq + 1))
+
+    def _merge(self) -> None:
+        n = len(self._fresh)
+        hashes = np.fromiter(self._fresh.keys(), np.int64, n)
+        seqs = np.fromiter(self._fresh.values(), np.int64, n)
+        order = np.argsort(hashes)
+        hashes, seqs = hashes[order], seqs[order]
+        pos = np.searchsorted(self._hashes, hashes)
+        self._hashes = np.insert(self._hashes, pos, hashes)
+        self._seqs = np.insert(self._seqs, pos, seqs)
+        self._fresh = {}
+
+
 class DuckDBLog(EventLog):
     """An append-only event log in one DuckDB file, written by one thread of one process.
 
@@ -138,16 +225,15 @@ class DuckDBLog(EventLog):
             if projector is not None:
                 projector.setup(self._con)
             self._seq = self._con.execute("SELECT coalesce(max(seq), 0) FROM events").fetchall()[0][0]
-            self._by_hash: dict[int, int] = {}
-            self._collided: dict[str, int] = {}  # keys whose hash another key already had
-            self._load_keys()
+            self._keys = KeyIndex.load(self._con)
             self._root = self._con.cursor()  # reader cursors are made from this one, under a lock
         except BaseException:
             self._release()
             raise
         self._root_lock = threading.Lock()
-        # The committed tail, one chunk per commit: (records, blobs, bytes), oldest first.
-        self._recent: list[tuple[list[Record], list[bytes], int]] = []
+        # The committed tail, one chunk per commit: (first seq, events, blobs, bytes), oldest
+        # first. Records are made only when read: most commits are never read from here.
+        self._recent: list[tuple[int, list[AgentEvent], list[bytes], int]] = []
         self._recent_firsts: list[int] = []  # first seq of each chunk, for bisect
         self._recent_count = 0
         self._recent_bytes = 0
@@ -345,9 +431,9 @@ class DuckDBLog(EventLog):
         """Commit one group in one transaction; return each append's seqs."""
         keys = [key for item in group for key in item.keys]
         hashes = list(map(hash, keys))
-        known, hits = self._known(keys, hashes)
+        known, clashes = self._known(keys, hashes)
         first = self._seq + 1
-        simple = not hits and len(set(hashes)) == len(hashes)
+        simple = not known and not clashes and len(set(hashes)) == len(hashes)
         if simple:
             # The common case: every key is new and distinct, so seqs simply follow on.
             fresh_keys, fresh_hashes = keys, hashes
@@ -378,7 +464,6 @@ class DuckDBLog(EventLog):
         if not fresh_keys:
             return results
         seqs = range(first, first + len(fresh_keys))
-        records = list(map(Record, seqs, fresh_events))
         batch = pa.Table.from_arrays(
             [
                 pa.array(np.arange(first, first + len(fresh_keys), dtype=np.int64)),
@@ -391,6 +476,7 @@ class DuckDBLog(EventLog):
             ],
             schema=_ARROW_SCHEMA,
         )
+        records = list(map(Record, seqs, fresh_events)) if self._projector is not None else None
         con = self._con
         # DuckDB refuses an Arrow scan while an earlier result (say, the projector's last
         # SELECT) is unfinished on the connection: finish it first.
@@ -410,29 +496,21 @@ class DuckDBLog(EventLog):
         self.batches += 1
         self._seq = seqs[-1]
         if simple:
-            self._by_hash.update(zip(fresh_hashes, seqs))
+            self._keys.add_new(fresh_hashes, seqs)
         else:
             for key, h, seq in zip(fresh_keys, fresh_hashes, seqs):
-                if h in self._by_hash:
-                    self._collided[key] = seq  # another key already has this hash
-                else:
-                    self._by_hash[h] = seq
-        self._remember(records, fresh_blobs)
-        self._hub.publish(records)
+                self._keys.add(key, h, seq)
+        self._remember(first, fresh_events, fresh_blobs)
+        self._hub.publish(seqs[-1], records or (lambda: list(map(Record, seqs, fresh_events))))
         return results
 
-    def _known(self, keys: list[str], hashes: list[int]) -> tuple[dict[str, int], int]:
-        """Which of these keys the log already holds (with their seqs), and how many keys
-        had a hash already in use (found or not)."""
-        found: dict[str, int] = {}
-        candidates: dict[str, int] = {}
-        by_hash, collided = self._by_hash, self._collided
-        for key, h in zip(keys, hashes):
-            s = by_hash.get(h)
-            if s is not None:
-                candidates[key] = s
-            if collided and key in collided:
-                found[key] = collided[key]
+    def _known(self, keys: list[str], hashes: list[int]) -> tuple[dict[str, int], set[str]]:
+        """Which of these keys the log already holds (with their seqs), and which new keys
+        have a hash some other key already has."""
+        index = self._keys
+        found = {key: index.collided[key] for key in keys if key in index.collided} if index.collided else {}
+        candidates = {keys[i]: seq for i, seq in index.find(hashes).items() if keys[i] not in found}
+        clashes: set[str] = set()
         if candidates:
             stored = dict(
                 self._con.execute(
@@ -440,36 +518,28 @@ class DuckDBLog(EventLog):
                     [sorted(set(candidates.values()))],
                 ).fetchall()
             )
-            for key, s in candidates.items():
-                if stored.get(s) == key:
-                    found[key] = s
-        return found, len(candidates) + len(found)
-
-    def _load_keys(self) -> None:
-        result = self._con.execute("SELECT key, seq FROM events")
-        while chunk := result.fetchmany(100_000):
-            for key, seq in chunk:
-                h = hash(key)
-                if h in self._by_hash:
-                    self._collided[key] = seq
+            for key, seq in candidates.items():
+                if stored.get(seq) == key:
+                    found[key] = seq
                 else:
-                    self._by_hash[h] = seq
+                    clashes.add(key)
+        return found, clashes
 
     # --- the recent tail, and reads from the table ----------------------------------------------
 
-    def _remember(self, records: list[Record], blobs: list[bytes]) -> None:
+    def _remember(self, first: int, events: list[AgentEvent], blobs: list[bytes]) -> None:
         nbytes = sum(map(len, blobs))
         with self._recent_lock:
-            self._recent_firsts.append(records[0].seq)
-            self._recent.append((records, blobs, nbytes))
-            self._recent_count += len(records)
+            self._recent_firsts.append(first)
+            self._recent.append((first, events, blobs, nbytes))
+            self._recent_count += len(events)
             self._recent_bytes += nbytes
             drop = 0
             while len(self._recent) - drop > 1 and (
                 self._recent_count > RECENT_RECORDS or self._recent_bytes > RECENT_BYTES
             ):
-                old_records, _, old_bytes = self._recent[drop]
-                self._recent_count -= len(old_records)
+                _, old_events, _, old_bytes = self._recent[drop]
+                self._recent_count -= len(old_events)
                 self._recent_bytes -= old_bytes
                 drop += 1
             if drop:
@@ -490,17 +560,16 @@ class DuckDBLog(EventLog):
             chunk = max(bisect_right(self._recent_firsts, after + 1) - 1, 0)
             chunks = self._recent[chunk:]
         out: list[tuple[Record, bytes]] = []
-        for records, blobs, _ in chunks:
-            start = max(after + 1 - records[0].seq, 0)  # seqs within a chunk are dense
-            for record, blob in zip(records[start:], blobs[start:]):
-                if upto is not None and record.seq > upto:
+        for first, events, blobs, _ in chunks:
+            start = max(after + 1 - first, 0)  # seqs within a chunk are dense
+            for seq, event, blob in zip(range(first + start, first + len(events)), events[start:], blobs[start:]):
+                if upto is not None and seq > upto:
                     return out
-                event = record.event
                 if run_id is not None and event.run_id != run_id:
                     continue
                 if step_id is not None and getattr(event, "step_id", None) != step_id:
                     continue
-                out.append((record, blob))
+                out.append((Record(seq, event), blob))
                 if limit is not None and len(out) >= limit:
                     return out
         return out

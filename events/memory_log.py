@@ -96,7 +96,8 @@ class InMemoryLog(EventLog):
                     fresh.append(record)
                 seqs.append(seq)
             # Publishing under the append lock keeps subscribers in seq order.
-            self._hub.publish(fresh)
+            if fresh:
+                self._hub.publish(fresh[-1].seq, fresh)
         return seqs
 
     def read(

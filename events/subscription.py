@@ -66,18 +66,22 @@ class Hub:
         with self._lock:
             self._listeners.append(listener)
 
-    def publish(self, records: Sequence[Record]) -> None:
-        """Hand freshly committed records (consecutive, ascending) to every subscriber."""
-        if not records:
-            return
+    def publish(self, last_seq: int, records: Sequence[Record] | Callable[[], Sequence[Record]]) -> None:
+        """Announce a commit up to ``last_seq``: hand its records (consecutive, ascending) to
+        every subscriber. ``records`` may be a function making them, called only if someone is
+        subscribed (most commits have no subscriber)."""
         with self._lock:
-            self._committed = records[-1].seq
-            for sub in self._subs:
-                sub._push(records, self._committed)
+            if last_seq <= self._committed:
+                return
+            if self._subs:
+                batch = records() if callable(records) else records
+                for sub in self._subs:
+                    sub._push(batch, last_seq)
+            self._committed = last_seq
             listeners = list(self._listeners)
         for listener in listeners:
             try:
-                listener(records[-1].seq)
+                listener(last_seq)
             except Exception:  # a listener's bug must not look like a failed commit
                 logger.exception("event log listener failed")
 

@@ -148,11 +148,29 @@ def test_a_hash_collision_does_not_lose_an_event(tmp_path):
     with DuckDBLog(tmp_path / "events.duckdb") as log:
         log.append([delta("r", "s", 0)], ["first"])
         # Make "second" look, by its hash, like a key the log holds (seq 1).
-        log._by_hash[hash("second")] = 1
+        log._keys.add_new([hash("second")], range(1, 2))
         assert log.append([delta("r", "s", 1)], ["second"]) == [2]
         assert log.append([delta("r", "s", 1)], ["second"]) == [2]
         assert log.append([delta("r", "s", 0)], ["first"]) == [1]
         assert log.max_seq() == 2
+
+
+def test_key_index_merges_and_reloads_without_losing_a_key(tmp_path, monkeypatch):
+    from events.duckdb_log import KeyIndex
+
+    monkeypatch.setattr(KeyIndex, "MERGE_AT", 64)  # merge into the sorted arrays often
+    path = tmp_path / "events.duckdb"
+    with DuckDBLog(path) as log:
+        for c in range(20):
+            log.append(*batch(f"r{c % 4}", "s", c * 25, 25))
+        assert log._keys._hashes.size >= 448  # most keys now live in the sorted arrays
+        for c in range(20):  # every key, merged or fresh, is still recognised
+            assert log.append(*batch(f"r{c % 4}", "s", c * 25, 25)) == list(range(c * 25 + 1, c * 25 + 26))
+    with DuckDBLog(path) as log:
+        assert len(log._keys) == 500
+        assert log.append(*batch("r3", "s", 475, 25)) == list(range(476, 501))
+        assert log.append(*batch("r0", "s", 500, 1)) == [501]
+        assert log.max_seq() == 501
 
 
 # --- group commit and the projector ----------------------------------------------------------

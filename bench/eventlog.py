@@ -1,0 +1,391 @@
+"""Benchmark of the event log: throughput, ack latency and writer memory (numbers, not a test).
+
+    python bench/eventlog.py [--quick] [--no-ray]
+
+Figures, each printed with its ratio to the reference where there is one:
+
+- reference: the same rows appended straight into DuckDB with its Appender, one transaction
+  per batch of the same size, rows built beforehand (DuckDB's own floor for these rows);
+- in-process: ``DuckDBLog.append`` from one thread (one call = one batch) and from four
+  threads (group commit makes the batches);
+- through the Ray actor: four appender processes, each sending lists of events;
+- ack latency p50/p99 at 10,000 events/s offered (open loop: latency counts from the moment
+  a call was due, so a stall is not hidden), in-process and through the actor;
+- writer memory (RSS) with 1,000,000 events in the log: a writer process that appended them,
+  and one that reopens the file and appends more.
+
+Events are realistic: mostly ``OutputDelta`` with ~100-byte text (one in 50 is a
+``StepStarted``), keys like ``run/step/kind/n``. The last line is one JSON object of all figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+TEXT = "the model streamed this chunk while reading the repository; coalesced to about 100 bytes."
+
+
+def make_events(n: int, tag: str, start: int = 0) -> tuple[list, list[str]]:
+    from events.types import OutputDelta, StepStarted
+
+    events, keys = [], []
+    for i in range(start, start + n):
+        run, step = f"run-{tag}-{i // 5000}", f"step-{(i // 250) % 20}"
+        if i % 50 == 0:
+            events.append(StepStarted(run_id=run, ts=1.7e9 + i * 1e-3, step_id=step, worker="agent-1"))
+            keys.append(f"{run}/{step}/started/{i}")
+        else:
+            events.append(
+                OutputDelta(run_id=run, ts=1.7e9 + i * 1e-3, step_id=step, text=TEXT, offset=i * 90, tokens=21)
+            )
+            keys.append(f"{run}/{step}/delta/{i}")
+    return events, keys
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
+
+
+def rss_mb() -> tuple[float, float]:
+    """(current RSS, peak RSS) of this process in MB."""
+    fields = dict(
+        line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line
+    )
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+# --- the reference ------------------------------------------------------------------------------
+
+
+def reference(path: Path, n: int, batch: int) -> float:
+    """Events/s appending prebuilt rows with DuckDB's Appender, one transaction per batch."""
+    import duckdb
+
+    from events.codec import encode
+    from events.duckdb_log import _DDL, _KIND
+
+    events, keys = make_events(n, "ref")
+    rows = [
+        (i + 1, e.run_id, e.step_id, _KIND[type(e)], e.ts, k, encode(e).decode())
+        for i, (e, k) in enumerate(zip(events, keys))
+    ]
+    con = duckdb.connect(str(path))
+    con.execute(_DDL)
+    appender = con.appender("events")
+    t0 = time.perf_counter()
+    for i in range(0, n, batch):
+        con.begin()
+        appender.append_rows(rows[i : i + batch])
+        appender.flush()
+        con.commit()
+    elapsed = time.perf_counter() - t0
+    con.close()
+    return n / elapsed
+
+
+# --- in-process ---------------------------------------------------------------------------------
+
+
+def in_process(path: Path, n: int, batch: int, threads: int) -> dict:
+    """Events/s through ``DuckDBLog.append`` from ``threads`` threads, calls of ``batch``."""
+    from events.duckdb_log import DuckDBLog
+
+    per_thread = n // threads
+    work = [make_events(per_thread, f"t{t}") for t in range(threads)]
+    log = DuckDBLog(path)
+    latencies: list[float] = []
+
+    def run(events: list, keys: list[str]) -> None:
+        for i in range(0, len(events), batch):
+            t = time.perf_counter()
+            log.append(events[i : i + batch], keys[i : i + batch])
+            latencies.append(time.perf_counter() - t)
+
+    workers = [threading.Thread(target=run, args=w) for w in work]
+    t0 = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    elapsed = time.perf_counter() - t0
+    batches = log.batches
+    log.close()
+    return {
+        "events_per_s": per_thread * threads / elapsed,
+        "events_per_batch": per_thread * threads / batches,
+        "call_p50_ms": percentile(latencies, 0.5) * 1e3,
+        "call_p99_ms": percentile(latencies, 0.99) * 1e3,
+    }
+
+
+def paced_in_process(path: Path, rate: int, seconds: float, size: int) -> dict:
+    """Ack latency with ``rate`` events/s offered as calls of ``size`` (open loop)."""
+    from events.codec import encode
+    from events.duckdb_log import DuckDBLog
+
+    calls = int(rate * seconds / size)
+    events, keys = make_events(calls * size, "paced")
+    blobs = [encode(e) for e in events]
+    log = DuckDBLog(path)
+    latencies: list[float] = []
+    interval = size / rate
+    t0 = time.perf_counter()
+    for c in range(calls):
+        due = t0 + c * interval
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        future = log.submit_encoded(blobs[c * size : (c + 1) * size], keys[c * size : (c + 1) * size])
+        future.add_done_callback(lambda f, due=due: latencies.append(time.perf_counter() - due))
+    log.close()  # waits for the last commits
+    return {
+        "offered_events_per_s": rate,
+        "call_size": size,
+        "ack_p50_ms": percentile(latencies, 0.5) * 1e3,
+        "ack_p99_ms": percentile(latencies, 0.99) * 1e3,
+        "ack_max_ms": max(latencies) * 1e3,
+    }
+
+
+# --- through the Ray actor ----------------------------------------------------------------------
+
+
+def through_actor(path: Path, n: int, call_size: int, rate: int, seconds: float) -> dict:
+    import ray
+
+    from actors.eventlog import start_event_log, stop_event_log
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False, namespace="bench-eventlog")
+    try:
+
+        @ray.remote(num_cpus=0)
+        class Appender:
+            def __init__(self, handle, tag: str):
+                self.handle = handle
+                self.tag = tag
+
+            def prepare(self, n: int, size: int) -> int:
+                """Build and encode the events beforehand: the figure is the log's, not ours."""
+                from events.memory_log import encode_append
+
+                events, keys = make_events(n, self.tag)
+                self.calls = [
+                    (encode_append(events[i : i + size], keys[i : i + size]), keys[i : i + size])
+                    for i in range(0, n, size)
+                ]
+                return len(self.calls)
+
+            def throughput(self, inflight: int) -> list[float]:
+                """Closed loop, ``inflight`` calls outstanding; returns call latencies."""
+                pending, sent_at, latencies = [], {}, []
+                for blobs, keys in self.calls:
+                    if len(pending) >= inflight:
+                        done, pending = ray.wait(pending, num_returns=1)
+                        ray.get(done)
+                        latencies.append(time.perf_counter() - sent_at.pop(done[0]))
+                    ref = self.handle.append.remote(blobs, keys)
+                    sent_at[ref] = time.perf_counter()
+                    pending.append(ref)
+                for ref in pending:
+                    ray.get(ref)
+                    latencies.append(time.perf_counter() - sent_at.pop(ref))
+                return latencies
+
+            def paced(self, rate: float, seconds: float, size: int) -> list[float]:
+                """Open loop: a call of ``size`` every size/rate s; latency from when it was due."""
+                import asyncio
+
+                from events.memory_log import encode_append
+
+                calls = int(rate * seconds / size)
+                events, keys = make_events(calls * size, self.tag + "p")
+
+                async def main() -> list[float]:
+                    latencies: list[float] = []
+
+                    async def one(c: int, due: float) -> None:
+                        sl = slice(c * size, (c + 1) * size)
+                        await self.handle.append.remote(encode_append(events[sl], keys[sl]), keys[sl])
+                        latencies.append(time.perf_counter() - due)
+
+                    tasks = []
+                    t0 = time.perf_counter()
+                    for c in range(calls):
+                        due = t0 + c * size / rate
+                        delay = due - time.perf_counter()
+                        if delay > 0:
+                            await asyncio.sleep(delay)
+                        tasks.append(asyncio.create_task(one(c, due)))
+                    await asyncio.gather(*tasks)
+                    return latencies
+
+                return asyncio.run(main())
+
+        handle = start_event_log(str(path), name="bench-eventlog", projector=None)
+        appenders = [Appender.remote(handle, f"ray{i}") for i in range(4)]
+        ray.get([a.prepare.remote(n // 4, call_size) for a in appenders])
+        before = ray.get(handle.info.remote())
+        t0 = time.perf_counter()
+        lat = ray.get([a.throughput.remote(2) for a in appenders])
+        elapsed = time.perf_counter() - t0
+        after = ray.get(handle.info.remote())
+        events = after["max_seq"] - before["max_seq"]
+        calls = [x for part in lat for x in part]
+        result = {
+            "events_per_s": events / elapsed,
+            "events": events,
+            "call_size": call_size,
+            "events_per_batch": events / max(1, after["batches"] - before["batches"]),
+            "call_p50_ms": percentile(calls, 0.5) * 1e3,
+            "call_p99_ms": percentile(calls, 0.99) * 1e3,
+        }
+        paced_size = 25
+        lat = ray.get([a.paced.remote(rate / 4, seconds, paced_size) for a in appenders])
+        acks = [x for part in lat for x in part]
+        result.update(
+            {
+                "paced_offered_events_per_s": rate,
+                "paced_call_size": paced_size,
+                "ack_p50_ms": percentile(acks, 0.5) * 1e3,
+                "ack_p99_ms": percentile(acks, 0.99) * 1e3,
+                "ack_max_ms": max(acks) * 1e3,
+            }
+        )
+        stop_event_log(handle)
+        return result
+    finally:
+        ray.shutdown()
+
+
+# --- memory -------------------------------------------------------------------------------------
+
+
+def memory_writer(path: str, n: int, more: int) -> None:
+    """In a fresh process: append ``n`` events (or reopen and append ``more``); print RSS."""
+    from events.duckdb_log import DuckDBLog
+
+    log = DuckDBLog(path)
+    opened = rss_mb()[0]
+    start = log.max_seq()
+    count = n if start == 0 else more
+    elapsed = 0.0
+    for i in range(start, start + count, 1000):
+        events, keys = make_events(min(1000, start + count - i), "mem", i)
+        t0 = time.perf_counter()
+        log.append(events, keys)
+        elapsed += time.perf_counter() - t0
+    current, peak = rss_mb()
+    top = log.max_seq()
+    log.close()
+    print(json.dumps({"max_seq": top, "rss_open_mb": opened, "rss_mb": current, "peak_rss_mb": peak, "events_per_s": count / elapsed}))
+
+
+def memory(path: Path, n: int) -> dict:
+    def run(count: int, more: int) -> dict:
+        out = subprocess.run(
+            [sys.executable, __file__, "--memory-writer", str(path), str(count), str(more)],
+            capture_output=True, text=True, check=True,
+        )
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    first = run(n, 0)
+    reopened = run(n, 100_000)
+    return {
+        "events_in_log": reopened["max_seq"],
+        "writer_peak_rss_mb": first["peak_rss_mb"],
+        "writer_rss_mb": first["rss_mb"],
+        "writer_events_per_s_to_1m": first["events_per_s"],
+        "reopen_rss_after_open_mb": reopened["rss_open_mb"],
+        "reopen_peak_rss_mb": reopened["peak_rss_mb"],
+    }
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--memory-writer":
+        memory_writer(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller runs (about a minute)")
+    parser.add_argument("--no-ray", action="store_true", help="skip the figures through the Ray actor")
+    args = parser.parse_args()
+    n = 60_000 if args.quick else 200_000
+    seconds = 3.0 if args.quick else 8.0
+    mem_events = 200_000 if args.quick else 1_000_000
+    batch = 1000
+    figures: dict = {"quick": args.quick}
+    with tempfile.TemporaryDirectory(prefix="bench-eventlog-") as tmp:
+        d = Path(tmp)
+        ref = reference(d / "ref.duckdb", n, batch)
+        figures["reference_events_per_s"] = ref
+        print(f"reference (Appender, prebuilt rows, batch {batch}): {ref:,.0f} events/s")
+
+        one = in_process(d / "one.duckdb", n, batch, 1)
+        figures["in_process_1_thread"] = one
+        print(
+            f"in-process, 1 appender, calls of {batch}: {one['events_per_s']:,.0f} events/s "
+            f"= {one['events_per_s'] / ref:.2f} x reference (target >= 0.8); "
+            f"call p50 {one['call_p50_ms']:.1f} ms, p99 {one['call_p99_ms']:.1f} ms"
+        )
+        four = in_process(d / "four.duckdb", n, batch // 4, 4)
+        figures["in_process_4_threads"] = four
+        print(
+            f"in-process, 4 appenders, calls of {batch // 4}: {four['events_per_s']:,.0f} events/s "
+            f"= {four['events_per_s'] / ref:.2f} x reference; {four['events_per_batch']:.0f} events per "
+            f"commit; call p50 {four['call_p50_ms']:.1f} ms, p99 {four['call_p99_ms']:.1f} ms"
+        )
+        paced = paced_in_process(d / "paced.duckdb", 10_000, seconds, 5)
+        figures["in_process_paced"] = paced
+        print(
+            f"in-process ack latency at 10,000 events/s offered (calls of 5): "
+            f"p50 {paced['ack_p50_ms']:.1f} ms, p99 {paced['ack_p99_ms']:.1f} ms "
+            f"(target <= 20), max {paced['ack_max_ms']:.1f} ms"
+        )
+
+        if not args.no_ray:
+            actor = through_actor(d / "actor.duckdb", n * 2, 500, 10_000, seconds)
+            ref_actor = reference(d / "ref2.duckdb", n, max(1, round(actor["events_per_batch"])))
+            figures["actor"] = actor
+            figures["reference_at_actor_batch_events_per_s"] = ref_actor
+            print(
+                f"through the Ray actor, 4 appender processes, calls of {actor['call_size']}: "
+                f"{actor['events_per_s']:,.0f} events/s (target >= 50,000) = "
+                f"{actor['events_per_s'] / ref_actor:.2f} x reference at its batch size "
+                f"({actor['events_per_batch']:.0f} events per commit: {ref_actor:,.0f} events/s); "
+                f"call p50 {actor['call_p50_ms']:.1f} ms, p99 {actor['call_p99_ms']:.1f} ms"
+            )
+            print(
+                f"through the actor, ack latency at 10,000 events/s offered (4 processes, calls of "
+                f"{actor['paced_call_size']}): p50 {actor['ack_p50_ms']:.1f} ms, p99 "
+                f"{actor['ack_p99_ms']:.1f} ms (target <= 20), max {actor['ack_max_ms']:.1f} ms"
+            )
+
+        mem = memory(d / "memory.duckdb", mem_events)
+        figures["memory"] = mem
+        print(
+            f"writer memory: appending {mem_events:,} events peaked at {mem['writer_peak_rss_mb']:.0f} MB RSS "
+            f"(ends at {mem['writer_rss_mb']:.0f} MB; {mem['writer_events_per_s_to_1m']:,.0f} events/s); "
+            f"reopening {mem['events_in_log'] - 100_000:,} and appending 100,000 more: "
+            f"{mem['reopen_rss_after_open_mb']:.0f} MB after open, peak {mem['reopen_peak_rss_mb']:.0f} MB "
+            f"(target <= 500)"
+        )
+    print(json.dumps(figures, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
