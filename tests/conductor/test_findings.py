@@ -1,0 +1,279 @@
+"""The answer schema given to the model, and the tolerant reading of what it answered."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+
+from conductor.findings import ParsedOutput, output_schema, parse_output
+from events.types import Evidence
+
+
+def _walk(schema, path="$"):
+    yield path, schema
+    if isinstance(schema, dict):
+        for key, value in schema.items():
+            yield from _walk(value, f"{path}.{key}")
+    elif isinstance(schema, list):
+        for i, value in enumerate(schema):
+            yield from _walk(value, f"{path}[{i}]")
+
+
+ROLES = [
+    ("discovery", "adversarial-security-analyst"),
+    ("discovery", "data-engineer"),
+    ("synthesis", "risk-analyst"),
+    ("validator", "adversarial-validator"),
+    ("editor", "readability-editor"),
+    ("discovery", None),
+]
+
+
+@pytest.mark.parametrize("role,name", ROLES)
+def test_every_array_and_string_in_the_schema_is_bounded(role, name, personas):
+    # An unbounded array makes the small embedded model repeat items until max_tokens.
+    schema = output_schema(role, personas[name] if name else None)
+    kinds = 0
+    for where, node in _walk(schema):
+        if not isinstance(node, dict):
+            continue
+        if node.get("type") == "array":
+            kinds += 1
+            assert isinstance(node.get("maxItems"), int), where
+        if node.get("type") == "string" and "enum" not in node:
+            kinds += 1
+            assert isinstance(node.get("maxLength"), int), where
+        assert "$ref" not in node, where
+    assert kinds >= 4
+
+
+def test_discovery_schema_speaks_the_personas_vocabulary(personas):
+    sec = personas["adversarial-security-analyst"]
+    schema = output_schema("discovery", sec)
+    item = schema["properties"]["findings"]["items"]
+    assert item["properties"]["severity"]["enum"] == ["Critical", "High", "Medium"]
+    assert item["properties"]["id"]["pattern"] == "^SEC-[0-9]{3}$"
+    assert item["additionalProperties"] is False
+    assert {"id", "severity", "title", "claim", "evidence"} <= set(item["required"])
+    # A persona without the YAGNI duty is not offered the deferral fields.
+    assert "deferred" not in item["properties"]
+    data = output_schema("discovery", personas["data-engineer"])["properties"]["findings"]["items"]
+    assert {"deferred", "why_deferred", "reopen_when"} <= set(data["properties"])
+
+
+def test_validator_and_editor_schemas_have_their_own_shape(personas):
+    v = output_schema("validator", personas["adversarial-validator"])
+    assert set(v["required"]) == {"summary", "verdicts"}
+    verdict = v["properties"]["verdicts"]["items"]
+    assert verdict["properties"]["result"]["enum"] == ["confirmed", "partially_refuted", "refuted"]
+    assert "findings" not in v["properties"]  # the validator never adds findings
+    e = output_schema("editor", personas["readability-editor"])
+    assert "text" in e["required"]
+
+
+def test_a_well_formed_answer_validates_and_a_wrong_severity_does_not(personas):
+    schema = output_schema("discovery", personas["structural-analyst"])
+    answer = {
+        "summary": "One coupling problem.",
+        "findings": [{
+            "id": "S-001", "severity": "High", "category": "coupling", "title": "t", "claim": "c",
+            "evidence": [{"path": "a.py", "line_start": 1, "line_end": 2, "quote": "import b"}],
+            "recommendation": "r",
+        }],
+    }
+    jsonschema.validate(answer, schema)
+    answer["findings"][0]["severity"] = "Critical"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(answer, schema)
+
+
+@pytest.mark.parametrize("role,name", ROLES)
+def test_the_schema_compiles_to_a_llama_cpp_grammar(role, name, personas):
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    schema = output_schema(role, personas[name] if name else None)
+    grammar = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+    assert grammar._grammar  # the converter produced rules, so constrained decoding can use it
+
+
+def test_each_call_returns_a_fresh_schema(personas):
+    a = output_schema("discovery", personas["structural-analyst"])
+    a["properties"]["findings"]["maxItems"] = 999
+    b = output_schema("discovery", personas["structural-analyst"])
+    assert b["properties"]["findings"]["maxItems"] != 999
+
+
+# --- parsing -------------------------------------------------------------------------------
+
+FINDING = {
+    "id": "S-001", "severity": "High", "category": "coupling", "title": "Handlers import the db",
+    "claim": "Every handler imports the database module directly.",
+    "evidence": [{"path": "app/handlers.py", "line_start": 1, "line_end": 1, "quote": "from app.db import query"}],
+    "recommendation": "Depend on a repository interface.",
+}
+
+
+def parse(text, persona="structural-analyst", role="discovery"):
+    return parse_output(text, persona=persona, step_id="step-1", role=role)
+
+
+def test_a_clean_json_answer_reads_without_error():
+    got = parse(json.dumps({"summary": "One finding.", "findings": [FINDING]}))
+    assert got.error == "" and got.raw == ""
+    assert got.summary == "One finding."
+    (f,) = got.findings
+    assert (f.id, f.persona, f.severity, f.title) == ("S-001", "structural-analyst", "High", FINDING["title"])
+    assert f.evidence == (Evidence(path="app/handlers.py", line_start=1, line_end=1, quote="from app.db import query"),)
+
+
+def test_json_in_a_fence_with_chatter_around_it():
+    text = "Sure! Here you go:\n```json\n" + json.dumps({"summary": "s", "findings": [FINDING]}) + "\n```\nHope it helps {not json}"
+    got = parse(text)
+    assert got.error == ""
+    assert [f.id for f in got.findings] == ["S-001"]
+
+
+def test_json_followed_by_trailing_garbage():
+    got = parse(json.dumps({"summary": "s", "findings": [FINDING]}) + "}}] trailing words")
+    assert got.error == ""
+    assert len(got.findings) == 1
+
+
+def test_a_cut_off_answer_keeps_the_complete_findings_before_the_cut():
+    second = dict(FINDING, id="S-002", title="Second")
+    full = json.dumps({"summary": "Two.", "findings": [FINDING, second, dict(FINDING, id="S-003")]})
+    cut = full[: full.index('"S-003"') + 20]  # mid-way through the third finding
+    got = parse(cut)
+    assert [f.id for f in got.findings] == ["S-001", "S-002"]
+    assert got.summary == "Two."
+    assert "cut off" in got.error
+    assert got.raw == cut  # the raw output is kept with the label
+
+
+def test_an_object_nested_in_a_cut_off_answer_is_not_taken_for_the_answer():
+    cut = '{"summary": "s", "findings": [' + json.dumps(FINDING) + ', {"id": "S-002", "title": "x'
+    got = parse(cut)
+    assert got.summary == "s" and [f.id for f in got.findings] == ["S-001"]
+    assert "cut off" in got.error
+
+
+def test_markdown_bullets_are_the_last_resort():
+    text = (
+        "## Findings\n"
+        "- **[High]** Handlers import the db — every handler imports it (`app/handlers.py:1`) `from app.db import query`\n"
+        "- S-7 (Low): naming is inconsistent in app/util.py:10-12\n"
+        "- No structural problem found in duplication. Checked: app/.\n"
+    )
+    got = parse(text)
+    assert "Markdown" in got.error
+    # The unnumbered bullet takes the number after the highest one given (S-7).
+    assert [(f.id, f.severity) for f in got.findings] == [("S-008", "High"), ("S-007", "Low")]
+    first = got.findings[0]
+    assert first.title == "Handlers import the db"
+    assert first.evidence == (Evidence(path="app/handlers.py", line_start=1, line_end=1, quote="from app.db import query"),)
+    assert got.findings[1].evidence[0].line_end == 12
+
+
+def test_nothing_readable_is_a_labelled_failure_that_keeps_the_raw_text():
+    got = parse("I could not find anything worth reporting today.")
+    assert got.findings == ()
+    assert got.error and got.raw == "I could not find anything worth reporting today."
+    assert parse("   ").error == "empty output"
+
+
+def test_wrong_types_are_coerced_or_dropped_per_item():
+    items = [
+        {"id": 3, "severity": "high", "title": 12345, "evidence": {"file": "./a.py", "lines": "7-5", "code": "x"}},
+        "not an object",
+        {"id": "S-9", "severity": "High"},  # no title and no claim: dropped
+        {"severity": ["High"], "claim": "Only a claim. It has two sentences.", "evidence": ["b.py:4-6 y = 2", 17]},
+        {"title": "bad lines", "severity": "Medium", "evidence": [{"path": "c.py", "line_start": "x"}, {"path": "c.py", "line_start": 0}]},
+    ]
+    got = parse(json.dumps({"summary": 7, "findings": items}))
+    assert [f.id for f in got.findings] == ["S-003", "S-004", "S-005"]
+    a, b, c = got.findings
+    assert (a.severity, a.title) == ("High", "12345")
+    assert a.evidence == (Evidence(path="a.py", line_start=5, line_end=7, quote="x"),)
+    assert b.title == "Only a claim." and b.severity == "High"
+    assert b.evidence == (Evidence(path="b.py", line_start=4, line_end=6, quote="y = 2"),)
+    assert c.evidence == ()  # both citations unusable, dropped; the finding stays (unverified later)
+    assert "finding 2 dropped" in got.error and "finding 3 dropped" in got.error
+    assert got.summary == "7"
+
+
+def test_ids_take_the_personas_prefix_and_are_made_unique():
+    items = [dict(FINDING, id="SEC-001"), dict(FINDING, id="S1"), dict(FINDING, id="S-001"),
+             dict(FINDING, id="S-004"), dict(FINDING, id="whatever")]
+    got = parse(json.dumps({"summary": "", "findings": items}))
+    ids = [f.id for f in got.findings]
+    # S-004 was the only uniquely numbered id and keeps its number; the rest follow it.
+    assert ids == ["S-005", "S-006", "S-007", "S-004", "S-008"]
+    assert len(set(ids)) == len(ids)
+    assert "renumbered" in got.error
+
+
+def test_a_persona_given_by_an_unknown_name_gets_its_initials_as_prefix():
+    got = parse(json.dumps({"summary": "", "findings": [dict(FINDING, severity="whatever")]}),
+                persona="my-custom-checker")
+    assert got.findings[0].id == "MCC-001"
+    assert got.findings[0].persona == "my-custom-checker"
+
+
+def test_severity_words_map_onto_the_personas_vocabulary():
+    sev = lambda s: parse(json.dumps({"summary": "", "findings": [dict(FINDING, severity=s)]}),  # noqa: E731
+                          persona="data-engineer").findings[0].severity
+    assert sev("blocks_correctness") == "Blocks correctness"
+    assert sev("critical") == "Blocks correctness"
+    assert sev("low") == "Polish"
+    assert sev("no idea") == "Polish"  # an unreadable severity is read low
+    assert sev("YAGNI candidate") == "YAGNI candidate"
+
+
+def test_a_yagni_item_is_deferred_with_its_reopen_trigger():
+    item = dict(FINDING, category="YAGNI candidate", deferred="yes", reopen_when="a second backend ships")
+    (f,) = parse(json.dumps({"summary": "", "findings": [item]}), persona="data-engineer").findings
+    assert f.deferred and f.reopen_when == "a second backend ships"
+
+
+def test_thinking_blocks_are_ignored():
+    text = "<think>maybe {\"summary\": \"wrong\"}</think>" + json.dumps({"summary": "right", "findings": []})
+    assert parse(text).summary == "right"
+
+
+def test_validator_verdicts_are_read_and_normalised():
+    text = json.dumps({"summary": "x", "verdicts": [
+        {"finding_id": "S-001", "result": "Partially Refuted", "reason": "r",
+         "counter_evidence": [{"path": "a.py", "line_start": 2, "line_end": 2, "quote": "q"}]},
+        {"id": "S-002", "verdict": "REFUTED"},
+        {"finding_id": "S-003", "result": "maybe"},
+        {"result": "confirmed"},
+    ]})
+    got = parse(text, persona="adversarial-validator", role="validator")
+    assert [(v.finding_id, v.result) for v in got.verdicts] == [("S-001", "partially_refuted"), ("S-002", "refuted")]
+    assert got.verdicts[0].counter_evidence == (Evidence(path="a.py", line_start=2, line_end=2, quote="q"),)
+    assert got.findings == ()
+    assert "verdict 3 dropped: unknown result" in got.error and "verdict 4 dropped: no finding id" in got.error
+
+
+def test_a_validator_answering_with_findings_adds_nothing():
+    got = parse(json.dumps({"summary": "", "findings": [FINDING]}), persona="adversarial-validator", role="validator")
+    assert got.findings == () and got.verdicts == ()
+    assert "not verdicts" in got.error
+
+
+def test_the_editor_text_is_read_and_plain_prose_is_kept_as_text():
+    got = parse(json.dumps({"text": "Rewritten.", "summary": "left the code alone", "findings": []}),
+                persona="readability-editor", role="editor")
+    assert (got.text, got.summary, got.error) == ("Rewritten.", "left the code alone", "")
+    prose = parse("Just a rewritten draft.", persona="readability-editor", role="editor")
+    assert prose.text == "Just a rewritten draft." and "not JSON" in prose.error
+    cut = parse('{"text": "A long draft that was cu', persona="readability-editor", role="editor")
+    assert cut.text == "A long draft that was cu" and "cut off" in cut.error
+
+
+def test_the_result_is_a_struct_with_the_documented_fields():
+    got = parse("{}")
+    assert isinstance(got, ParsedOutput)
+    assert (got.findings, got.verdicts, got.summary, got.text) == ((), (), "", "")
