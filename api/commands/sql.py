@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,8 @@ def _through_server(settings, sql: str, max_rows: int | None, lock_error: str):
         namespace = info.get("namespace") or ray.get_runtime_context().namespace or NAMESPACE
         return _ask_actor(settings, namespace, sql, max_rows, held)
     namespace = info.get("namespace") or NAMESPACE
+    if info.get("ray_address"):
+        _token_auth_as_auto_would()
     try:
         ray.init(
             address=info.get("ray_address") or "auto",
@@ -126,6 +129,27 @@ def _through_server(settings, sql: str, max_rows: int | None, lock_error: str):
         return _ask_actor(settings, namespace, sql, max_rows, held)
     finally:
         ray.shutdown()
+
+
+def _token_auth_as_auto_would() -> None:
+    """Use Ray's token (``~/.ray/auth_token``) as ``ray.init(address="auto")`` would.
+
+    A local ``ray.init`` (the server's) turns token authentication on by default, but Ray
+    only picks the token up by itself for ``"auto"``, never for an explicit address.
+    """
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication
+        return
+    quiet = logging.getLogger(maybe_enable_token_auth_if_token_available.__module__)
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # its notice is for people starting a cluster, not joining
+    try:
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    finally:
+        quiet.setLevel(level)
 
 
 def _ask_actor(settings, namespace: str, sql: str, max_rows: int | None, held: str):
