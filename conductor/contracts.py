@@ -39,10 +39,10 @@ TOOLS: tuple[str, ...] = ("list_dir", "read_file", "grep", "glob", "git_log")
 
 _OPEN = "<<<UNTRUSTED DATA"
 _CLOSE = "<<<END UNTRUSTED DATA"
-# Anything that could pass for one of our markers: three or more angle brackets followed by
-# (END) UNTRUSTED, in any case and spacing. The brackets are what gets broken up.
+# Anything that could pass for one of our markers: two or more angle brackets followed by
+# (END) UNTRUSTED, in any case and spacing. The brackets are what gets broken up: every marker
+# starts with them, so without them nothing in the text can open or close a fence.
 _LOOKALIKE = re.compile(r"<{2,}(\s*(?:END[\s_-]*)?UNTRUSTED)", re.IGNORECASE)
-_CLOSE_LOOKALIKE = re.compile(r"(UNTRUSTED[\s_-]*DATA[^\n]*?)>{2,}", re.IGNORECASE)
 
 
 def read_only() -> str:
@@ -104,9 +104,7 @@ def calibration(flow: Flow, band: Band, persona: Persona, *, role: str) -> str:
 def neutralise(text: str) -> tuple[str, int]:
     """Break up anything in ``text`` that looks like one of our fence markers; return the
     result and how many look-alikes were broken."""
-    text, n_open = _LOOKALIKE.subn(lambda m: "< <" + m.group(1), text)
-    text, n_close = _CLOSE_LOOKALIKE.subn(lambda m: m.group(1) + "> >", text)
-    return text, n_open + n_close
+    return _LOOKALIKE.subn(lambda m: "< <" + m.group(1), text)
 
 
 def fence(text: str, *, source: str, note: str = "") -> str:

@@ -29,6 +29,7 @@ _BANDS = ("small", "medium", "large")
 _IGNORED_KEYS = ("output-directory", "writing-voice")  # Han keys for flows that write files
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
+_COMMENT = ("#", "(", "-", "\u2014", "//")  # what may follow a name on its line
 _ITEM = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+(.*)$")
 
 
@@ -128,10 +129,11 @@ def _extra_agents(body: str, path: str, notes: list[str]) -> tuple[str, ...]:
             continue
         item = _ITEM.match(line)
         raw = (item.group(1) if item else line).strip().strip("`").strip()
-        # ``plugin:agent`` or a bare name; anything after the name (a comment) is ignored.
-        token = raw.split()[0].strip("`,;") if raw.split() else ""
-        name = token.rsplit(":", 1)[-1].lower()
-        if not _NAME.match(name):
+        # ``plugin:agent`` or a bare name, optionally followed by a comment.
+        token, _, rest = raw.partition(" ")
+        name = token.strip("`,;").rsplit(":", 1)[-1].lower()
+        rest = rest.strip()
+        if not _NAME.match(name) or (rest and not rest.startswith(_COMMENT)):
             notes.append(f"{path}: {raw!r} under Extra Agents is not an agent name; skipped")
             continue
         if name not in names:

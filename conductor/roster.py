@@ -129,18 +129,21 @@ def choose(
         if name not in personas:
             notes.append(f"{config.path}: extra agent {name!r} is not a known persona; skipped")
             continue
-        if name in considered:
+        p = personas[name]
+        choice = next((c for c in flow.choices if c.persona == name), None)
+        signals = choice.signals if choice else p.signals or (SLICE_SIGNALS.get(p.slice, "considered"),)
+        if name in seated or any(c.persona == name for c in candidates):
             continue
+        if not any(sigs.fired(s) for s in signals):
+            notes.append(f"{config.path}: extra agent {name} not seated: none of its signals "
+                         f"({', '.join(signals)}) fired")
+            continue
+        if name in considered:
+            continue  # a flow choice whose band is not reached: already noted
         if not flow.open_roster:
             notes.append(f"{config.path}: {flow.name} seats no extra agents; {name} skipped")
             continue
-        p = personas[name]
-        signals = p.signals or (SLICE_SIGNALS.get(p.slice, "considered"),)
-        before = len(candidates)
         consider(name, signals, p.min_band, joining.name, f"extra agent from {config.path}")
-        if len(candidates) == before and band_rank(band) >= band_rank(p.min_band):
-            notes.append(f"{config.path}: extra agent {name} not seated: none of its signals "
-                         f"({', '.join(signals)}) fired")
 
     if flow.open_roster:
         for name in sorted(personas):

@@ -100,6 +100,8 @@ def language_of(path: str) -> str:
 
 
 def is_doc(path: str) -> bool:
+    if is_manifest(path):
+        return False
     parts = _parts(path)
     name = parts[-1]
     stem, ext = posixpath.splitext(name)
