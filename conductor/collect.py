@@ -185,12 +185,15 @@ def collect(state: RunState, *, before_wave: int | None = None) -> Collected:
 
 def _gather(state: RunState, before_wave: int | None, notes: list[str]) -> list[Item]:
     items: list[Item] = []
+    steps = [
+        (n, st) for n, st in enumerate(state.steps.values())
+        if st.status == "finished" and st.step.role in FINDING_ROLES
+        and (before_wave is None or st.step.wave < before_wave)
+    ]
+    # A renumbered id must not clash with an id a later step already uses either.
+    reserved = {f.id for _, st in steps for f in st.findings}
     taken: set[str] = set()
-    for step_no, st in enumerate(state.steps.values()):
-        if st.status != "finished" or st.step.role not in FINDING_ROLES:
-            continue
-        if before_wave is not None and st.step.wave >= before_wave:
-            continue
+    for step_no, st in steps:
         results = st.evidence or ()
         for n, finding in enumerate(st.findings):
             persona = finding.persona or st.persona
@@ -201,7 +204,7 @@ def _gather(state: RunState, before_wave: int | None, notes: list[str]) -> list[
                 status = finding_status(finding, results)
                 reason = "" if status == "verified" else unverified_reason(finding, results)
             citations = tuple(_citation(ev, mine.get(i)) for i, ev in enumerate(finding.evidence))
-            fid = _unique_id(finding.id, taken)
+            fid = _unique_id(finding.id, taken, reserved)
             if fid != finding.id:
                 notes.append(f"{finding.id} of step {st.step_id} renumbered {fid}: the id was taken")
                 finding = msgspec.structs.replace(finding, id=fid)
@@ -238,12 +241,12 @@ def _citation(ev, result: EvidenceResult | None) -> Citation:
     )
 
 
-def _unique_id(fid: str, taken: set[str]) -> str:
+def _unique_id(fid: str, taken: set[str], reserved: set[str]) -> str:
     if fid not in taken:
         return fid
     prefix = fid.rsplit("-", 1)[0] if "-" in fid else fid
     numbers = [
-        int(t.rsplit("-", 1)[1]) for t in taken
+        int(t.rsplit("-", 1)[1]) for t in taken | reserved
         if t.startswith(prefix + "-") and t.rsplit("-", 1)[1].isdigit()
     ]
     return f"{prefix}-{max(numbers, default=0) + 1:03d}"

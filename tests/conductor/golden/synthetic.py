@@ -291,3 +291,44 @@ def drive(script=SCRIPT, *, snapshot=SNAPSHOT, request=REQUEST, plan=PLAN) -> tu
                 case Finish(failed_steps=failed):
                     emit(RunFinished(run_id=state.run_id, ts=float(next(clock)), failed_steps=failed))
     return events, state
+
+
+def make_run(
+    steps: dict[str, tuple[str, tuple]],
+    *,
+    snapshot,
+    flow: str = "code-review",
+    band: str = "large",
+    files: tuple[str, ...] = (),
+    validator_output: str | None = None,
+) -> RunState:
+    """A run whose discovery steps (``step id -> (persona, findings)``) finished and were
+    checked against ``snapshot``; with ``validator_output``, a validator step in the next wave
+    finished with that text (its verdicts not yet applied)."""
+    from events.types import EvidenceChecked
+
+    planned = [
+        PlannedStep(step_id=sid, persona=persona, phase="review", wave=0, files=files)
+        for sid, (persona, _) in steps.items()
+    ]
+    if validator_output is not None:
+        planned.append(PlannedStep(step_id="validate", persona="adversarial-validator",
+                                   phase="validation", wave=1, role="validator"))
+    state = RunState(run_id="run-t")
+    apply(state, RunRequested(run_id="run-t", ts=1.0, flow=flow, repo="/repo"))
+    apply(state, RunPlanned(run_id="run-t", ts=2.0, band=band, band_reason="test", band_source="explicit",
+                            roster=(), steps=tuple(planned), commit=snapshot.commit, model="m",
+                            engine="scripted"))
+    ts = itertools.count(3)
+    for sid, (persona, findings) in steps.items():
+        apply(state, StepStarted(run_id="run-t", ts=float(next(ts)), step_id=sid))
+        apply(state, StepFinished(run_id="run-t", ts=float(next(ts)), step_id=sid, output="",
+                                  findings=tuple(findings)))
+        apply(state, EvidenceChecked(run_id="run-t", ts=float(next(ts)), step_id=sid,
+                                     results=check(tuple(findings), snapshot)))
+    if validator_output is not None:
+        apply(state, StepStarted(run_id="run-t", ts=float(next(ts)), step_id="validate"))
+        apply(state, StepFinished(run_id="run-t", ts=float(next(ts)), step_id="validate",
+                                  output=validator_output))
+        apply(state, EvidenceChecked(run_id="run-t", ts=float(next(ts)), step_id="validate", results=()))
+    return state
