@@ -61,6 +61,7 @@ class FlowInput(msgspec.Struct, frozen=True, kw_only=True):
     field: Literal["focus", "symptom", "text", "paths", "base"]
     required: bool = False
     help: str = ""
+    narrows: bool = False  # a value naming files or directories narrows the considered files
 
 
 class Choice(msgspec.Struct, frozen=True, kw_only=True):
@@ -134,7 +135,10 @@ class Flow(msgspec.Struct, frozen=True, kw_only=True):
     calibration: Calibration
     sections: tuple[str, ...]  # the report's sections, in order
     section_personas: dict[str, tuple[str, ...]] = {}  # which personas' findings fill a section
-    sized: bool = True  # the band changes the roster (False: the band only calibrates)
+    # "change": the snapshot's considered files (the diff, the uncommitted work, the paths);
+    # "tree": every file in the run's scope, even when the work tree has uncommitted changes.
+    scope: Literal["change", "tree"] = "change"
+    sized: bool = True  # False: the caps are the same at every band (Han sizes only the rest)
     open_roster: bool = True  # user personas with matching signals may join
 
     def input(self, name: str) -> FlowInput | None:
@@ -254,9 +258,8 @@ def _architecture() -> Flow:
         audience="an engineer weighing the design of the module",
         task="Analyse the architecture of the focus area.",
         inputs=(
-            FlowInput(name="focus", field="focus", required=True,
-                      help="the area to analyse: a directory, module or feature (the whole "
-                      "repository is refused)"),
+            FlowInput(name="focus", field="focus", required=True, narrows=True,
+                      help="the area to analyse: a directory, module or feature"),
             _PATHS,
             FlowInput(name="text", field="text",
                       help="the concern driving the analysis (optional, passed to every agent)"),
@@ -316,6 +319,7 @@ def _architecture() -> Flow:
             "Validator outcome",
             "Agent appendix",
         ),
+        scope="tree",
         section_personas={
             "Structural": ("structural-analyst",),
             "Behavioral": ("behavioral-analyst",),
@@ -394,6 +398,7 @@ def _investigate() -> Flow:
                                  "behavioral-analyst", "data-engineer"),
             "Validation results": ("adversarial-validator",),
         },
+        scope="tree",
         sized=False,
     )
 
@@ -408,7 +413,8 @@ def _overview() -> Flow:
         inputs=(
             _PATHS,
             _BASE,
-            FlowInput(name="focus", field="focus", help="a symbol, feature or question to centre on"),
+            FlowInput(name="focus", field="focus", narrows=True,
+                      help="a directory, file, symbol or question to centre on"),
             _TEXT,
         ),
         spine=("codebase-explorer", "adversarial-validator", "readability-editor"),
@@ -520,6 +526,7 @@ def _gaps() -> Flow:
             "Agent appendix",
         ),
         section_personas={"Indexed gaps": ("gap-analyzer",)},
+        scope="tree",
     )
 
 
@@ -533,7 +540,8 @@ def _test_planning() -> Flow:
         inputs=(
             _PATHS,
             _BASE,
-            FlowInput(name="focus", field="focus", help="the behaviour or feature to plan tests for"),
+            FlowInput(name="focus", field="focus", narrows=True,
+                      help="the files, behaviour or feature to plan tests for"),
             _TEXT,
         ),
         spine=("test-engineer", "edge-case-explorer", "adversarial-validator"),

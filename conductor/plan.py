@@ -99,11 +99,11 @@ def _document(flow: Flow, request: RunRequested, snapshot: Snapshot) -> str:
 def _considered(
     flow: Flow, request: RunRequested, snapshot: Snapshot, document: str, notes: list[str]
 ) -> tuple[str, ...]:
-    changed = snapshot.changed()
+    changed = _in_scope(flow, request, snapshot)
     if document:
         changed = tuple(p for p in changed if p != document)
     focus_spec = flow.input("focus")
-    if focus_spec is not None and focus_spec.field == "focus" and request.focus.strip():
+    if focus_spec is not None and focus_spec.narrows and request.focus.strip():
         narrowed = _focus_paths(request.focus, changed)
         if narrowed:
             changed = narrowed
@@ -115,6 +115,16 @@ def _considered(
     if not changed:
         notes.append("no files to consider: the agents have nothing in scope to read")
     return changed
+
+
+def _in_scope(flow: Flow, request: RunRequested, snapshot: Snapshot) -> tuple[str, ...]:
+    """The snapshot's considered files; for a flow about the tree, every file in scope even
+    when the snapshot considers only uncommitted changes (its diff is then not empty)."""
+    if flow.scope == "change" or not snapshot.diff():
+        return snapshot.changed()
+    wanted = [p.strip().removeprefix("./").rstrip("/") for p in request.paths]
+    return tuple(p for p in snapshot.paths()
+                 if not wanted or any(p == w or p.startswith(w + "/") for w in wanted))
 
 
 def _focus_paths(focus: str, changed: tuple[str, ...]) -> tuple[str, ...]:

@@ -165,8 +165,9 @@ def _rules(state: RunState, flow: Flow, step: PlannedStep, persona: Persona) -> 
         "",
         "## Your answer",
         "",
-        "When you have what you need, answer with one JSON object of this shape (ids start "
-        f"with {persona.id_prefix}-, numbered from 001):",
+        "When you have what you need, answer with one JSON object of this shape"
+        + (":" if step.role == "validator" else
+           f" (ids start with {persona.id_prefix}-, numbered from 001):"),
         _answer_shape(step.role, persona),
     ]
     return "\n".join(lines)
@@ -195,7 +196,7 @@ def _task(
     lines += [
         "",
         f"Flow: {flow.name}, for {flow.audience}. You are {persona.name}: {persona.lens}",
-        f"Band: {plan.band_reason}. Commit: {plan.commit[:12]}. Scope: {_scope(state, snapshot)}, "
+        f"Band: {plan.band_reason}. Commit: {plan.commit[:12]}. Scope: {_scope(state, flow, snapshot)}, "
         f"{len(plan.considered)} file{'s' if len(plan.considered) != 1 else ''} considered.",
     ]
     if step.files:
@@ -219,11 +220,11 @@ def _task(
     return "\n".join(lines)
 
 
-def _scope(state: RunState, snapshot: Snapshot) -> str:
+def _scope(state: RunState, flow: Flow, snapshot: Snapshot) -> str:
     req = state.request
     if req.base:
         return f"the branch's changes since {req.base}"
-    if snapshot.diff():
+    if flow.scope == "change" and snapshot.diff():
         return "the uncommitted changes"
     if req.paths:
         return "the given paths " + ", ".join(req.paths[:5]) + (" …" if len(req.paths) > 5 else "")
@@ -457,24 +458,15 @@ def _finding_item(finding: Finding, checks: str, *, section: str) -> _Item:
 
 
 def _surviving(state: RunState, step: PlannedStep) -> Iterable[tuple[Finding, str]]:
-    """The findings the validator receives verbatim, each with its citations' check results."""
-    findings = _surviving_findings(state, step)
-    results: dict[str, list[str]] = {}
-    for st in state.steps.values():
-        for r in st.evidence or ():
-            results.setdefault(r.finding_id, []).append(r.outcome)
-    for f in findings:
-        outcomes = results.get(f.id, [])
+    """The findings the validator receives verbatim (``conductor.collect``: verified, not
+    deferred, after the post-collection filters, from earlier waves), each with a summary of
+    its citations' checks."""
+    from conductor.collect import collect
+
+    for item in collect(state, before_wave=step.wave).findings:
+        outcomes = [c.outcome for c in item.citations]
         summary = ", ".join(f"{outcomes.count(o)} {o}" for o in sorted(set(outcomes)))
-        yield f, summary
-
-
-def _surviving_findings(state: RunState, step: PlannedStep) -> list[Finding]:
-    try:
-        from conductor.collect import surviving_findings
-    except ImportError:  # until conductor.collect lands: every finding of the inputs
-        return [f for s in step.inputs if s in state.steps for f in state.steps[s].findings]
-    return list(surviving_findings(state))
+        yield item.finding, summary
 
 
 def _left_out_note(labels: list[str], *, upstream: bool) -> str:

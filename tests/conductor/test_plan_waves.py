@@ -147,3 +147,18 @@ def test_a_focus_that_names_no_path_is_passed_on_with_a_note(git_repo, personas,
                    personas, model="m", engine="e", ts=2.0)
     assert planned.considered == tuple(sorted(SHOP))
     assert any("names no path in scope" in n for n in planned.notes)
+
+
+def test_uncommitted_work_is_the_change_for_a_review_but_not_the_area_of_an_analysis(
+        git_repo, personas, make_request):
+    repo = git_repo(SHOP)
+    repo.write({"app/orders.py": SHOP["app/orders.py"] + "\n# work in progress\n"})  # not committed
+    snap = repo.pin()
+    review = plan(make_request("code-review"), snap, personas, model="m", engine="e", ts=2.0)
+    assert review.considered == ("app/orders.py",)
+    analysis = plan(make_request("architectural-analysis", focus="app"), snap, personas,
+                    model="m", engine="e", ts=2.0)
+    assert analysis.considered == ("app/__init__.py", "app/models.py", "app/orders.py")
+    symptom = plan(make_request("investigate", symptom="pay fails", paths=("app", "billing/")),
+                   repo.pin(paths=("app", "billing")), personas, model="m", engine="e", ts=2.0)
+    assert symptom.considered == ("app/__init__.py", "app/models.py", "app/orders.py", "billing/invoice.py")
