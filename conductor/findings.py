@@ -369,12 +369,9 @@ def _salvage(text: str, role: str) -> dict[str, Any] | None:
     keys = _VERDICT_KEYS if role == "validator" else _FINDING_KEYS
     decoder = json.JSONDecoder()
     out: dict[str, Any] = {}
-    summary = re.search(r'"summary"\s*:\s*("(?:[^"\\]|\\.)*")', text)
-    if summary:
-        try:
-            out["summary"] = json.loads(summary.group(1))
-        except ValueError:
-            pass
+    summary = re.search(r'"summary"\s*:\s*"((?:[^"\\]|\\.)*)', text)
+    if summary:  # closed or cut off inside the string
+        out["summary"] = _unescape_partial(summary.group(1))
     if role == "editor":
         for key in _TEXT_KEYS:
             m = re.search(rf'"{key}"\s*:\s*"((?:[^"\\]|\\.)*)', text)
@@ -398,9 +395,7 @@ def _salvage(text: str, role: str) -> dict[str, Any] | None:
             items.append(item)
         out[key] = items
         break
-    if not any(k in out for k in keys) and "text" not in out:
-        return None
-    return out
+    return out or None
 
 
 def _unescape_partial(body: str) -> str:

@@ -159,6 +159,12 @@ def test_an_object_nested_in_a_cut_off_answer_is_not_taken_for_the_answer():
     assert "cut off" in got.error
 
 
+def test_a_cut_inside_the_summary_is_labelled_cut_off():
+    got = parse('{"summary": "Checked the handlers and the \\"db\\" mod')
+    assert got.summary == 'Checked the handlers and the "db" mod'
+    assert got.findings == () and "cut off" in got.error
+
+
 def test_markdown_bullets_are_the_last_resort():
     text = (
         "## Findings\n"
@@ -277,3 +283,34 @@ def test_the_result_is_a_struct_with_the_documented_fields():
     got = parse("{}")
     assert isinstance(got, ParsedOutput)
     assert (got.findings, got.verdicts, got.summary, got.text) == ((), (), "", "")
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_the_embedded_model_under_the_schema_gives_output_the_parser_reads(personas):
+    # The real 135M model, constrained by the schema. Its content is weak (invented paths are
+    # the evidence check's job); what must hold is that its output is read, never a crash:
+    # either a clean read, or a labelled cut-off with the complete findings kept.
+    from llama_cpp import Llama
+
+    from actors.engines.embedded import default_model_path
+
+    llm = Llama(model_path=str(default_model_path()), n_ctx=1024, n_threads=2, verbose=False)
+    sec = personas["adversarial-security-analyst"]
+    out = llm.create_chat_completion(
+        messages=[
+            {"role": "system", "content": "You review code for security problems. Answer in JSON."},
+            {"role": "user", "content": "src/load.py:\n1 def load(path):\n2     return eval(open(path).read())\n"},
+        ],
+        response_format={"type": "json_object", "schema": output_schema("discovery", sec)},
+        max_tokens=200,
+        temperature=0.0,
+    )
+    text = out["choices"][0]["message"]["content"]
+    got = parse_output(text, persona=sec, step_id="s", role="discovery")
+    if out["choices"][0]["finish_reason"] == "length":
+        assert "cut off" in got.error, got.error
+    else:
+        assert "cut off" not in got.error
+    for f in got.findings:
+        assert f.id.startswith("SEC-") and f.severity in sec.severities and f.persona == sec.name

@@ -1,0 +1,191 @@
+"""The report: one model, three renderings, byte-identical from the same events.
+
+Golden files: ``tests/conductor/golden/report.{md,json,html}`` are the renderings of the fixed
+synthetic run in ``golden/synthetic.py``. Any difference fails the test. After an intended
+change, regenerate them and review the diff before committing::
+
+    UPDATE_GOLDEN=1 python -m pytest tests/conductor/test_report.py -q
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from pathlib import Path
+
+import msgspec
+import pytest
+from golden.synthetic import SNAPSHOT, drive, make_run
+
+from conductor.report import (
+    INCONCLUSIVE,
+    Report,
+    build_report,
+    render_html,
+    render_json,
+    render_markdown,
+    report_digest,
+    summary_counts,
+)
+from conductor.snapshot import MemorySnapshot
+from conductor.state import apply, fold
+from events.types import Evidence, Finding, PlannedStep, StepFailed, StepStarted
+
+GOLDEN = Path(__file__).parent / "golden"
+RENDERERS = {"md": render_markdown, "json": render_json, "html": render_html}
+
+
+@pytest.fixture(scope="module")
+def golden_run():
+    return drive()
+
+
+@pytest.mark.parametrize("fmt", sorted(RENDERERS))
+def test_golden_report(golden_run, fmt):
+    _, state = golden_run
+    got = RENDERERS[fmt](build_report(state))
+    path = GOLDEN / f"report.{fmt}"
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        path.write_text(got, encoding="utf-8")
+    want = path.read_text(encoding="utf-8")
+    if got != want:
+        diff = "".join(difflib.unified_diff(want.splitlines(True), got.splitlines(True), "golden", "rendered", n=2))
+        pytest.fail(f"report.{fmt} differs from the golden file (UPDATE_GOLDEN=1 to accept):\n{diff[:6000]}")
+
+
+def test_the_run_played_to_its_end_and_recorded_the_report(golden_run):
+    events, state = golden_run
+    assert state.status == "finished"
+    assert state.report is not None
+    report = build_report(state)
+    assert state.report.digest == report_digest(render_markdown(report))
+    assert (state.report.counts, state.report.recommendation) == summary_counts(report)
+
+
+def test_same_events_give_the_same_bytes_before_and_after_the_run_finished(golden_run):
+    events, state = golden_run
+    at_render = fold([e for e in events if e.__struct_config__.tag not in ("report_rendered", "run_finished")])
+    for fmt, render in RENDERERS.items():
+        before = render(build_report(at_render))
+        after = render(build_report(fold(events)))
+        assert before == after, fmt
+        # The snapshot is not read: with or without it, the same bytes.
+        assert render(build_report(fold(events), SNAPSHOT)) == after, fmt
+
+
+def test_the_report_content_a_reader_relies_on(golden_run):
+    _, state = golden_run
+    r = build_report(state)
+    assert r.recommendation == "Do not merge: fix the critical findings first."
+    (sec,) = [f for f in r.findings if f.id == "SEC-001"]
+    assert sec.sources == ("SEC-001", "JD-001")
+    # Every citation shown is verified, a moved one at its real lines.
+    assert [(c.path, c.line_start, c.line_end, c.outcome) for c in sec.citations] == [
+        ("app/handlers.py", 5, 6, "verified"), ("app/db.py", 7, 7, "moved")]
+    assert all(c.outcome in ("verified", "moved") for f in r.findings for c in f.citations)
+    assert {u.id for u in r.unverified} == {"JD-005", "SEC-002"}
+    assert [(d.id, d.reopen_when) for d in r.deferred] == [
+        ("JD-004", "A second database is committed to on the roadmap with a date.")]
+    assert r.validator.dropped == ("JD-003",)
+    assert r.validator.refutations_not_applied == ("JD-006",)
+    assert (r.validator.confirmed, r.validator.partially_refuted, r.validator.refuted) == (1, 1, 2)
+    (failed,) = [a for a in r.agents if a.status == "failed"]
+    assert failed.persona == "test-engineer" and "context" in failed.error and failed.attempts == 2
+    md = render_markdown(r)
+    for fid in ("SEC-001", "JD-002", "JD-006"):
+        assert md.count(f"### {fid} ") == 1, fid  # each finding in full exactly once
+    assert "### JD-001 " not in md  # merged into SEC-001
+    assert "test-engineer** (review-test): failed: the prompt does not fit" in md
+
+
+def test_json_is_the_model_and_round_trips(golden_run):
+    _, state = golden_run
+    report = build_report(state)
+    text = render_json(report)
+    assert msgspec.json.decode(text, type=Report) == report
+    keys = list(json.loads(text))
+    assert keys == [f.name for f in msgspec.structs.fields(Report)]
+
+
+def test_html_is_self_contained_and_phone_ready(golden_run):
+    _, state = golden_run
+    html = render_html(build_report(state))
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in html
+    assert "http" not in html.lower()
+    assert not re.search(r"\b(src|href)\s*=", html, re.I)
+    assert "<script" not in html.lower() and "<link" not in html.lower() and "@import" not in html
+    assert "<style>" in html and "max-width" in html and "@media" in html
+
+
+HOSTILE = '<script>alert("x")</script> | # heading\n## Fake section'
+HOSTILE_SNAP = MemorySnapshot({"a.py": "ok = True\n"}, commit="e" * 40)
+
+
+def test_model_text_cannot_inject_markup():
+    bad = Finding(id="JD-001", severity="Blocks decision", title=HOSTILE, claim=HOSTILE,
+                  recommendation=HOSTILE,
+                  evidence=(Evidence(path="a.py", line_start=1, line_end=1, quote="ok = True"),))
+    report = build_report(make_run({"jd": ("junior-developer", [bad])}, snapshot=HOSTILE_SNAP))
+    html = render_html(report)
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    md = render_markdown(report)
+    assert "<script>" not in md
+    assert "\n## Fake section" not in md  # a line of model text cannot open a section
+    assert [line for line in md.splitlines() if line.startswith("## ")] == [
+        "## Review summary", "## Recommendation", "## Critical", "## Agent appendix"]
+
+
+def _one(persona, severity, flow="code-review", band="large"):
+    f = Finding(id="X-001", severity=severity, title="t",
+                evidence=(Evidence(path="a.py", line_start=1, line_end=1, quote="ok = True"),))
+    return build_report(make_run({"s": (persona, [f])}, snapshot=HOSTILE_SNAP, flow=flow, band=band))
+
+
+def test_the_recommendation_ladder_of_a_code_review():
+    assert _one("junior-developer", "Blocks decision").recommendation.startswith("Do not merge")
+    assert _one("junior-developer", "Muddies artifact").recommendation == "Mergeable after reviewing the warnings."
+    assert _one("junior-developer", "Polish").recommendation == "Mergeable after reviewing the suggestions."
+    empty = build_report(make_run({"s": ("junior-developer", [])}, snapshot=HOSTILE_SNAP))
+    assert empty.recommendation == "Approve: no finding survived the checks."
+
+
+def test_the_recommendation_is_phrased_per_flow():
+    arch = _one("structural-analyst", "High", flow="architectural-analysis")
+    assert arch.recommendation == "Sound enough to build on; plan work for the warnings."
+    inv = _one("evidence-based-investigator", "Direct", flow="investigate")
+    assert inv.recommendation == "Review the diagnosis below: it rests on 1 verified finding(s)."
+
+
+def test_a_run_where_every_agent_failed_is_inconclusive_not_approved():
+    state = make_run({}, snapshot=HOSTILE_SNAP)
+    step = PlannedStep(step_id="jd", persona="junior-developer", phase="review", wave=0)
+    apply(state, msgspec.structs.replace(state.plan, steps=(step,)))
+    apply(state, StepStarted(run_id=state.run_id, ts=10.0, step_id="jd"))
+    apply(state, StepFailed(run_id=state.run_id, ts=12.5, step_id="jd", error="model server unreachable"))
+    report = build_report(state)
+    assert report.recommendation == INCONCLUSIVE
+    for render in RENDERERS.values():
+        assert "model server unreachable" in render(report)
+    (agent,) = report.agents
+    assert (agent.status, agent.duration_s, agent.error) == ("failed", 2.5, "model server unreachable")
+
+
+def test_flow_sections_place_each_personas_findings():
+    s1 = Finding(id="S-001", severity="High", title="coupled",
+                 evidence=(Evidence(path="a.py", line_start=1, line_end=1, quote="ok = True"),))
+    report = build_report(make_run({"s": ("structural-analyst", [s1])}, snapshot=HOSTILE_SNAP,
+                                   flow="architectural-analysis"))
+    titles = [s.title for s in report.sections]
+    assert "Structural" in titles and titles.index("Structural") > titles.index("Executive summary")
+    (structural,) = [s for s in report.sections if s.title == "Structural"]
+    assert structural.ids == ("S-001",)
+    assert "Behavioral" not in titles  # lazy: a section with nothing in it is left out
+    assert titles[-1] == "Agent appendix"
+
+
+def test_an_unknown_flow_gets_the_spine_sections():
+    report = _one("junior-developer", "Blocks decision", flow="made-up-flow")
+    assert [s.title for s in report.sections] == ["Summary", "Recommendation", "Critical", "Agent appendix"]
+    assert report.recommendation == "Fix the critical findings before relying on this code."
