@@ -4,7 +4,7 @@
 (``projections.fold``) is pure and shared by the incremental path and ``rebuild``.
 """
 
-from projections.analytics import VIEWS, analytics
+from projections.analytics import ALL_VIEWS, LOG_VIEWS, VIEWS, analytics
 from projections.fold import fold, fold_all, fold_run, fold_step, tally
 from projections.projector import Projector, RebuildResult, rebuild
 from projections.queries import get_run, get_steps, list_runs
@@ -12,6 +12,8 @@ from projections.rows import RunRow, StepRow
 from projections.sql import QueryResult, ReadOnlyViolation, readonly_query
 
 __all__ = [
+    "ALL_VIEWS",
+    "LOG_VIEWS",
     "Projector",
     "QueryResult",
     "ReadOnlyViolation",

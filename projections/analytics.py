@@ -1,13 +1,16 @@
-"""Analytics: SQL views over the projections (and the log), and a helper that serves them.
+"""Analytics: SQL views over the projections and the log, and a helper that serves them.
 
 Durations are in seconds, from the events' own timestamps: a step's is ``ended - started``
 (all its attempts), a run's is ``ended - created``; only ended steps and runs count. Severities
-are the personas' raw words (see ``projections.rows``).
+are the personas' raw words (see ``projections.rows``). The views over the log itself
+(``LOG_VIEWS``) exist only where the log's table does.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from projections.rows import LOG_TABLE
 
 # A run's numbers, grouped by one of its columns (flow, band).
 _RUNS_BY = """
@@ -102,16 +105,48 @@ ORDER BY r.flow, s.persona
 }
 
 
+LOG_VIEWS: dict[str, str] = {
+    # Every kind of event the log holds: how many, over how many runs, first and last.
+    "analytics_events": f"""
+SELECT kind, count(*) AS events, count(DISTINCT run_id) AS runs,
+  min(ts) AS first_ts, max(ts) AS last_ts
+FROM {LOG_TABLE}
+GROUP BY kind
+ORDER BY kind
+""",
+    # Which read-only tools each persona called, how often they failed or were refused.
+    "analytics_tools": f"""
+SELECT s.persona, json_extract_string(e.body, '$.tool') AS tool,
+  count(*) FILTER (e.kind = 'tool_called') AS calls,
+  count(*) FILTER (e.kind = 'tool_result'
+    AND NOT coalesce(json_extract(e.body, '$.ok')::BOOLEAN, true)) AS errors,
+  count(*) FILTER (e.kind = 'tool_denied') AS denied,
+  count(DISTINCT e.run_id) AS runs
+FROM {LOG_TABLE} e
+LEFT JOIN flow_steps s ON s.run_id = e.run_id AND s.step_id = e.step_id
+WHERE e.kind IN ('tool_called', 'tool_result', 'tool_denied')
+GROUP BY s.persona, tool
+ORDER BY s.persona, tool
+""",
+}
+
+ALL_VIEWS = {**VIEWS, **LOG_VIEWS}
+
+
 def create_views(con: Any) -> None:
     """(Re)create every analytics view; the projection tables must exist."""
-    for name, sql in VIEWS.items():
+    has_log = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [LOG_TABLE]
+    ).fetchone()[0]
+    for name, sql in (ALL_VIEWS if has_log else VIEWS).items():
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
 
 
 def analytics(con: Any, names: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
-    """Each view's rows as JSON-able dicts, by view name (all views unless ``names``)."""
-    wanted = list(VIEWS) if names is None else names
-    unknown = [n for n in wanted if n not in VIEWS]
+    """Each view's rows as JSON-able dicts, by view name (every view present unless ``names``)."""
+    present = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
+    wanted = [n for n in ALL_VIEWS if n in present] if names is None else names
+    unknown = [n for n in wanted if n not in ALL_VIEWS or n not in present]
     if unknown:
         raise KeyError(f"no analytics view named {', '.join(unknown)}")
     out: dict[str, list[dict[str, Any]]] = {}

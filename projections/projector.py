@@ -29,6 +29,7 @@ from events.types import OutputDelta
 from projections.analytics import create_views
 from projections.fold import TERMINAL_RUN, Runs, Steps, fold
 from projections.rows import (
+    LOG_TABLE,
     RUNS_TABLE,
     STEPS_TABLE,
     TABLES,
@@ -38,7 +39,6 @@ from projections.rows import (
     from_db,
 )
 
-LOG_TABLE = "events"  # the log's table (events.duckdb_log): seq and the encoded event in body
 TRACKING_TABLE = "projection_tracking"
 NAME = "flow"
 # Bump when the fold changes meaning without a column changing: setup then rebuilds.

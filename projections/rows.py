@@ -95,6 +95,7 @@ class StepRow(msgspec.Struct, frozen=True, kw_only=True):
     last_seq: int = 0
 
 
+LOG_TABLE = "events"  # the log's own table (events.duckdb_log): seq, run_id, step_id, kind, body
 RUNS_TABLE = "flow_runs"
 STEPS_TABLE = "flow_steps"
 TABLES: dict[str, tuple[type[msgspec.Struct], tuple[str, ...]]] = {

@@ -4,14 +4,18 @@
 serves Hypothesis (``scenario()``, which shrinks) and a seeded ``random.Random`` (the crash
 test's writer process). Runs may stop anywhere (still in flight), fail, be cancelled, resume,
 retry steps, stream deltas, call and be refused tools, and report findings of any severity.
+``review_run`` is one fixed two-step run for tests that check exact numbers, and
+``start_writer`` runs ``projection_writer.py`` as a separate process.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
-
-import duckdb
 
 from events.types import (
     AgentEvent,
@@ -262,5 +266,56 @@ def sums_disagree(con: Any) -> list[tuple]:
     ).fetchall()
 
 
-def open_rw(path) -> duckdb.DuckDBPyConnection:
-    return duckdb.connect(str(path))
+# --- a fixed two-step run, and the writer process -------------------------------------------
+
+
+def planned(run_id: str, ts: float, band: str, *steps: tuple[str, str, int]) -> RunPlanned:
+    plan = tuple(PlannedStep(step_id=s, persona=p, phase="analysis", wave=w) for s, p, w in steps)
+    return RunPlanned(
+        run_id=run_id, ts=ts, band=band, band_reason="why", band_source="default",
+        roster=tuple(RosterEntry(persona=p.persona, reason="r", phase=p.phase) for p in plan),
+        steps=plan, commit="c1", model="smollm2", engine="scripted",
+    )
+
+
+def review_run(run_id: str, t: float, *, flow="code-review", repo="/src/app", band="small",
+               tokens=(100, 20), severities=("CRIT", "WARN"), fail_second=True) -> list:
+    """A two-step run: one step finishes with findings, the other fails (or finishes)."""
+    events = [
+        RunRequested(run_id=run_id, ts=t, flow=flow, repo=repo, text=f"review {run_id}"),
+        planned(run_id, t + 1, band, ("a", "junior-developer", 0), ("b", "risk-analyst", 1)),
+        StepQueued(run_id=run_id, ts=t + 2, step_id="a", persona="junior-developer",
+                   phase="analysis"),
+        StepStarted(run_id=run_id, ts=t + 2, step_id="a"),
+        *[OutputDelta(run_id=run_id, ts=t + 3, step_id="a", text="word ", offset=5 * i, tokens=1)
+          for i in range(30)],
+        StepFinished(run_id=run_id, ts=t + 6, step_id="a", output="...", tokens_in=tokens[0],
+                     tokens_out=tokens[1],
+                     findings=tuple(Finding(id=f"F{i}", severity=s, title="t")
+                                    for i, s in enumerate(severities))),
+        StepQueued(run_id=run_id, ts=t + 7, step_id="b", persona="risk-analyst", phase="analysis"),
+        StepStarted(run_id=run_id, ts=t + 8, step_id="b"),
+    ]
+    if fail_second:
+        events.append(StepFailed(run_id=run_id, ts=t + 10, step_id="b", error="timed out"))
+    else:
+        events.append(StepFinished(run_id=run_id, ts=t + 10, step_id="b", output="ok"))
+    events += [
+        ReportRendered(run_id=run_id, ts=t + 11, recommendation="do not merge"),
+        RunFinished(run_id=run_id, ts=t + 12),
+    ]
+    return events
+
+
+WRITER = Path(__file__).with_name("projection_writer.py")
+
+
+def start_writer(path: Path, seed: int, *extra: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    return subprocess.Popen(
+        [sys.executable, str(WRITER), str(path), str(seed), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )

@@ -12,64 +12,19 @@ from events.codec import encode
 from events.duckdb_log import DuckDBLog
 from events.log import Record
 from events.types import (
-    Finding,
     OutputDelta,
-    PlannedStep,
-    ReportRendered,
-    RosterEntry,
     RunFailed,
-    RunFinished,
-    RunPlanned,
     RunRequested,
-    StepFailed,
-    StepFinished,
-    StepQueued,
-    StepStarted,
+    ToolCalled,
+    ToolDenied,
+    ToolResult,
     ValidatorVerdict,
     Verdict,
 )
-from projection_scenarios import interleave, run_events, sums_disagree, tables
+from projection_scenarios import interleave, review_run, run_events, sums_disagree, tables
 from projections import Projector, analytics, get_run, get_steps, list_runs, rebuild
-from projections.analytics import VIEWS
+from projections.analytics import ALL_VIEWS
 from projections.projector import TRACKING_TABLE, read_log
-
-
-def planned(run_id: str, ts: float, band: str, *steps: tuple[str, str, int]) -> RunPlanned:
-    plan = tuple(PlannedStep(step_id=s, persona=p, phase="analysis", wave=w) for s, p, w in steps)
-    return RunPlanned(
-        run_id=run_id, ts=ts, band=band, band_reason="why", band_source="default",
-        roster=tuple(RosterEntry(persona=p.persona, reason="r", phase=p.phase) for p in plan),
-        steps=plan, commit="c1", model="smollm2", engine="scripted",
-    )
-
-
-def review_run(run_id: str, t: float, *, flow="code-review", repo="/src/app", band="small",
-               tokens=(100, 20), severities=("CRIT", "WARN"), fail_second=True) -> list:
-    """A two-step run: one step finishes with findings, the other fails (or finishes)."""
-    events = [
-        RunRequested(run_id=run_id, ts=t, flow=flow, repo=repo, text=f"review {run_id}"),
-        planned(run_id, t + 1, band, ("a", "junior-developer", 0), ("b", "risk-analyst", 1)),
-        StepQueued(run_id=run_id, ts=t + 2, step_id="a", persona="junior-developer",
-                   phase="analysis"),
-        StepStarted(run_id=run_id, ts=t + 2, step_id="a"),
-        *[OutputDelta(run_id=run_id, ts=t + 3, step_id="a", text="word ", offset=5 * i, tokens=1)
-          for i in range(30)],
-        StepFinished(run_id=run_id, ts=t + 6, step_id="a", output="...", tokens_in=tokens[0],
-                     tokens_out=tokens[1],
-                     findings=tuple(Finding(id=f"F{i}", severity=s, title="t")
-                                    for i, s in enumerate(severities))),
-        StepQueued(run_id=run_id, ts=t + 7, step_id="b", persona="risk-analyst", phase="analysis"),
-        StepStarted(run_id=run_id, ts=t + 8, step_id="b"),
-    ]
-    if fail_second:
-        events.append(StepFailed(run_id=run_id, ts=t + 10, step_id="b", error="timed out"))
-    else:
-        events.append(StepFinished(run_id=run_id, ts=t + 10, step_id="b", output="ok"))
-    events += [
-        ReportRendered(run_id=run_id, ts=t + 11, recommendation="do not merge"),
-        RunFinished(run_id=run_id, ts=t + 12),
-    ]
-    return events
 
 
 def append_all(log, events, size=7, prefix="k"):
@@ -143,12 +98,22 @@ def test_analytics_views_sum_what_the_runs_did(path):
             Verdict(finding_id="F0", result="confirmed"),
             Verdict(finding_id="F1", result="refuted"),
         ))], ["v"])
+        log.append([
+            ToolCalled(run_id="r2", ts=2009.0, step_id="b", call_id="c1", tool="read"),
+            ToolResult(run_id="r2", ts=2009.1, step_id="b", call_id="c1", tool="read",
+                       content="no such file", ok=False),
+            ToolCalled(run_id="r2", ts=2009.2, step_id="b", call_id="c2", tool="read"),
+            ToolResult(run_id="r2", ts=2009.3, step_id="b", call_id="c2", tool="read",
+                       content="x = 1"),
+            ToolDenied(run_id="r2", ts=2009.4, step_id="b", call_id="c3", tool="write",
+                       reason="not a read tool"),
+        ], ["t1", "t2", "t3", "t4", "t5"])
         with log.reader() as cur:
             out = analytics(cur)
             one = analytics(cur, ["analytics_flow"])
             with pytest.raises(KeyError):
                 analytics(cur, ["analytics_nope"])
-    assert set(out) == set(VIEWS) and set(one) == {"analytics_flow"}
+    assert set(out) == set(ALL_VIEWS) and set(one) == {"analytics_flow"}
     json.dumps(out)  # the API serves these as they are
 
     persona = {r["persona"]: r for r in out["analytics_persona"]}
@@ -172,6 +137,12 @@ def test_analytics_views_sum_what_the_runs_did(path):
 
     (validator,) = out["analytics_validator"]
     assert (validator["confirmed"], validator["refuted"], validator["refuted_rate"]) == (1, 1, 0.5)
+
+    tools = {(r["persona"], r["tool"]): (r["calls"], r["errors"], r["denied"], r["runs"])
+             for r in out["analytics_tools"]}
+    assert tools == {("risk-analyst", "read"): (2, 1, 0, 1), ("risk-analyst", "write"): (0, 0, 1, 1)}
+    kinds = {r["kind"]: r["events"] for r in out["analytics_events"]}
+    assert kinds["output_delta"] == 60 and kinds["run_finished"] == 2 and kinds["tool_called"] == 2
 
     failures = {r["persona"]: r for r in out["analytics_failures"]}
     assert failures["risk-analyst"]["failed_steps"] == 1

@@ -17,24 +17,17 @@ import pytest
 
 from api.cli import main
 from events.duckdb_log import DuckDBLog
-from projection_scenarios import tables
+from projection_scenarios import review_run, start_writer, tables
 from projections import Projector, ReadOnlyViolation, readonly_query
-from test_crash import start_writer
 
 WRITER_APPENDS = 40
-
-
-def review(run_id: str, t: float, flow: str = "code-review") -> list:
-    from test_projector import review_run
-
-    return review_run(run_id, t, flow=flow)
 
 
 @pytest.fixture
 def logged(data_dir):
     """A data dir whose log holds two runs, cleanly closed (no write-ahead log)."""
     with DuckDBLog(data_dir / "events.duckdb", projector=Projector()) as log:
-        events = review("r1", 1000.0) + review("r2", 2000.0, flow="investigate")
+        events = review_run("r1", 1000.0) + review_run("r2", 2000.0, flow="investigate")
         log.append(events, [f"k{i}" for i in range(len(events))])
     return data_dir
 
@@ -253,7 +246,7 @@ def test_sql_goes_through_the_server_that_holds_the_file(ray_session, data_dir, 
         namespace=namespace,
     )
     try:
-        events = review("r1", 1000.0) + review("r2", 2000.0, flow="investigate")
+        events = review_run("r1", 1000.0) + review_run("r2", 2000.0, flow="investigate")
         LogClient(handle).append(events, [f"k{i}" for i in range(len(events))])
         with pytest.raises(duckdb.IOException):  # the actor's process holds the file
             duckdb.connect(str(settings.events_path), read_only=True)

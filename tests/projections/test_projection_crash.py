@@ -3,32 +3,17 @@ equal a rebuild of what the log committed, because they commit in the log's tran
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import duckdb
 import pytest
 
 from events.duckdb_log import DuckDBLog
-from projection_scenarios import sums_disagree, tables
+from projection_scenarios import start_writer, sums_disagree, tables
 from projections import Projector, rebuild
 from projections.projector import TRACKING_TABLE
-
-WRITER = Path(__file__).with_name("projection_writer.py")
-
-
-def start_writer(path: Path, seed: int, *extra: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
-    return subprocess.Popen(
-        [sys.executable, str(WRITER), str(path), str(seed), *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
 
 
 def kill_after(proc: subprocess.Popen, appends: int) -> int:
