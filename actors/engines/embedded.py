@@ -59,12 +59,13 @@ class _Stop:
     llama-cpp calls it once per sampled token (and once more after its loop ends).
     """
 
-    def __init__(self, cancelled: threading.Event):
-        self._cancelled = cancelled
+    def __init__(self, engine: EmbeddedEngine, cancelled: threading.Event):
+        self._engine, self._cancelled = engine, cancelled
         self.calls = 0
 
     def __call__(self, input_ids: Any, logits: Any) -> bool:
         self.calls += 1
+        self._engine.tokens_generated += 1
         return self._cancelled.is_set()
 
 
@@ -90,6 +91,7 @@ class EmbeddedEngine:
             template=template, eos_token=text(eos), bos_token=text(bos), stop_token_ids=[eos]
         )
         self._running: set[threading.Event] = set()
+        self.tokens_generated = 0  # sampled by this engine so far (a metric; tests watch it)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
         self._closed = False
 
@@ -169,7 +171,7 @@ class EmbeddedEngine:
             # A fresh context each time: the same request then gives the same text whatever ran
             # before (reusing a cached prefix changes the arithmetic enough to flip near-ties).
             self._llm.reset()
-            counter = _Stop(cancelled)
+            counter = _Stop(self, cancelled)
             chunks = self._llm.create_completion(
                 prompt=tokens,
                 max_tokens=req.max_tokens,

@@ -209,12 +209,10 @@ class OpenAIEngine:
                 async with self._client.stream("POST", "/chat/completions", json=body) as resp:
                     if resp.status_code >= 400:
                         text = (await resp.aread()).decode("utf-8", "replace")
-                        if (
-                            resp.status_code in (400, 422)
-                            and style != styles[-1]
-                            and "response_format" in text
-                        ):
-                            continue  # this server wants the other schema form
+                        if style != styles[-1] and "response_format" in text:
+                            # This server wants the other schema form (llama-cpp-python says
+                            # so with a 500 carrying a validation error).
+                            continue
                         raise _http_error(resp.status_code, text, self.base_url)
                     self._schema_style = style
                     async for delta in _read_sse(resp):
