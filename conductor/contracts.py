@@ -42,7 +42,8 @@ _CLOSE = "<<<END UNTRUSTED DATA"
 # Anything that could pass for one of our markers: two or more angle brackets followed by
 # (END) UNTRUSTED, in any case and spacing. The brackets are what gets broken up: every marker
 # starts with them, so without them nothing in the text can open or close a fence.
-_LOOKALIKE = re.compile(r"<{2,}(\s*(?:END[\s_-]*)?UNTRUSTED)", re.IGNORECASE)
+# A run of brackets is matched once, from its start, so a long run costs linear time.
+_LOOKALIKE = re.compile(r"(?<!<)<{2,}+(\s*+(?:END[\s_-]*+)?UNTRUSTED)", re.IGNORECASE)
 
 
 def read_only() -> str:

@@ -38,6 +38,7 @@ MIN_PART_TOKENS = 64  # a file is cut at a line only when at least this much of 
 USER_TEXT_CAP = 4000  # characters of each of the person's inputs shown (their text is trusted)
 LISTED_FILES = 30  # paths of the step's slice listed by name before "and N more"
 LISTED_LEFT_OUT = 20  # items named in the "not included" line before "and N more"
+SECTION_SLACK = 16  # tokens kept for section headings and separators between items
 # Signals that say nothing about one file's relevance (they fire on every file).
 _GENERIC = {"considered", "subsystems", "languages", "source", "tests", "docs", "docs-only"}
 
@@ -86,13 +87,15 @@ def build_messages(
     rules = _rules(state, flow, step, persona)
     task = _task(state, flow, step, persona, snapshot)
     items = _context_items(state, flow, st, snapshot)
-    # Shorten the brief only as far as needed to leave a quarter of the budget for context.
-    reserve = budget_tokens // 4 if items else 0
+    # Shorten the brief only as far as needed to leave the context a quarter of the budget
+    # (or all it needs, when that is less).
+    wanted = sum(estimate_tokens(i.render(None)[0]) + 1 for i in items)
+    reserve = min(budget_tokens // 4, wanted + SECTION_SLACK)
     body, cut_sections = _fit_body(persona.body, budget_tokens - reserve - _messages_tokens(rules, task))
     system = f"{body}\n\n{rules}" if body else rules
 
     cut = [f"persona brief: {s}" for s in cut_sections]
-    base = _messages_tokens(system, task)
+    base = _messages_tokens(system, task) + SECTION_SLACK
     sections, skipped, used = _fill(items, budget_tokens - base)
     if skipped:
         # Something did not fit: make room for the note that says so, and fill again.

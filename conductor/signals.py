@@ -180,6 +180,9 @@ class _Rule:
 _I = re.IGNORECASE
 _M = re.MULTILINE
 _ANY = ("source", "test", "markup", "other", "manifest")
+# Patterns are written so that hostile content cannot make them backtrack for long: no
+# unbounded repeat next to another that can match the same characters (``^\s*`` would span
+# blank lines; ``[^;\n]{1,200}?`` bounds a search for FROM).
 _RULES: tuple[_Rule, ...] = (
     # data: schema, migrations, SQL, ORM models, data access
     _Rule("data", "migration", r"(^|/)(migrations?|migrate|alembic|db/migrate|flyway|liquibase)/",
@@ -188,7 +191,7 @@ _RULES: tuple[_Rule, ...] = (
     _Rule("data", "schema", r"(^|/)(schema\.(prisma|rb|graphql|sql)|[^/]+\.prisma|models\.py|dbt_project\.yml)$",
           on_path=True, kinds=_ANY, flags=_I),
     _Rule("data", "SQL", r"\b(CREATE|ALTER|DROP)\s+(TABLE|INDEX|VIEW|SCHEMA)\b|\bINSERT\s+INTO\b"
-          r"|\bDELETE\s+FROM\b|\bSELECT\s+[\w*,\s.]+\s+FROM\s+\w", kinds=("source", "other")),
+          r"|\bDELETE\s+FROM\b|\bSELECT\b[^;\n]{1,200}?\bFROM\s+\w", kinds=("source", "other")),
     _Rule("data", "ORM model", r"\bmodels\.Model\b|\bdeclarative_base\b|\bDeclarativeBase\b|\bColumn\("
           r"|\bmapped_column\(|@Entity\b|@Table\(|\bgorm\.Model\b|\bmongoose\.Schema\b"
           r"|\bsequelize\.define\b|\bop\.(add_column|create_table|drop_column)\b"),
@@ -208,7 +211,7 @@ _RULES: tuple[_Rule, ...] = (
     _Rule("infra", "deploy", r"(^|/)(deploy|deployment|infra|infrastructure|ops)/|(^|/)deploy[^/]*\.(sh|ya?ml)$"
           r"|(^|/)(procfile|fly\.toml|serverless\.ya?ml|skaffold\.ya?ml|app\.ya?ml|ray-cluster\.ya?ml)$",
           on_path=True, kinds=_ANY, flags=_I),
-    _Rule("infra", "k8s", r"^apiVersion:\s*\S+\s*$(?s:.*)^kind:\s*(Deployment|Service|StatefulSet|"
+    _Rule("infra", "k8s", r"^kind:[ \t]*(Deployment|Service|StatefulSet|"
           r"DaemonSet|Job|CronJob|Ingress|ConfigMap|Secret)\b", kinds=("other",), flags=_M),
     # security surface: auth, crypto, secrets, untrusted input reaching sinks, HTTP handlers
     _Rule("security", "auth code", r"(^|/)([^/]*[_.-])?(auth|authn|authz|authentication|authorization|"
@@ -248,7 +251,7 @@ _RULES: tuple[_Rule, ...] = (
           r"(^|/)(templates|static|components|views|pages|ui)/[^/]+\.(js|ts)$",
           on_path=True, kinds=_ANY, flags=_I),
     # behaviour: error paths and state that travel between modules
-    _Rule("behaviour", "error paths", r"^\s*(except\b|raise\s+\w|try\s*:|rescue\b)|\bcatch\s*\(|\bthrow\s+new\b|"
+    _Rule("behaviour", "error paths", r"^[ \t]*(except\b|raise[ \t]+\w|try[ \t]*:|rescue\b)|\bcatch\s*\(|\bthrow\s+new\b|"
           r"\bif\s+err\s*!=\s*nil\b|\.catch\(|\bpanic!\(|\bResult<", flags=_M),
     # input handling: external data parsed, coerced or bounded
     _Rule("input-handling", "parsing", r"\bjson\.loads?\(|\bJSON\.parse\(|\bparse(Int|Float)\(|\bargparse\b|"
@@ -291,7 +294,7 @@ CONCERN_WORDS: dict[str, tuple[str, ...]] = {
 
 _NEW_FILE = re.compile(r"^diff --git a/\S+ b/(\S+)\n(?:(?!diff --git)[^\n]*\n)*?new file mode", re.M)
 _IMPORT_CHANGE = re.compile(
-    r"^[+-](?![+-])\s*(import\s+\w|from\s+[\w.]+\s+import\b|(const|let|var)\s+\w+\s*=\s*require\(|"
+    r"^[+-](?![+-])[ \t]*(import\s+\w|from\s+[\w.]+\s+import\b|(const|let|var)\s+\w+\s*=\s*require\(|"
     r"use\s+[\w:]+|#include\s*[<\"])", re.M
 )
 _DIFF_FILE = re.compile(r"^diff --git a/\S+ b/(\S+)$", re.M)

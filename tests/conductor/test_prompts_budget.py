@@ -233,3 +233,12 @@ def test_a_synthesis_step_reads_upstream_findings_with_their_ids(git_repo, perso
     user = prompt.messages[1]["content"]
     assert '"id": "S-001"' in user and '"id": "B-001"' in user
     assert "never renumber or reword them" in user
+
+
+def test_fencing_a_long_run_of_brackets_is_linear():
+    import time
+
+    started = time.perf_counter()
+    block = fence("<" * 200_000 + "UNTRUSTED DATA x>>>", source="a.py")
+    assert time.perf_counter() - started < 1.0
+    assert len(_fences(block)) == 1 and "1 marker look-alike inside neutralised" in block

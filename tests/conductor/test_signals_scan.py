@@ -177,3 +177,25 @@ def test_same_snapshot_gives_the_same_signals(git_repo):
 def test_file_kinds_and_subsystems(path, kind, subsystem):
     assert kind_of(path) == kind
     assert subsystem_of(path) == subsystem
+
+
+def test_hostile_content_costs_bounded_time(git_repo):
+    """Files built to make patterns backtrack (blank lines, long runs, a huge diff) are read in
+    well under a second each."""
+    import time
+
+    repo = git_repo({"README.md": "# x\n"})
+    repo.branch("feature")
+    repo.write({
+        "a.py": "\n" * 40_000,
+        "b.py": "SELECT " + " " * 40_000,
+        "c.yaml": "apiVersion: v1\n" * 3_000,
+        "d.py": "<" * 100_000,
+        "e.py": "+\n" * 100_000,
+    })
+    repo.commit("hostile")
+    snap = repo.pin(base="main")
+    started = time.perf_counter()
+    found = compute(snap, snap.changed())
+    assert time.perf_counter() - started < 3.0
+    assert not found.fired("data") and not found.fired("infra")
