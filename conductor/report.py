@@ -28,6 +28,7 @@ from collections.abc import Iterable
 import msgspec
 
 from conductor.collect import LEVELS, Citation, Item, collect
+from conductor.evidence import finding_status
 from conductor.findings import parse_output
 from conductor.snapshot import Snapshot
 from conductor.state import RunState, StepState
@@ -355,8 +356,7 @@ def build_report(state: RunState, snapshot: Snapshot | None = None) -> Report:
     }
     header = _header(state, flow)
     summary = _summary_text(counts, agents, validator)
-    sections = _sections(state, flow, flow_name, got.findings, parsed, findings, deferred, unverified,
-                         omitted, header)
+    sections = _sections(state, flow, flow_name, got.findings, parsed, deferred, unverified, omitted, header)
     return Report(
         header=header,
         recommendation=recommendation,
@@ -485,8 +485,6 @@ def _agent_view(st: StepState, parsed) -> AgentView:
     if st.started_ts is not None and st.ended_ts is not None:
         duration = round(max(0.0, st.ended_ts - st.started_ts), 1)
     results = st.evidence or ()
-    from conductor.evidence import finding_status
-
     verified = sum(finding_status(f, results) == "verified" for f in st.findings) if st.evidence is not None else 0
     return AgentView(
         step_id=st.step_id, persona=st.persona, phase=st.step.phase, wave=st.step.wave,
@@ -551,7 +549,7 @@ def _summary_text(counts: dict[str, int], agents: tuple[AgentView, ...], v: Vali
     return " ".join(parts)
 
 
-def _sections(state, flow, flow_name, items, parsed, findings, deferred, unverified, omitted, header):
+def _sections(state, flow, flow_name, items, parsed, deferred, unverified, omitted, header):
     titles = tuple(flow.sections) if flow else _GENERIC_SECTIONS
     section_personas = dict(flow.section_personas) if flow else {}
     placed: set[str] = set()
@@ -758,7 +756,8 @@ def _md_header(h: Header) -> list[str]:
         ("Focus", h.focus),
         ("Symptom", h.symptom),
         ("Band", f"{h.band} ({h.band_source}): {h.band_reason}" if h.band else ""),
-        ("Model", f"{h.model} on {h.engine}" if h.model else h.engine),
+        ("Model", f"{h.model} on {h.engine}" if h.model else ""),
+        ("Engine", "" if h.model else h.engine),
         ("Requested", h.requested_at),
     ]
     lines = [f"- **{k}:** {_md(v)}" for k, v in rows if v]
@@ -915,12 +914,14 @@ def _md_validator(v: ValidatorView) -> list[str]:
 
 
 def _md_agents(report: Report) -> list[str]:
+    if not report.agents:
+        return ["No agent step was planned."]
     lines = ["| Step | Persona | Phase | Status | Attempts | Tokens in/out | Duration | Findings (verified) |",
              "|---|---|---|---|---:|---:|---:|---:|"]
     for a in report.agents:
         duration = f"{a.duration_s:.1f} s" if a.duration_s is not None else "—"
         lines.append(
-            f"| {_cell(a.step_id)} | {_cell(a.persona)} | {_cell(a.phase)} | {_cell(a.status)} | {a.attempts} | "
+            f"| {_md(a.step_id)} | {_md(a.persona)} | {_md(a.phase)} | {_md(a.status)} | {a.attempts} | "
             f"{a.tokens_in}/{a.tokens_out} | {duration} | {a.findings} ({a.verified}) |"
         )
     problems = agent_problems(report)
@@ -949,10 +950,6 @@ def _md_block(text: str) -> list[str]:
     text = text.replace("\r", "").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     text = _MD_LINE_START.sub(lambda m: m.group(1) + "\\" + m.group(2), text)
     return [line.rstrip() for line in text.strip().split("\n")]
-
-
-def _cell(text: str) -> str:
-    return _md(text)
 
 
 def _code(text: str) -> str:

@@ -86,7 +86,8 @@ def _meta(report: Report) -> str:
         ("Focus", h.focus),
         ("Symptom", h.symptom),
         ("Band", f"{h.band} ({h.band_source}): {h.band_reason}" if h.band else ""),
-        ("Model", f"{h.model} on {h.engine}" if h.model else h.engine),
+        ("Model", f"{h.model} on {h.engine}" if h.model else ""),
+        ("Engine", "" if h.model else h.engine),
         ("Requested", h.requested_at),
     ]
     items = [f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in rows if v]
@@ -239,6 +240,8 @@ def _validator(v: ValidatorView) -> str:
 
 
 def _agents(report: Report) -> str:
+    if not report.agents:
+        return "<p>No agent step was planned.</p>"
     rows = []
     for a in report.agents:
         duration = f"{a.duration_s:.1f} s" if a.duration_s is not None else "—"

@@ -20,6 +20,7 @@ unverified items are not the validator's input and are untouched.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 import msgspec
@@ -52,7 +53,12 @@ def gate(
         notes.append(f"validator output: {parsed.error}")
     verdicts: list[Verdict] = []
     seen: set[str] = set()
+    canonical = {_canonical(fid): fid for fid in known}
     for v in parsed.verdicts:
+        if v.finding_id not in known and canonical.get(_canonical(v.finding_id)):
+            # "S1" or "s-1" for S-001: the same finding, written loosely.
+            notes.append(f"read {v.finding_id} as {canonical[_canonical(v.finding_id)]}")
+            v = msgspec.structs.replace(v, finding_id=canonical[_canonical(v.finding_id)])
         if v.finding_id not in known:
             notes.append(f"ignored a verdict on {v.finding_id}: not a finding the validator was given")
             continue
@@ -71,6 +77,11 @@ def gate(
         verdicts=tuple(verdicts),
         note="; ".join(notes),
     )
+
+
+def _canonical(fid: str) -> str:
+    m = re.fullmatch(r"\s*([A-Za-z]+)[-_ ]?0*(\d+)\s*", fid)
+    return f"{m.group(1).upper()}-{int(m.group(2))}" if m else fid
 
 
 def _decide(v: Verdict, snapshot: Snapshot) -> Verdict:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from golden.synthetic import SNAPSHOT, drive, make_run
+from golden.synthetic import SNAPSHOT, drive, frozen_flows, make_run
 
 from conductor.report import (
     INCONCLUSIVE,
@@ -39,11 +39,18 @@ RENDERERS = {"md": render_markdown, "json": render_json, "html": render_html}
 
 @pytest.fixture(scope="module")
 def golden_run():
-    return drive()
+    with frozen_flows():
+        return drive()
+
+
+@pytest.fixture
+def frozen():
+    with frozen_flows():
+        yield
 
 
 @pytest.mark.parametrize("fmt", sorted(RENDERERS))
-def test_golden_report(golden_run, fmt):
+def test_golden_report(golden_run, frozen, fmt):
     _, state = golden_run
     got = RENDERERS[fmt](build_report(state))
     path = GOLDEN / f"report.{fmt}"
@@ -55,7 +62,7 @@ def test_golden_report(golden_run, fmt):
         pytest.fail(f"report.{fmt} differs from the golden file (UPDATE_GOLDEN=1 to accept):\n{diff[:6000]}")
 
 
-def test_the_run_played_to_its_end_and_recorded_the_report(golden_run):
+def test_the_run_played_to_its_end_and_recorded_the_report(golden_run, frozen):
     events, state = golden_run
     assert state.status == "finished"
     assert state.report is not None
@@ -64,7 +71,7 @@ def test_the_run_played_to_its_end_and_recorded_the_report(golden_run):
     assert (state.report.counts, state.report.recommendation) == summary_counts(report)
 
 
-def test_same_events_give_the_same_bytes_before_and_after_the_run_finished(golden_run):
+def test_same_events_give_the_same_bytes_before_and_after_the_run_finished(golden_run, frozen):
     events, state = golden_run
     at_render = fold([e for e in events if e.__struct_config__.tag not in ("report_rendered", "run_finished")])
     for fmt, render in RENDERERS.items():
@@ -75,7 +82,7 @@ def test_same_events_give_the_same_bytes_before_and_after_the_run_finished(golde
         assert render(build_report(fold(events), SNAPSHOT)) == after, fmt
 
 
-def test_the_report_content_a_reader_relies_on(golden_run):
+def test_the_report_content_a_reader_relies_on(golden_run, frozen):
     _, state = golden_run
     r = build_report(state)
     assert r.recommendation == "Do not merge: fix the critical findings first."
@@ -100,7 +107,7 @@ def test_the_report_content_a_reader_relies_on(golden_run):
     assert "test-engineer** (review-test): failed: the prompt does not fit" in md
 
 
-def test_json_is_the_model_and_round_trips(golden_run):
+def test_json_is_the_model_and_round_trips(golden_run, frozen):
     _, state = golden_run
     report = build_report(state)
     text = render_json(report)
@@ -109,7 +116,7 @@ def test_json_is_the_model_and_round_trips(golden_run):
     assert keys == [f.name for f in msgspec.structs.fields(Report)]
 
 
-def test_html_is_self_contained_and_phone_ready(golden_run):
+def test_html_is_self_contained_and_phone_ready(golden_run, frozen):
     _, state = golden_run
     html = render_html(build_report(state))
     assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in html
@@ -189,3 +196,15 @@ def test_an_unknown_flow_gets_the_spine_sections():
     report = _one("junior-developer", "Blocks decision", flow="made-up-flow")
     assert [s.title for s in report.sections] == ["Summary", "Recommendation", "Critical", "Agent appendix"]
     assert report.recommendation == "Fix the critical findings before relying on this code."
+
+
+def test_a_run_without_a_plan_still_renders():
+    from events.types import RunRequested
+
+    state = fold([RunRequested(run_id="r", ts=1.0, flow="code-review", repo="/x", engine="embedded")])
+    report = build_report(state)
+    assert report.recommendation == INCONCLUSIVE
+    for render in RENDERERS.values():
+        out = render(report)
+        assert "/x" in out and "embedded" in out
+    assert "No agent step was planned." in render_markdown(report)

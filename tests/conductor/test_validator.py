@@ -93,6 +93,12 @@ def test_unknown_ids_and_second_verdicts_are_ignored_with_a_note_and_silence_kee
     assert "kept without a verdict: JD-002, JD-003, JD-004, JD-005, SEC-001, SEC-002, SEC-003" in event.note
 
 
+def test_loosely_written_ids_are_read_as_the_finding_they_name():
+    _, event, got = gated(verdicts(v("jd1", "confirmed"), v("SEC 2", "partially_refuted")))
+    assert got["JD-001"].action == "keep" and got["SEC-002"].action == "demote"
+    assert "read jd1 as JD-001" in event.note
+
+
 def test_the_validator_never_adds_findings():
     output = json.dumps({"summary": "x", "findings": [{"id": "V-001", "severity": "High", "title": "new",
                                                         "evidence": [counter(line=40)]}],

@@ -22,8 +22,12 @@ What the script exercises:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+
+import msgspec
+import pytest
 
 from conductor.advance import ApplyVerdicts, CheckEvidence, Dispatch, Finish, Render, advance
 from conductor.evidence import check
@@ -47,6 +51,38 @@ from events.types import (
     StepQueued,
     StepStarted,
 )
+
+class FrozenFlow(msgspec.Struct, frozen=True, kw_only=True):
+    """The parts of ``conductor.flows.Flow`` the report reads, frozen for the golden files, so
+    a wording change in the flow catalog does not move the report's bytes here."""
+
+    name: str
+    description: str
+    audience: str
+    sections: tuple[str, ...]
+    section_personas: dict[str, tuple[str, ...]] = {}
+
+
+CODE_REVIEW = FrozenFlow(
+    name="code-review",
+    description="Reviews a change through several lenses, with severities calibrated to its size.",
+    audience="the author of the change and the people reviewing it",
+    sections=("Review summary", "Recommendation", "Critical", "Warnings", "Suggestions",
+              "Deferred (YAGNI)", "Security vulnerabilities", "Unverified claims", "Validator outcome",
+              "What's good", "Agent appendix"),
+    section_personas={"Security vulnerabilities": ("adversarial-security-analyst",)},
+)
+
+
+@contextlib.contextmanager
+def frozen_flows():
+    """Make the report see ``CODE_REVIEW`` instead of the live flow catalog."""
+    import conductor.report
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(conductor.report, "_flow", lambda name: CODE_REVIEW if name == "code-review" else None)
+        yield
+
 
 RUN_ID = "run-golden"
 COMMIT = "3f1c2a9d8e7b6a5f4e3d2c1b0a9f8e7d6c5b4a39"
