@@ -166,12 +166,13 @@ def _steps(
         wave += 1
         inputs = _inputs(flow, phase, steps)
         for persona in members:
-            for n, (angle, files) in enumerate(_instances(phase, persona, band, sigs, snapshot, personas), 1):
+            several = _instances(phase, persona, band, sigs, snapshot, personas)
+            for n, (angle, files) in enumerate(several, 1):
                 if phase.role == "editor":
                     files = ()
                 elif document and document not in files:
                     files = (document, *files)
-                step_id = f"w{wave}-{persona}" + (f"-{n}" if _multiple(phase, persona) else "")
+                step_id = f"w{wave}-{persona}" + (f"-{n}" if len(several) > 1 else "")
                 if len(files) > MAX_STEP_FILES:
                     notes.append(f"{step_id}: {MAX_STEP_FILES} of the {len(files)} files in its "
                                  "slice are listed; it can find the rest with its tools")

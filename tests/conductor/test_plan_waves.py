@@ -162,3 +162,15 @@ def test_uncommitted_work_is_the_change_for_a_review_but_not_the_area_of_an_anal
     symptom = plan(make_request("investigate", symptom="pay fails", paths=("app", "billing/")),
                    repo.pin(paths=("app", "billing")), personas, model="m", engine="e", ts=2.0)
     assert symptom.considered == ("app/__init__.py", "app/models.py", "app/orders.py", "billing/invoice.py")
+
+
+def test_step_ids_number_only_a_persona_that_runs_several_times(git_repo, personas, make_request):
+    repo = git_repo(SHOP)
+    snap = repo.pin()
+    small = plan(make_request("code-overview", band="small"), snap, personas, model="m", engine="e", ts=2.0)
+    assert [s.step_id for s in small.steps] == ["w1-codebase-explorer", "w2-codebase-explorer",
+                                                 "w3-adversarial-validator", "w4-readability-editor"]
+    probe = plan(make_request("investigate", symptom="pay returns the wrong total", band="small"), snap,
+                 personas, model="m", engine="e", ts=2.0)
+    assert [s.step_id for s in probe.steps if s.persona == "evidence-based-investigator"] == [
+        "w1-evidence-based-investigator-1", "w1-evidence-based-investigator-2"]
