@@ -191,6 +191,7 @@ class PersonaInfo(msgspec.Struct, frozen=True):
     name: str
     prefix: str
     severities: tuple[str, ...]
+    guessed: bool = False  # the prefix is a guess: the persona is not a builtin
 
 
 def persona_info(persona: Persona | str) -> PersonaInfo:
@@ -206,7 +207,7 @@ def persona_info(persona: Persona | str) -> PersonaInfo:
     if known is not None:
         return PersonaInfo(name, known.id_prefix, tuple(known.severities))
     initials = "".join(part[:1] for part in re.split(r"[^A-Za-z]+", name) if part).upper()
-    return PersonaInfo(name, initials[:6] or "F", ())
+    return PersonaInfo(name, initials[:6] or "F", (), guessed=True)
 
 
 @functools.cache
@@ -242,7 +243,7 @@ def parse_output(
     try:
         info = persona_info(persona)
     except Exception:
-        info = PersonaInfo(str(persona), "F", ())
+        info = PersonaInfo(str(persona), "F", (), guessed=True)
     try:
         return _parse(raw, info, role)
     except Exception as exc:  # last line of defence: a reader that crashes loses the step
@@ -449,6 +450,10 @@ def _finish(drafts: list[dict[str, Any]], info: PersonaInfo, problems: list[str]
     Ids the model numbered uniquely keep their number; the rest (duplicates, no number) get
     the next numbers after the highest one used, in answer order.
     """
+    if info.guessed:
+        prefixes = {m.group(1) for d in drafts if (m := re.match(r"\s*([A-Z]{1,6})-?\d", d["raw_id"]))}
+        if len(prefixes) == 1:
+            info = msgspec.structs.replace(info, prefix=prefixes.pop())
     wanted = [_number(d["raw_id"]) for d in drafts]
     seen: dict[int, int] = {}
     for n in wanted:

@@ -243,7 +243,7 @@ _SPINE_TAIL = (
     ("Findings", "findings"),
     ("Deferred (YAGNI)", "deferred"),
     ("Unverified claims", "unverified"),
-    ("Left out by the filters", "omitted"),
+    ("Left out, with the reason", "omitted"),
     ("Validator outcome", "validator"),
     ("Agent appendix", "agents"),
 )

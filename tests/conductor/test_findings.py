@@ -221,10 +221,14 @@ def test_ids_take_the_personas_prefix_and_are_made_unique():
 
 
 def test_a_persona_given_by_an_unknown_name_gets_its_initials_as_prefix():
-    got = parse(json.dumps({"summary": "", "findings": [dict(FINDING, severity="whatever")]}),
+    got = parse(json.dumps({"summary": "", "findings": [dict(FINDING, id="7", severity="whatever")]}),
                 persona="my-custom-checker")
-    assert got.findings[0].id == "MCC-001"
+    assert got.findings[0].id == "MCC-007"
     assert got.findings[0].persona == "my-custom-checker"
+    # A user persona's own prefix (the one its prompt asked for) is kept when its ids agree.
+    got = parse(json.dumps({"summary": "", "findings": [dict(FINDING, id="MYC-002"), dict(FINDING, id="MYC-5")]}),
+                persona="my-custom-checker")
+    assert [f.id for f in got.findings] == ["MYC-002", "MYC-005"]
 
 
 def test_severity_words_map_onto_the_personas_vocabulary():
