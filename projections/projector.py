@@ -1,8 +1,8 @@
 """The projector: keeps ``flow_runs`` and ``flow_steps`` in step with the log, in its transaction.
 
-``apply`` folds a committed batch with ``projections.fold.fold`` and writes only the rows the
-batch changed, then moves the tracking row (the last applied ``seq``) in the same transaction,
-so the tables and the log cannot disagree after a crash. A ``seq`` at or below the tracking row
+``apply`` folds a committed batch with ``projections.fold.fold``, writes only the rows the batch
+changed and moves the tracking row (the last applied ``seq``), all in the log's transaction, so
+the tables and the log cannot disagree after a crash. A ``seq`` at or below the tracking row
 is skipped: applying a batch twice changes nothing (eventsourcing's tracking records).
 
 Rows of recently active runs stay in memory between batches, so a batch of output deltas costs
