@@ -531,12 +531,14 @@ def _summary_text(counts: dict[str, int], agents: tuple[AgentView, ...], v: Vali
     if counts["unverified"]:
         parts.append(
             f"{_plural(counts['unverified'], 'claim')} could not be verified against the code and "
-            "are listed apart, labelled."
+            f"{'are' if counts['unverified'] > 1 else 'is'} listed apart, labelled."
         )
     if counts["deferred"]:
-        parts.append(f"{_plural(counts['deferred'], 'item')} deferred under YAGNI, each with its reopen trigger.")
+        each = "each " if counts["deferred"] > 1 else ""
+        parts.append(f"{_plural(counts['deferred'], 'item')} deferred under YAGNI, {each}with its reopen trigger.")
     if counts["omitted"]:
-        parts.append(f"{_plural(counts['omitted'], 'finding')} left out, each with the reason.")
+        each = "each " if counts["omitted"] > 1 else ""
+        parts.append(f"{_plural(counts['omitted'], 'finding')} left out, {each}with the reason.")
     if v.planned and (v.confirmed or v.partially_refuted or v.refuted):
         parts.append(
             f"The validator confirmed {v.confirmed}, partially refuted {v.partially_refuted} and "
