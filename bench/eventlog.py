@@ -168,6 +168,8 @@ def through_actor(path: Path, n: int, call_size: int, rate: int, seconds: float)
     from actors.eventlog import start_event_log, stop_event_log
 
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False, namespace="bench-eventlog")
+    if __name__ != "__main__":  # imported: the workers cannot import this file, send it by value
+        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     try:
 
         @ray.remote(num_cpus=0)

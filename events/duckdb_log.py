@@ -8,13 +8,16 @@ batch inside that same transaction; an append returns only after the commit.
 A batch goes in as one Arrow table (``INSERT`` from ``from_arrow``): building seven Arrow
 columns from the events measured faster here than handing the Appender one tuple per row.
 
-Idempotency keys are remembered as ``hash(key) -> seq`` in memory (about 115 MB per million
-events); a hit is confirmed by reading the stored key, so a hash collision never drops an event.
+Idempotency keys are remembered as ``hash(key) -> seq`` in memory (``KeyIndex``: sorted numpy
+arrays, ~16 bytes a key, where a dict of Python ints took ~115 MB per million); a hit is
+confirmed by reading the stored key, so a hash collision never drops an event.
 """
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import logging
 import os
 import re
 import threading
@@ -36,9 +39,12 @@ from events.memory_log import decode_append, encode_append
 from events.subscription import DEFAULT_BUFFER, Hub, HubSubscription
 from events.types import AgentEvent
 
+logger = logging.getLogger(__name__)
+
 MAX_BATCH = 10_000  # events per transaction (one append call is never split)
 RECENT_RECORDS = 20_000  # the tail kept in memory for subscribers and polls
 RECENT_BYTES = 32 << 20
+IDLE_CHECKPOINT_BYTES = 1 << 20  # WAL size at which an idle writer checkpoints
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS events (
@@ -197,6 +203,8 @@ class DuckDBLog(EventLog):
         Events per transaction at most (an append call larger than this goes in whole).
     subscriber_buffer
         Live records a subscriber may hold before it is dropped.
+    idle_checkpoint
+        WAL bytes at which the writer checkpoints when no append is waiting.
     """
 
     def __init__(
@@ -206,8 +214,11 @@ class DuckDBLog(EventLog):
         *,
         max_batch: int = MAX_BATCH,
         subscriber_buffer: int = DEFAULT_BUFFER,
+        idle_checkpoint: int = IDLE_CHECKPOINT_BYTES,
     ):
         self.path = str(path)
+        self._wal = self.path + ".wal"
+        self._idle_checkpoint = idle_checkpoint
         self._projector = projector
         self._max_batch = max_batch
         self._ident = self.path if self.path == ":memory:" else os.path.realpath(self.path)
@@ -255,6 +266,10 @@ class DuckDBLog(EventLog):
     def append_encoded(self, blobs: Sequence[bytes], keys: Sequence[str]) -> list[int]:
         """Append already-encoded events (each is decoded to validate it)."""
         return self.submit_encoded(blobs, keys).result()
+
+    async def append_async(self, events: Sequence[AgentEvent], keys: Sequence[str]) -> list[int]:
+        """``append`` for an asyncio caller: awaits the commit without holding a thread."""
+        return await asyncio.wrap_future(self.submit_encoded(encode_append(events, keys), keys))
 
     def submit_encoded(
         self, blobs: Sequence[bytes], keys: Sequence[str]
@@ -338,7 +353,11 @@ class DuckDBLog(EventLog):
             cursor.close()
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> QueryResult:
-        """Run one read-only statement (SELECT or EXPLAIN) and return its rows."""
+        """Run one SELECT (or EXPLAIN) statement and return its rows.
+
+        A guard against writing the log by mistake, not a sandbox: a SELECT can still read
+        files (``read_csv``). Untrusted SQL goes through ``projections.sql.readonly_query``.
+        """
         with self.reader() as cur:
             statements = cur.extract_statements(sql)
             if len(statements) != 1:
@@ -405,6 +424,15 @@ class DuckDBLog(EventLog):
                 _settle(control.future, self._checkpoint_now)
             else:
                 self._commit_group(group)
+                if not self._queue and self._wal_bytes() >= self._idle_checkpoint:
+                    # Checkpoint in small steps while appends are sparse: a checkpoint stalls
+                    # commits for a time that grows with the WAL, and DuckDB's own (at 16 MB)
+                    # stalls them for ~50-400 ms. Under load the queue is never empty and
+                    # DuckDB's threshold applies.
+                    try:
+                        self._checkpoint_now()
+                    except duckdb.Error:
+                        logger.exception("idle checkpoint of %s failed", self.path)
         try:
             self._checkpoint_now()  # a clean shutdown leaves no WAL to replay
         except duckdb.Error:
@@ -412,6 +440,12 @@ class DuckDBLog(EventLog):
 
     def _checkpoint_now(self) -> None:
         self._con.execute("CHECKPOINT")
+
+    def _wal_bytes(self) -> int:
+        try:
+            return os.stat(self._wal).st_size
+        except OSError:  # no WAL yet, or an in-memory log
+            return 0
 
     def _commit_group(self, group: list[_Append]) -> None:
         try:
@@ -472,7 +506,8 @@ class DuckDBLog(EventLog):
                 pa.array([_KIND[type(e)] for e in fresh_events], pa.string()),
                 pa.array([e.ts for e in fresh_events], pa.float64()),
                 pa.array(fresh_keys, pa.string()),
-                pa.array(fresh_blobs, pa.binary()).cast(pa.string()),
+                # Decoding each blob already proved it UTF-8: reinterpret, do not re-validate.
+                pa.array(fresh_blobs, pa.binary()).view(pa.string()),
             ],
             schema=_ARROW_SCHEMA,
         )

@@ -241,6 +241,18 @@ def test_group_commit_batches_under_load(tmp_path):
         assert log.batches < calls
 
 
+def test_async_append_awaits_the_commit(tmp_path):
+    import asyncio
+
+    async def main(log):
+        return await asyncio.gather(*(log.append_async(*batch(f"r{i}", "s", 0, 3)) for i in range(5)))
+
+    with DuckDBLog(tmp_path / "events.duckdb") as log:
+        results = asyncio.run(main(log))
+        assert sorted(s for seqs in results for s in seqs) == list(range(1, 16))
+        assert log.max_seq() == 15
+
+
 def test_a_lone_append_is_committed_at_once(tmp_path):
     import time
 
