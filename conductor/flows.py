@@ -122,6 +122,8 @@ class Calibration(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Flow(msgspec.Struct, frozen=True, kw_only=True):
+    """A read-only analysis flow: its inputs, who runs in which wave, and what it reports."""
+
     name: str
     description: str  # one line
     audience: str  # who reads the report

@@ -25,6 +25,7 @@ from events.types import Band
 __all__ = ["CONFIG_PATH", "HanConfig", "parse", "read"]
 
 CONFIG_PATH = ".han/config.md"
+MAX_BYTES = 64 * 1024  # a configuration file is a few lines; read no more than this
 _BANDS = ("small", "medium", "large")
 _IGNORED_KEYS = ("output-directory", "writing-voice")  # Han keys for flows that write files
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
@@ -50,10 +51,14 @@ def read(snapshot: Snapshot) -> HanConfig:
     if data is None:
         return HanConfig()
     try:
-        text = data.decode("utf-8")
+        text = data[:MAX_BYTES].decode("utf-8")
     except UnicodeDecodeError:
         return HanConfig(present=True, notes=(f"{CONFIG_PATH}: not UTF-8 text; ignored",))
-    return parse(text)
+    config = parse(text)
+    if len(data) > MAX_BYTES:
+        note = f"{CONFIG_PATH}: larger than {MAX_BYTES // 1024} KB; only its start was read"
+        config = msgspec.structs.replace(config, notes=(*config.notes, note))
+    return config
 
 
 def parse(text: str, path: str = CONFIG_PATH) -> HanConfig:
@@ -102,6 +107,9 @@ def _band(front: dict, path: str, notes: list[str]) -> tuple[Band | None, bool]:
     if "default-swarm-size" not in front:
         return None, False
     raw = front["default-swarm-size"]
+    if raw is not None and not isinstance(raw, (str, int, float, bool)):
+        notes.append(f"{path}: default-swarm-size is not a single word; sizing from the code instead")
+        return None, False
     value = "" if raw is None else str(raw).strip().lower()
     if not value:
         notes.append(f"{path}: default-swarm-size is blank; sizing from the code instead")

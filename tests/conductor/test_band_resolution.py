@@ -125,3 +125,25 @@ def test_extra_agents_list_is_read_case_insensitively(text, extras, notes):
     assert len(cfg.notes) == len(notes)
     for got, want in zip(cfg.notes, notes):
         assert want in got and got.startswith(".han/config.md: ")
+
+
+def test_a_hostile_config_is_cheap_and_still_only_a_note():
+    import time
+
+    levels = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    for prev, name in zip("abcdefg", "bcdefgh"):
+        levels.append(f"{name}: &{name} [" + ", ".join([f"*{prev}"] * 9) + "]")
+    bomb = "---\n" + "\n".join(levels) + "\ndefault-swarm-size: *h\n---\n"
+    started = time.perf_counter()
+    cfg = parse(bomb)
+    assert time.perf_counter() - started < 1.0
+    assert cfg.band is None
+    assert ".han/config.md: default-swarm-size is not a single word; sizing from the code instead" in cfg.notes
+
+
+def test_only_the_start_of_a_huge_config_is_read(git_repo, personas, make_request):
+    text = "---\ndefault-swarm-size: medium\n---\n" + "filler line\n" * 10_000
+    repo = git_repo({**BASE, ".han/config.md": text})
+    planned = plan(make_request("code-review"), repo.pin(), personas, model="m", engine="e", ts=2.0)
+    assert planned.band == "medium" and planned.band_source == "config"
+    assert ".han/config.md: larger than 64 KB; only its start was read" in planned.notes
