@@ -60,7 +60,12 @@ def load_projector(spec: ProjectorSpec) -> Projector | None:
 class EventLogActor:
     """Owns the DuckDB file: appends, reads, long-polls and read-only queries."""
 
-    def __init__(self, path: str, projector: ProjectorSpec = DEFAULT_PROJECTOR, open_timeout: float = OPEN_TIMEOUT):
+    def __init__(
+        self,
+        path: str,
+        projector: ProjectorSpec = DEFAULT_PROJECTOR,
+        open_timeout: float = OPEN_TIMEOUT,
+    ):
         from events.duckdb_log import DuckDBLog
 
         self._path = os.path.realpath(path)
@@ -112,7 +117,11 @@ class EventLogActor:
         )
 
     async def poll(
-        self, after: int = 0, run_id: str | None = None, timeout: float = 10.0, limit: int = POLL_LIMIT
+        self,
+        after: int = 0,
+        run_id: str | None = None,
+        timeout: float = 10.0,
+        limit: int = POLL_LIMIT,
     ) -> list[tuple[int, bytes]]:
         """Committed records after ``after`` as soon as there are any, or [] after ``timeout``."""
         loop = asyncio.get_running_loop()
@@ -235,7 +244,9 @@ class LogClient(EventLog):
         self.retries = 0  # calls repeated because the actor was down
 
     @classmethod
-    def connect(cls, name: str = DEFAULT_NAME, *, namespace: str | None = None, **kwargs: Any) -> LogClient:
+    def connect(
+        cls, name: str = DEFAULT_NAME, *, namespace: str | None = None, **kwargs: Any
+    ) -> LogClient:
         """A client of the running log actor ``name``."""
         return cls(ray.get_actor(name, namespace=namespace), **kwargs)
 
@@ -273,13 +284,23 @@ class LogClient(EventLog):
         return _records(await self._call_async("read", after, run_id, step_id, limit))
 
     def poll(
-        self, after: int = 0, *, run_id: str | None = None, timeout: float = 10.0, limit: int = POLL_LIMIT
+        self,
+        after: int = 0,
+        *,
+        run_id: str | None = None,
+        timeout: float = 10.0,
+        limit: int = POLL_LIMIT,
     ) -> list[Record]:
         """Committed records after ``after`` as soon as there are any, or [] after ``timeout``."""
         return _records(self._call("poll", after, run_id, timeout, limit))
 
     async def poll_async(
-        self, after: int = 0, *, run_id: str | None = None, timeout: float = 10.0, limit: int = POLL_LIMIT
+        self,
+        after: int = 0,
+        *,
+        run_id: str | None = None,
+        timeout: float = 10.0,
+        limit: int = POLL_LIMIT,
     ) -> list[Record]:
         return _records(await self._call_async("poll", after, run_id, timeout, limit))
 

@@ -235,7 +235,9 @@ class DuckDBLog(EventLog):
             self._con.execute(_DDL)
             if projector is not None:
                 projector.setup(self._con)
-            self._seq = self._con.execute("SELECT coalesce(max(seq), 0) FROM events").fetchall()[0][0]
+            self._seq = self._con.execute("SELECT coalesce(max(seq), 0) FROM events").fetchall()[0][
+                0
+            ]
             self._keys = KeyIndex.load(self._con)
             self._root = self._con.cursor()  # reader cursors are made from this one, under a lock
         except BaseException:
@@ -311,7 +313,10 @@ class DuckDBLog(EventLog):
         recent = self._from_recent(after, run_id, step_id, limit)
         if recent is not None:
             return [record for record, _ in recent]
-        return [Record(seq, decode(body)) for seq, body in self._select(after, None, run_id, step_id, limit)]
+        return [
+            Record(seq, decode(body))
+            for seq, body in self._select(after, None, run_id, step_id, limit)
+        ]
 
     def read_encoded(
         self,
@@ -325,7 +330,9 @@ class DuckDBLog(EventLog):
         recent = self._from_recent(after, run_id, step_id, limit)
         if recent is not None:
             return [(record.seq, blob) for record, blob in recent]
-        return [(seq, body.encode()) for seq, body in self._select(after, None, run_id, step_id, limit)]
+        return [
+            (seq, body.encode()) for seq, body in self._select(after, None, run_id, step_id, limit)
+        ]
 
     def max_seq(self) -> int:
         return self._hub.committed
@@ -543,7 +550,11 @@ class DuckDBLog(EventLog):
         """Which of these keys the log already holds (with their seqs), and which new keys
         have a hash some other key already has."""
         index = self._keys
-        found = {key: index.collided[key] for key in keys if key in index.collided} if index.collided else {}
+        found = (
+            {key: index.collided[key] for key in keys if key in index.collided}
+            if index.collided
+            else {}
+        )
         candidates = {keys[i]: seq for i, seq in index.find(hashes).items() if keys[i] not in found}
         clashes: set[str] = set()
         if candidates:
@@ -597,7 +608,9 @@ class DuckDBLog(EventLog):
         out: list[tuple[Record, bytes]] = []
         for first, events, blobs, _ in chunks:
             start = max(after + 1 - first, 0)  # seqs within a chunk are dense
-            for seq, event, blob in zip(range(first + start, first + len(events)), events[start:], blobs[start:]):
+            for seq, event, blob in zip(
+                range(first + start, first + len(events)), events[start:], blobs[start:]
+            ):
                 if upto is not None and seq > upto:
                     return out
                 if run_id is not None and event.run_id != run_id:
@@ -610,7 +623,12 @@ class DuckDBLog(EventLog):
         return out
 
     def _select(
-        self, after: int, upto: int | None, run_id: str | None, step_id: str | None, limit: int | None
+        self,
+        after: int,
+        upto: int | None,
+        run_id: str | None,
+        step_id: str | None,
+        limit: int | None,
     ) -> list[tuple[int, str]]:
         where, params = ["seq > ?"], [after]
         if upto is not None:
@@ -632,7 +650,10 @@ class DuckDBLog(EventLog):
         recent = self._from_recent(after, run_id, None, limit, upto)
         if recent is not None:
             return [record for record, _ in recent]
-        return [Record(seq, decode(body)) for seq, body in self._select(after, upto, run_id, None, limit)]
+        return [
+            Record(seq, decode(body))
+            for seq, body in self._select(after, upto, run_id, None, limit)
+        ]
 
 
 _KIND = {t: t.__struct_config__.tag for t in AgentEvent.__args__}  # type: ignore[attr-defined]

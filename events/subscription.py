@@ -66,7 +66,9 @@ class Hub:
         with self._lock:
             self._listeners.append(listener)
 
-    def publish(self, last_seq: int, records: Sequence[Record] | Callable[[], Sequence[Record]]) -> None:
+    def publish(
+        self, last_seq: int, records: Sequence[Record] | Callable[[], Sequence[Record]]
+    ) -> None:
         """Announce a commit up to ``last_seq``: hand its records (consecutive, ascending) to
         every subscriber. ``records`` may be a function making them, called only if someone is
         subscribed (most commits have no subscriber)."""
@@ -75,8 +77,8 @@ class Hub:
                 return
             if self._subs:
                 batch = records() if callable(records) else records
-                for sub in self._subs:
-                    sub._push(batch, last_seq)
+                gone = [sub for sub in self._subs if not sub._push(batch, last_seq)]
+                self._subs.difference_update(gone)  # dropped ones hold nothing for us any more
             self._committed = last_seq
             listeners = list(self._listeners)
         for listener in listeners:
@@ -125,15 +127,19 @@ class HubSubscription(Subscription):
 
     # --- called by the hub, under its lock ----------------------------------------------
 
-    def _push(self, records: Sequence[Record], committed: int) -> None:
+    def _push(self, records: Sequence[Record], committed: int) -> bool:
+        """Buffer the records of ours; False once this subscriber no longer listens."""
         with self._cond:
             if self._dropped or self._ended:
-                return
+                return False
             floor = max(self._after, self._live_from)
             run_id = self._run_id
+            before = len(self._buf)
             for record in records:
                 if record.seq > floor and (run_id is None or record.event.run_id == run_id):
                     self._buf.append(record)
+            if len(self._buf) == before:
+                return True  # nothing of ours: no one to wake
             if len(self._buf) > self._max:
                 self._buf.clear()
                 if self._pos < self._live_from:
@@ -145,6 +151,7 @@ class HubSubscription(Subscription):
                         f"dropped; resubscribe from seq {self._last} to continue without a gap"
                     )
             self._wake()
+            return not self._dropped
 
     def _end(self, reason: str) -> None:
         with self._cond:

@@ -105,7 +105,9 @@ def verify(log: Any, acks: dict[str, int]) -> None:
         count, low, high, keys = cur.execute(
             "SELECT count(*), coalesce(min(seq), 0), coalesce(max(seq), 0), count(DISTINCT key) FROM events"
         ).fetchall()[0]
-        assert (count, low, high) == (top, min(top, 1), top), f"seqs not dense: {count=} {low=} {high=} {top=}"
+        assert (count, low, high) == (top, min(top, 1), top), (
+            f"seqs not dense: {count=} {low=} {high=} {top=}"
+        )
         assert keys == count, f"{count - keys} keys written twice"
         import pyarrow as pa
 
@@ -148,7 +150,14 @@ def crash_trials(
         ack_file = work / f"{Path(path).name}.acks-{trial}"
         ack_file.unlink(missing_ok=True)
         proc = subprocess.Popen(
-            [sys.executable, str(HERE / "crash_harness.py"), path, str(ack_file), str(trial), projector or "-"],
+            [
+                sys.executable,
+                str(HERE / "crash_harness.py"),
+                path,
+                str(ack_file),
+                str(trial),
+                projector or "-",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
@@ -156,7 +165,9 @@ def crash_trials(
             deadline = time.monotonic() + 30
             while not (ack_file.exists() and ack_file.stat().st_size > 0):
                 if proc.poll() is not None:
-                    raise AssertionError(f"writer exited early: {proc.stderr.read().decode()[-2000:]}")
+                    raise AssertionError(
+                        f"writer exited early: {proc.stderr.read().decode()[-2000:]}"
+                    )
                 assert time.monotonic() < deadline, "writer acknowledged nothing within 30 s"
                 time.sleep(0.01)
             time.sleep(rng.uniform(*kill_after))

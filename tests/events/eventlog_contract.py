@@ -25,7 +25,9 @@ def drain(sub: Any, until_seq: int, timeout: float = 20.0) -> list[Record]:
     got: list[Record] = []
     deadline = time.monotonic() + timeout
     while not got or got[-1].seq < until_seq:
-        assert time.monotonic() < deadline, f"subscription stalled at {got[-1].seq if got else None}"
+        assert time.monotonic() < deadline, (
+            f"subscription stalled at {got[-1].seq if got else None}"
+        )
         got.extend(sub.get(timeout=0.5))
     return got
 
@@ -106,9 +108,7 @@ class LogContract:
         unknown = b'{"kind":"step_teleported","run_id":"r","ts":1.0}'
         with pytest.raises(MalformedEvent, match="unknown event kind 'step_teleported'"):
             log.append_encoded([unknown], ["u"])
-        newer = (
-            b'{"kind":"run_cancelled","run_id":"r","ts":1.0,"v":%d}' % (SCHEMA_VERSION + 1)
-        )
+        newer = b'{"kind":"run_cancelled","run_id":"r","ts":1.0,"v":%d}' % (SCHEMA_VERSION + 1)
         with pytest.raises(MalformedEvent, match="newer than this build reads"):
             log.append_encoded([newer], ["n"])
         with pytest.raises(MalformedEvent, match="not a JSON event object"):

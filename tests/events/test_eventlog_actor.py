@@ -34,7 +34,9 @@ def actor_log(ray_session, tmp_path):
 
 
 @ray.remote(max_retries=0)
-def appender(name: str, namespace: str, worker: int, calls: int, size: int) -> list[tuple[list[str], list[int]]]:
+def appender(
+    name: str, namespace: str, worker: int, calls: int, size: int
+) -> list[tuple[list[str], list[int]]]:
     """Appends ``calls`` lists of ``size`` deltas through the actor; returns keys and seqs
     (and, last, how many calls the client had to retry)."""
     client = LogClient.connect(name, namespace=namespace)
@@ -114,7 +116,10 @@ def test_async_append_and_poll(actor_log):
 
 def test_many_ray_appenders_get_dense_ordered_seqs(actor_log):
     name, handle = actor_log
-    results = [calls[:-1] for calls in ray.get([appender.remote(name, namespace(), w, 25, 8) for w in range(4)])]
+    results = [
+        calls[:-1]
+        for calls in ray.get([appender.remote(name, namespace(), w, 25, 8) for w in range(4)])
+    ]
     seqs = sorted(s for calls in results for _, call in calls for s in call)
     assert seqs == list(range(1, 801))
     by_key = {}

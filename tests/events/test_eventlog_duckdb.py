@@ -70,9 +70,10 @@ def test_reads_from_the_table_and_from_the_recent_tail_agree(tmp_path, monkeypat
         ]  # the tail answer equals the table's
         everything = log.read()
         assert [r.seq for r in everything] == list(range(1, 201))
-        assert log.read(0, run_id="r2", step_id="s0", limit=7) == [
-            r for r in everything if r.event.run_id == "r2" and r.event.step_id == "s0"
-        ][:7]
+        assert (
+            log.read(0, run_id="r2", step_id="s0", limit=7)
+            == [r for r in everything if r.event.run_id == "r2" and r.event.step_id == "s0"][:7]
+        )
 
 
 def test_second_process_gets_log_locked_naming_the_holder(tmp_path):
@@ -89,7 +90,9 @@ def test_second_process_gets_log_locked_naming_the_holder(tmp_path):
                 print("LogLocked:", exc)
             """
         )
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+        )
     assert out.returncode == 0, out.stderr
     assert "LogLocked:" in out.stdout
     assert f"is held by process {os.getpid()}" in out.stdout
@@ -121,9 +124,10 @@ def test_checkpoint_between_appends(tmp_path):
     with DuckDBLog(tmp_path / "events.duckdb") as log:
         log.append(*batch("r", "s", 0, 10))
         log.checkpoint()
-        assert not (tmp_path / "events.duckdb.wal").exists() or (
-            tmp_path / "events.duckdb.wal"
-        ).stat().st_size == 0
+        assert (
+            not (tmp_path / "events.duckdb.wal").exists()
+            or (tmp_path / "events.duckdb.wal").stat().st_size == 0
+        )
         assert log.append(*batch("r", "s", 10, 10)) == list(range(11, 21))
 
 
@@ -131,11 +135,17 @@ def test_query_reads_and_refuses_writes(tmp_path):
     with DuckDBLog(tmp_path / "events.duckdb") as log:
         log.append(*batch("r1", "s", 0, 3))
         log.append(*batch("r2", "s", 0, 2))
-        result = log.query("SELECT run_id, count(*) AS n FROM events GROUP BY run_id ORDER BY run_id")
+        result = log.query(
+            "SELECT run_id, count(*) AS n FROM events GROUP BY run_id ORDER BY run_id"
+        )
         assert result.columns == ["run_id", "n"]
         assert result.rows == [("r1", 3), ("r2", 2)]
         assert log.query("SELECT max(seq) FROM events WHERE run_id = ?", ["r1"]).rows == [(3,)]
-        for sql in ("DELETE FROM events", "INSERT INTO events SELECT * FROM events", "DROP TABLE events"):
+        for sql in (
+            "DELETE FROM events",
+            "INSERT INTO events SELECT * FROM events",
+            "DROP TABLE events",
+        ):
             with pytest.raises(ValueError, match="only read-only queries"):
                 log.query(sql)
         with pytest.raises(ValueError, match="one SQL statement"):
@@ -165,7 +175,9 @@ def test_key_index_merges_and_reloads_without_losing_a_key(tmp_path, monkeypatch
             log.append(*batch(f"r{c % 4}", "s", c * 25, 25))
         assert log._keys._hashes.size >= 448  # most keys now live in the sorted arrays
         for c in range(20):  # every key, merged or fresh, is still recognised
-            assert log.append(*batch(f"r{c % 4}", "s", c * 25, 25)) == list(range(c * 25 + 1, c * 25 + 26))
+            assert log.append(*batch(f"r{c % 4}", "s", c * 25, 25)) == list(
+                range(c * 25 + 1, c * 25 + 26)
+            )
     with DuckDBLog(path) as log:
         assert len(log._keys) == 500
         assert log.append(*batch("r3", "s", 475, 25)) == list(range(476, 501))
@@ -200,7 +212,9 @@ def test_projector_failure_commits_nothing_of_that_append_and_spares_the_rest(tm
         first = log.submit_encoded([blob(delta("r", "s", 2))], ["held"])
         assert projector.entered.wait(5)
         queued = [
-            log.submit_encoded([blob(delta("g", "s", i)) for i in range(3)], [f"g{c}/{i}" for i in range(3)])
+            log.submit_encoded(
+                [blob(delta("g", "s", i)) for i in range(3)], [f"g{c}/{i}" for i in range(3)]
+            )
             for c in range(3)
         ]
         poisoned = log.submit_encoded([blob(delta("p", "s", 0, text="poison"))], ["poison"])
@@ -216,11 +230,13 @@ def test_projector_failure_commits_nothing_of_that_append_and_spares_the_rest(tm
         assert sorted(s for call in seqs for s in call) == list(range(4, 14))
         assert log.max_seq() == 13
         with log.reader() as cur:
-            assert cur.execute("SELECT count(*) FROM events WHERE key = 'poison'").fetchone()[0] == 0
-            assert kind_counts(cur) == {"output_delta": 13} == log_counts(cur)
-            assert [r[0] for r in cur.execute("SELECT seq FROM events ORDER BY seq").fetchall()] == list(
-                range(1, 14)
+            assert (
+                cur.execute("SELECT count(*) FROM events WHERE key = 'poison'").fetchone()[0] == 0
             )
+            assert kind_counts(cur) == {"output_delta": 13} == log_counts(cur)
+            assert [
+                r[0] for r in cur.execute("SELECT seq FROM events ORDER BY seq").fetchall()
+            ] == list(range(1, 14))
 
 
 def test_group_commit_batches_under_load(tmp_path):
@@ -228,7 +244,9 @@ def test_group_commit_batches_under_load(tmp_path):
         calls = 200
         threads = [
             threading.Thread(
-                target=lambda t=t: [log.append(*batch(f"r{t}", "s", i, 1)) for i in range(calls // 8)]
+                target=lambda t=t: [
+                    log.append(*batch(f"r{t}", "s", i, 1)) for i in range(calls // 8)
+                ]
             )
             for t in range(8)
         ]
@@ -245,7 +263,9 @@ def test_async_append_awaits_the_commit(tmp_path):
     import asyncio
 
     async def main(log):
-        return await asyncio.gather(*(log.append_async(*batch(f"r{i}", "s", 0, 3)) for i in range(5)))
+        return await asyncio.gather(
+            *(log.append_async(*batch(f"r{i}", "s", 0, 3)) for i in range(5))
+        )
 
     with DuckDBLog(tmp_path / "events.duckdb") as log:
         results = asyncio.run(main(log))
