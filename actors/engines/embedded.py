@@ -164,10 +164,15 @@ class EmbeddedEngine:
 
         if cancelled.is_set():
             return put(None)
+        resumed = None
         try:
-            from llama_cpp import StoppingCriteriaList
+            from llama_cpp import LogitsProcessorList, StoppingCriteriaList
 
             tokens, stop = self.prompt(req)
+            grammar, resumed = _grammar(req.response_schema), None
+            if grammar is not None and req.continue_final:
+                # The schema's grammar, started after the committed partial answer.
+                resumed = _GrammarAfter.start(self._llm, grammar, req.messages[-1]["content"])
             # A fresh context each time: the same request then gives the same text whatever ran
             # before (reusing a cached prefix changes the arithmetic enough to flip near-ties).
             self._llm.reset()
@@ -180,9 +185,8 @@ class EmbeddedEngine:
                 stop=stop,
                 stream=True,
                 repeat_penalty=1.0,
-                # llama.cpp's grammar starts at the beginning of a document: a continued answer
-                # is not constrained (its prefix was), so a bad ending is a parse failure.
-                grammar=None if req.continue_final else _grammar(req.response_schema),
+                grammar=None if resumed else grammar,
+                logits_processor=LogitsProcessorList([resumed]) if resumed else None,
                 stopping_criteria=StoppingCriteriaList([counter]),
             )
             counted, finish = 0, None
@@ -213,6 +217,9 @@ class EmbeddedEngine:
             put(EngineError(f"embedded model: {exc}"))
         except Exception as exc:
             put(EngineError(f"embedded model failed: {type(exc).__name__}: {exc}"))
+        finally:
+            if resumed is not None:
+                resumed.close()
 
     async def close(self) -> None:
         if self._closed:
@@ -250,3 +257,81 @@ def _grammar(schema: dict[str, Any] | None) -> Any:
     if schema is None:
         return None
     return _grammar_for(json.dumps(schema, sort_keys=True))
+
+
+class _GrammarAfter:
+    """A schema's grammar applied as a logits processor, from a point after its start.
+
+    llama-cpp's ``grammar=`` always starts at the beginning of the document, but a continued
+    answer begins inside it. This keeps its own llama.cpp grammar sampler, feeds it the
+    committed text first, then masks every token the grammar does not allow and feeds it each
+    token sampled. Every token is checked before it is fed (llama.cpp aborts the process on a
+    token its grammar cannot take), and a prefix the grammar does not accept means no grammar.
+    """
+
+    def __init__(self, llm: Any, sampler: Any, seen: int):
+        import numpy as np
+
+        self._sampler, self._seen = sampler, seen
+        n = llm.n_vocab()
+        dtype = np.dtype([("id", np.intc), ("logit", np.single), ("p", np.single)], align=True)
+        self._ids = np.arange(n, dtype=np.intc)
+        self._data = np.zeros(n, dtype=dtype).view(np.recarray)
+        self._one = np.zeros(1, dtype=dtype).view(np.recarray)
+
+    @classmethod
+    def start(cls, llm: Any, grammar: Any, prefix: str) -> _GrammarAfter | None:
+        import llama_cpp
+
+        sampler = llama_cpp.llama_sampler_init_grammar(
+            llm._model.vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8")
+        )
+        if not sampler:
+            return None
+        self = cls(llm, sampler, seen=0)
+        for token in llm.tokenize(prefix.encode("utf-8"), add_bos=False, special=False):
+            if not self._allows(token):
+                self.close()
+                return None
+            llama_cpp.llama_sampler_accept(sampler, token)
+        self._seen = -1  # set on the first call: the prompt is already there
+        return self
+
+    def _apply(self, data: Any) -> None:
+        import ctypes
+
+        import llama_cpp
+
+        array = llama_cpp.llama_token_data_array(
+            data=data.ctypes.data_as(llama_cpp.llama_token_data_p),
+            size=len(data),
+            selected=-1,
+            sorted=False,
+        )
+        llama_cpp.llama_sampler_apply(self._sampler, ctypes.byref(array))
+
+    def _allows(self, token: int) -> bool:
+        self._one.id[0], self._one.logit[0], self._one.p[0] = token, 0.0, 0.0
+        self._apply(self._one)
+        return bool(self._one.logit[0] > float("-inf"))
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import llama_cpp
+
+        if self._seen < 0:
+            self._seen = len(input_ids)
+        for token in input_ids[self._seen :]:  # what was sampled since the last call
+            llama_cpp.llama_sampler_accept(self._sampler, int(token))
+        self._seen = len(input_ids)
+        self._data.id[:] = self._ids
+        self._data.logit[:] = scores
+        self._data.p[:] = 0.0
+        self._apply(self._data)
+        return self._data.logit.copy()
+
+    def close(self) -> None:
+        import llama_cpp
+
+        if self._sampler is not None:
+            llama_cpp.llama_sampler_free(self._sampler)
+            self._sampler = None

