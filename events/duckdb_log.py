@@ -45,6 +45,9 @@ MAX_BATCH = 10_000  # events per transaction (one append call is never split)
 RECENT_RECORDS = 20_000  # the tail kept in memory for subscribers and polls
 RECENT_BYTES = 32 << 20
 IDLE_CHECKPOINT_BYTES = 1 << 20  # WAL size at which an idle writer checkpoints
+# DuckDB's buffer pool otherwise grows to 80% of RAM, caching every block the log wrote:
+# bounded, the writer's memory no longer grows with the log (it spills to <path>.tmp).
+MEMORY_LIMIT = "256MB"
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS events (
@@ -205,6 +208,9 @@ class DuckDBLog(EventLog):
         Live records a subscriber may hold before it is dropped.
     idle_checkpoint
         WAL bytes at which the writer checkpoints when no append is waiting.
+    memory_limit
+        DuckDB's buffer pool for this file (shared with reader cursors), or None for
+        DuckDB's default; not applied to ``":memory:"``, whose tables live in that pool.
     """
 
     def __init__(
@@ -215,6 +221,7 @@ class DuckDBLog(EventLog):
         max_batch: int = MAX_BATCH,
         subscriber_buffer: int = DEFAULT_BUFFER,
         idle_checkpoint: int = IDLE_CHECKPOINT_BYTES,
+        memory_limit: str | None = MEMORY_LIMIT,
     ):
         self.path = str(path)
         self._wal = self.path + ".wal"
@@ -232,6 +239,10 @@ class DuckDBLog(EventLog):
             if self._ident != ":memory:":
                 _open_paths.add(self._ident)
         try:
+            if memory_limit and self._ident != ":memory:":
+                if not re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]i?B", memory_limit):
+                    raise ValueError(f"memory_limit {memory_limit!r} should look like '256MB'")
+                self._con.execute(f"SET memory_limit = '{memory_limit}'")
             self._con.execute(_DDL)
             if projector is not None:
                 projector.setup(self._con)

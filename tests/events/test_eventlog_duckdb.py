@@ -120,6 +120,16 @@ def test_close_checkpoints_the_wal_away(tmp_path):
     con.close()
 
 
+def test_buffer_pool_is_bounded_and_a_bad_limit_is_refused(tmp_path):
+    path = tmp_path / "events.duckdb"
+    with pytest.raises(ValueError, match="should look like '256MB'"):
+        DuckDBLog(path, memory_limit="lots")
+    with DuckDBLog(path, memory_limit="64MB") as log:  # the refused open released the file
+        assert log.query("SELECT current_setting('memory_limit')").rows == [("61.0 MiB",)]
+    with DuckDBLog(path) as log:  # bounded by default
+        assert log.query("SELECT current_setting('memory_limit')").rows == [("244.1 MiB",)]
+
+
 def test_checkpoint_between_appends(tmp_path):
     with DuckDBLog(tmp_path / "events.duckdb") as log:
         log.append(*batch("r", "s", 0, 10))
