@@ -177,8 +177,13 @@ class OpenAIEngine:
         info: ServerInfo | None = None,
     ):
         self.base_url = base_v1(base_url)
-        if info is None and (not model or supports_continue is None):
-            info = probe(self.base_url, api_key)
+        if info is None and not model:
+            info = probe(self.base_url, api_key)  # the model to use: must be answered
+        elif info is None and supports_continue is None:
+            try:
+                info = probe(self.base_url, api_key)
+            except EngineError:
+                info = None  # unknown server: assume the plain OpenAI feature set
         if not model:
             if not info or not info.models:
                 raise EngineError(f"{self.base_url} serves no model; name one (ORCH_MODEL)")

@@ -208,3 +208,14 @@ def test_backoff_is_jittered_and_grows_within_its_cap():
         assert all(0 <= s <= min(1.0, 0.1 * 2**attempt) for s in samples)
         # Full jitter: spread over the whole window, not one fixed delay.
         assert max(samples) > 0.7 * min(1.0, 0.1 * 2**attempt) and len(set(samples)) > 250
+
+
+def test_a_refused_connection_is_retryable_and_a_named_model_needs_no_probe():
+    from conftest import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    engine = OpenAIEngine(url, model="named")  # starts: the model was named
+    assert engine.supports_continue is False
+    with pytest.raises(EngineError, match="connection failed") as info:
+        run(engine, lambda e: collect(e, HELLO))
+    assert info.value.retryable
