@@ -40,6 +40,7 @@ log = logging.getLogger("orchestrator.ws")
 QUEUE_FRAMES = 2048  # frames a client may lag behind before it is disconnected
 SLOW_CLOSE = 1013  # "try again later": the client should reconnect and resubscribe
 SLOW_AFTER_S = 10.0  # a catch-up waiting this long for the client to read: the client is gone
+CLOSE_WAIT_S = 30.0  # how long a close frame may wait for a full socket to drain
 RECENT_RUNS = 50
 CATCH_UP_PAGE = 1000
 PENDING_MAX = 100_000  # live records held for a subscription still catching up
@@ -385,9 +386,12 @@ class Connection:
         if self.ws.application_state == WebSocketState.DISCONNECTED:
             return
         code, reason = self.closing or (1000, "")
+        # A slow client's socket is full: the close frame waits behind what is already
+        # buffered, so that a client that reads again learns why. One that never does is
+        # dropped once the wait is over. Nothing is queued for it meanwhile.
         try:
-            await asyncio.wait_for(self.ws.close(code=code, reason=reason[:120]), 2.0)
-        except Exception:  # the client is gone or not reading: the server drops the socket
+            await asyncio.wait_for(self.ws.close(code=code, reason=reason[:120]), CLOSE_WAIT_S)
+        except Exception:  # gone, or still not reading: the server drops the socket
             pass
 
     async def _receive(self) -> None:

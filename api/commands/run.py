@@ -102,14 +102,20 @@ async def _watch(orch, run_id: str, *, live: bool):
     state = fold([], run_id=run_id)
     console = Console(stderr=True)
     view = _View(console)
-    with Live(view.render(state), console=console, refresh_per_second=8, transient=False,
-              disable=not live or not console.is_terminal) as screen:
+    screen = Live(view.render(state), console=console, refresh_per_second=8)
+    if live and console.is_terminal:
+        screen.start()
+    try:
         async for records in orch.subscribe(run_id, 0):
             for rec in records:
                 apply(state, rec.event)
-            screen.update(view.render(state))
+            if screen.is_started:
+                screen.update(view.render(state))
             if state.terminal:
                 break
+    finally:
+        if screen.is_started:
+            screen.stop()
     if live and not console.is_terminal:
         console.print(view.render(state))
     return state

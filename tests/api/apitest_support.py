@@ -87,19 +87,24 @@ def free_port() -> int:
 class Server:
     """A uvicorn server in a thread around ``create_app(backend, settings)``."""
 
-    def __init__(self, backend, settings: Settings, **app_kwargs):
+    def __init__(self, backend, settings: Settings, *, sndbuf: int = 0, **app_kwargs):
         import uvicorn
 
         from api.app import create_app
 
         self.backend = backend
         self.settings = settings
-        self.port = free_port()
+        self.sock = socket.socket()
+        if sndbuf:  # accepted connections inherit the listener's send buffer size
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = create_app(backend, settings, close_backend=False, **app_kwargs)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        config = uvicorn.Config(self.app, log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> Server:
         self.thread.start()
@@ -113,6 +118,7 @@ class Server:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(15)
+        self.sock.close()
 
     @property
     def ws_url(self) -> str:

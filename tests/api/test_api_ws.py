@@ -1,0 +1,224 @@
+"""The WebSocket against the real backend: an independent client in its own process rebuilds
+a run from frames alone, across a dropped connection, and must match the REST projection;
+the frames match the published JSON Schema; heartbeats arrive; a client that stops reading
+is disconnected without slowing anyone else."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+import websockets.sync.client as ws_sync
+from websockets.client import ClientProtocol
+from websockets.protocol import State
+from websockets.uri import parse_uri
+
+import api.ws
+from apitest_support import Server, api_settings, max_seq, wait_status
+from conductor.state import fold
+from events.codec import decode
+
+pytestmark = pytest.mark.ray
+CLIENT = Path(__file__).with_name("apitest_ws_client.py")
+
+
+@pytest.fixture(scope="module")
+def server(backend, repos_root):
+    with Server(backend, api_settings(backend, repos_root), heartbeat=0.5) as srv:
+        yield srv
+
+
+def test_an_independent_client_rebuilds_the_run_across_a_reconnect(server, repos_root):
+    proc = subprocess.run(
+        [sys.executable, str(CLIENT), server.ws_url, "demo", "12"], capture_output=True, text=True, timeout=180
+    )
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    run_id = got["run_id"]
+    assert got["connections"] >= 2, "the client was meant to drop its connection and come back"
+    assert got["launched"]["repo"] == str((repos_root / "demo").resolve())
+    assert [e["code"] for e in got["errors"] if e.get("request_id") == "bad"] == ["unknown_flow"]
+    assert any(f["type"] == "pong" and f["id"] == "after-reconnect" for f in got["other"])
+
+    # The run's frames: in seq order, none twice, none missing (the REST log has the same seqs).
+    seqs = [f["seq"] for f in got["run_frames"]]
+    assert seqs == sorted(seqs) and len(seqs) == len(set(seqs))
+    with server.client() as http:
+        wait_status(http, run_id)
+        rest = http.get(f"/api/runs/{run_id}/events", params={"limit": 5000}).json()["records"]
+        projection = http.get(f"/api/runs/{run_id}").json()
+    assert seqs == [r["seq"] for r in rest]
+    assert all(f["run_id"] == run_id and f["sub"] == run_id for f in got["run_frames"])
+
+    # Folding the frames alone gives what the server's projection says.
+    state = fold([decode(json.dumps(f["event"])) for f in got["run_frames"]], run_id=run_id)
+    run, steps = projection["run"], {s["step_id"]: s for s in projection["steps"]}
+    assert state.status == run["status"] == "finished"
+    assert state.request.text == "over the socket" and state.request.origin == "ws"
+    assert state.plan.band == run["band"] and state.plan.commit == run["commit"]
+    assert set(state.steps) == set(steps)
+    for step_id, st in state.steps.items():
+        row = steps[step_id]
+        assert (st.status, st.attempt, st.tokens_out, len(st.findings)) == (
+            row["status"], row["attempt"], row["tokens_out"], row["findings"],
+        ), step_id
+        assert sum(c.outcome is not None and c.outcome.__struct_config__.tag == "tool_denied" for c in st.tools) == row["tools_denied"]
+    assert sum(st.tokens_out for st in state.steps.values()) == run["tokens_out"]
+    assert state.report is not None and state.report.recommendation == run["recommendation"]
+
+    # The all-runs subscription: also ordered and without repeats across the reconnect, and
+    # for this run a gap-free tail of its log.
+    all_seqs = [f["seq"] for f in got["all_frames"]]
+    assert all_seqs == sorted(set(all_seqs))
+    mine = [f["seq"] for f in got["all_frames"] if f["run_id"] == run_id]
+    assert mine and mine == seqs[seqs.index(mine[0]):]
+
+
+def test_frames_match_the_published_schema_and_heartbeats_arrive(server):
+    with server.client() as http:
+        schema = http.get("/api/schema").json()
+        run_id = http.post("/api/runs", json={"flow": "code-review", "repo": "demo"}).json()["run_id"]
+    server_frame = {"$defs": schema["$defs"], "$ref": "#/$defs/ServerFrame"}
+    validator = jsonschema.Draft202012Validator(server_frame)
+    kinds, types = set(), set()
+    with ws_sync.connect(server.ws_url) as ws:
+        ws.send(json.dumps({"type": "subscribe", "run_id": run_id, "after": 0}))
+        ws.send(json.dumps({"type": "cancel", "run_id": "no-such-run"}))
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            frame = json.loads(ws.recv(30))
+            validator.validate(frame)
+            types.add(frame["type"])
+            if frame["type"] == "event":
+                kinds.add(frame["event"]["kind"])
+                if frame["event"]["kind"] == "run_finished":
+                    break
+        time.sleep(0.6)
+        ws.send(json.dumps({"type": "unsubscribe", "run_id": run_id}))
+        for _ in range(5):
+            frame = json.loads(ws.recv(10))
+            validator.validate(frame)
+            types.add(frame["type"])
+    assert {"snapshot", "event", "error", "heartbeat", "ack"} <= types
+    assert {"run_requested", "run_planned", "output_delta", "tool_called", "step_finished", "report_rendered"} <= kinds
+    client_frame = jsonschema.Draft202012Validator({"$defs": schema["$defs"], "$ref": "#/$defs/ClientFrame"})
+    client_frame.validate({"type": "subscribe", "run_id": None, "after": 3})
+    client_frame.validate({"type": "launch", "flow": "code-review", "repo": "demo", "request_id": "r"})
+    with pytest.raises(jsonschema.ValidationError):
+        client_frame.validate({"type": "subscribe", "after": -1})
+
+
+def test_bad_frames_get_errors_and_write_nothing(server, backend):
+    before = max_seq(backend)
+    with ws_sync.connect(server.ws_url) as ws:
+        for raw, code in [
+            ("not json", "bad_json"),
+            ('{"type": "explode"}', "bad_frame"),
+            ('{"type": "subscribe", "after": -5}', "bad_frame"),
+            ('{"type": "launch", "flow": "code-review", "repo": "../..", "request_id": "x"}', "repo_outside_roots"),
+            ('{"type": "launch", "flow": "investigate", "repo": "demo", "request_id": "y"}', "missing_input"),
+            ('{"type": "cancel", "run_id": "nope"}', "not_found"),
+            ('{"type": "subscribe", "run_id": "nope"}', "not_found"),
+        ]:
+            ws.send(raw)
+            frame = json.loads(ws.recv(10))
+            assert frame["type"] == "error" and frame["code"] == code, (raw, frame)
+            assert frame["message"]
+        ws.send(b"\x00binary")
+        assert json.loads(ws.recv(10))["code"] == "bad_frame"
+    assert max_seq(backend) == before
+
+
+class StalledClient:
+    """A WebSocket client on a raw socket with a tiny receive window, driven by the
+    ``websockets`` sans-I/O protocol: it sends what it is told and reads nothing until asked
+    (the library's own clients read in the background, which would hide a slow reader)."""
+
+    def __init__(self, url: str):
+        self.proto = ClientProtocol(parse_uri(url), max_size=None)
+        host, port = url.removeprefix("ws://").split("/")[0].split(":")
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        self.sock.connect((host, int(port)))
+        self.proto.send_request(self.proto.connect())
+        self._flush()
+        while self.proto.state is State.CONNECTING:
+            self.proto.receive_data(self.sock.recv(4096))
+        assert self.proto.handshake_exc is None, self.proto.handshake_exc
+
+    def _flush(self) -> None:
+        self.sock.sendall(b"".join(self.proto.data_to_send()))
+
+    def send(self, text: str) -> None:
+        self.proto.send_text(text.encode())
+        self._flush()
+
+    def read_until_closed(self, timeout: float) -> tuple[int, str]:
+        """Read everything now; return the close code and reason the server sent."""
+        self.sock.settimeout(timeout)
+        while self.proto.close_rcvd is None:
+            data = self.sock.recv(65536)
+            if not data:
+                break
+            self.proto.receive_data(data)
+            self.proto.events_received()
+        rcvd = self.proto.close_rcvd
+        return (rcvd.code, rcvd.reason) if rcvd else (0, "")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_client_that_stops_reading_is_disconnected_and_others_are_not_slowed(backend, repos_root, monkeypatch):
+    monkeypatch.setattr(api.ws, "SLOW_AFTER_S", 1.0)
+    # Small socket buffers, so that a client that stops reading fills them with this test's
+    # small log (a default loopback socket buffers megabytes).
+    with Server(backend, api_settings(backend, repos_root), sndbuf=4096) as server:
+        _stalled_client_is_cut_off(server)
+
+
+def _stalled_client_is_cut_off(server) -> None:
+    with server.client() as http:
+        # Enough log that the stalled client's catch-up cannot fit in its socket's buffers.
+        while max_seq(server.backend) < 450:
+            wait_status(http, http.post("/api/runs", json={"flow": "code-review", "repo": "demo"}).json()["run_id"])
+        run_id = http.post("/api/runs", json={"flow": "code-review", "repo": "demo"}).json()["run_id"]
+    with ws_sync.connect(server.ws_url) as brisk:
+        brisk.send(json.dumps({"type": "subscribe", "run_id": run_id, "after": 0}))
+        # A short send queue for the slow connection only (the default holds thousands).
+        queue, api.ws.QUEUE_FRAMES = api.ws.QUEUE_FRAMES, 16
+        try:
+            slow = StalledClient(server.ws_url)
+            slow.send(json.dumps({"type": "subscribe", "run_id": None, "after": 0}))  # the whole log, never read
+            time.sleep(0.3)
+        finally:
+            api.ws.QUEUE_FRAMES = queue
+        try:
+            stalled_at = time.monotonic()
+            gaps, last, kinds = [], time.monotonic(), []
+
+            def receive_until(stop) -> None:
+                nonlocal last
+                while not stop():
+                    frame = json.loads(brisk.recv(30))
+                    if frame["type"] == "event":
+                        now = time.monotonic()
+                        gaps.append(now - last)
+                        last = now
+                        kinds.append(frame["event"]["kind"])
+
+            # The brisk client keeps receiving while the slow one sits on a full socket…
+            receive_until(lambda: time.monotonic() - stalled_at > 3.0)
+            # …which the server has cut off with "try again later": reading now, it finds the close.
+            code, reason = slow.read_until_closed(30)
+            assert code == 1013 and "slow consumer" in reason
+        finally:
+            slow.close()
+        receive_until(lambda: kinds and kinds[-1] in ("run_finished", "run_failed", "run_cancelled"))
+    assert max(gaps) < 5.0
