@@ -199,7 +199,9 @@ class EmbeddedEngine:
                 stop=stop,
                 stream=True,
                 repeat_penalty=1.0,
-                grammar=None if resumed else grammar,
+                # A continued answer never restarts the grammar from the top: it gets the
+                # grammar after its prefix, or none if the prefix is outside the schema.
+                grammar=None if req.continue_final else grammar,
                 logits_processor=LogitsProcessorList([resumed]) if resumed else None,
                 stopping_criteria=StoppingCriteriaList([counter]),
             )

@@ -8,12 +8,13 @@ A script (JSON file, dict or ``Script``)::
 
     {"tokens_per_s": 200, "replies": [
         {"match": "security", "turn": 0, "json": {"tool": "grep", "args": {"pattern": "eval"}}},
-        {"match": "security", "text": "{\\"final\\": {\\"findings\\": []}}", "fail_at": 3},
+        {"match": ["security", "run-7"], "text": "{\\"final\\": {\\"findings\\": []}}", "fail_at": 3},
         {"text": "{\\"final\\": {\\"findings\\": []}}"}
     ]}
 
-The first reply that matches wins. ``turn`` counts the assistant messages already in the
-conversation; a partial assistant message being continued does not count.
+The first reply that matches wins. ``match`` is looked for in the request's tag (the step
+runner sends ``persona/step/run``) and message text; a list must all be found. ``turn`` counts
+the assistant messages already in the conversation; a partial answer being continued does not.
 """
 
 from __future__ import annotations

@@ -139,3 +139,17 @@ def test_guard_settings_are_checked_up_front():
         guard({"replies": []}, max_streams=0)
     with pytest.raises(ValueError, match="timeout"):
         guard({"replies": []}, timeout=0)
+
+
+def test_a_list_match_needs_every_part_and_the_tag_counts():
+    script = {
+        "replies": [
+            {"match": ["test-engineer/", "scenario-fail"], "text": "failing one"},
+            {"text": "everyone else"},
+        ]
+    }
+    g = guard(script)
+    both = ChatRequest(messages=[{"role": "user", "content": "scenario-fail"}], tag="test-engineer/s1/r1")
+    one = ChatRequest(messages=[{"role": "user", "content": "scenario-fail"}], tag="architect/s2/r1")
+    texts = [asyncio.run(collect(g, r)) for r in (both, one)]
+    assert ["".join(d.text for d in t) for t in texts] == ["failing one", "everyone else"]
