@@ -80,3 +80,12 @@ def agent_pool(names: Names) -> list:
         ).remote(names)
         for i in range(names.pool_size)
     ]
+
+
+
+def stop_agent_pool(agents: list) -> None:
+    for agent in agents:
+        try:
+            ray.kill(agent, no_restart=True)
+        except Exception:  # already gone
+            pass

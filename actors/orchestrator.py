@@ -40,6 +40,9 @@ class Orchestrator:
             str(settings.events_path), name=self.names.eventlog, namespace=self.names.namespace
         )
         self.log = LogClient(handle)
+        from actors.agent_step import agent_pool
+
+        self._agents = agent_pool(self.names)  # started now, so the first run does not wait
         self._models: dict[str, ModelPort] = {}
         self._runs: dict[str, Any] = {}
         self._personas = None
@@ -76,7 +79,7 @@ class Orchestrator:
         try:
             validate(requested, FLOWS)
         except RequestError as exc:
-            raise LaunchError(str(exc), getattr(exc, "code", "bad_request")) from None
+            raise LaunchError(str(exc), exc.code) from None
         engine, model = self._resolve_engine(requested)
         try:
             snapshot = pin(
@@ -88,9 +91,12 @@ class Orchestrator:
             )
         except SnapshotError as exc:
             raise LaunchError(str(exc), "bad_repository") from None
-        planned = plan(
-            requested, snapshot, self._load_personas(), model=model, engine=engine, ts=time.time()
-        )
+        try:
+            planned = plan(
+                requested, snapshot, self._load_personas(), model=model, engine=engine, ts=time.time()
+            )
+        except RequestError as exc:
+            raise LaunchError(str(exc), exc.code) from None
         port = self._ensure_model(engine, model)
         self.log.append([requested, planned], [f"{run_id}/requested", f"{run_id}/planned"])
         self._start_run(run_id, port, resumed=False)
@@ -267,12 +273,27 @@ class Orchestrator:
         raise LaunchError("sending to chat is served by the API layer", "not_supported")
 
     def close(self) -> None:
+        """Stop this Orchestrator's runs, agents and models; checkpoint and release the log.
+
+        Runs that were still going stay non-terminal in the log: the next start resumes them.
+        """
         if self._closed:
             return
         self._closed = True
+        from actors.agent_step import stop_agent_pool
+        from actors.eventlog import stop_event_log
+        from actors.model import stop_model
+
         for actor in list(self._runs.values()):
-            try:
-                ray.kill(actor)
-            except Exception:
-                pass
-        self.log.checkpoint()
+            _quietly(ray.kill, actor)
+        stop_agent_pool(self._agents)
+        for name in self._models:
+            _quietly(stop_model, name)
+        stop_event_log(self.log.handle)
+
+
+def _quietly(fn, *args) -> None:
+    try:
+        fn(*args)
+    except Exception:  # closing is best effort: the process may already be gone
+        pass

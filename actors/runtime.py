@@ -48,8 +48,12 @@ def ensure_ray() -> str:
 
     Returns the namespace to use: the caller's when Ray is already up (tests), else ours.
     """
+    import logging
+
     import ray
 
+    # Serve logs every deployment step at INFO on the driver; the product shows its own progress.
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     if ray.is_initialized():
         return ray.get_runtime_context().namespace or NAMESPACE
     ray.init(

@@ -239,6 +239,7 @@ async def run_step(
                 max_tokens=spec.max_tokens,
                 temperature=0.0,
                 continue_final=bool(partial),
+                tag=f"{spec.persona}/{spec.step_id}/{spec.run_id}",
             )
             text, calls = partial, []
             async for delta in stream(request):

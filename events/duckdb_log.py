@@ -470,14 +470,14 @@ class DuckDBLog(EventLog):
             results = self._write(group)
         except Exception as exc:
             if len(group) == 1:
-                group[0].future.set_exception(exc)
+                _fail(group[0].future, exc)
                 return
             # One bad append (say, a projector error) must not sink the others: retry alone.
             for item in group:
                 self._commit_group([item])
             return
         for item, seqs in zip(group, results):
-            item.future.set_result(seqs)
+            _deliver(item.future, seqs)
 
     def _write(self, group: list[_Append]) -> list[list[int]]:
         """Commit one group in one transaction; return each append's seqs."""
@@ -672,9 +672,27 @@ _KIND = {t: t.__struct_config__.tag for t in AgentEvent.__args__}  # type: ignor
 
 def _settle(future: concurrent.futures.Future[Any], fn: Any) -> None:
     try:
-        future.set_result(fn())
+        _deliver(future, fn())
     except Exception as exc:
-        future.set_exception(exc)
+        _fail(future, exc)
+
+
+# An appender may stop waiting (its task was cancelled, which cancels the future): what was
+# committed stays committed, and the writer thread must not die on the settled future.
+def _deliver(future: concurrent.futures.Future[Any], result: Any) -> None:
+    if not future.done():
+        try:
+            future.set_result(result)
+        except concurrent.futures.InvalidStateError:
+            pass  # cancelled between the check and the set
+
+
+def _fail(future: concurrent.futures.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        try:
+            future.set_exception(exc)
+        except concurrent.futures.InvalidStateError:
+            pass
 
 
 def _connect(path: str) -> duckdb.DuckDBPyConnection:

@@ -1,0 +1,205 @@
+"""Flows run end to end through Ray with the scripted engine: FlowRun, the agent pool, the
+model deployment, read-only tools, the DuckDB log and its projections, the report.
+
+One Orchestrator serves the module; each scenario is picked by a marker in the run's free
+text, which the scripted engine matches together with the persona's request tag.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from actors.config import Settings
+from actors.service import LaunchError, LaunchRequest
+from tests.actors.hostile import SECRET, fingerprint, make_hostile_repo, make_repo
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+FINDING = {
+    "summary": "checked calc.py",
+    "findings": [
+        {
+            "id": "X-1",
+            "severity": "High",
+            "category": "Behavior",
+            "title": "add subtracts its arguments",
+            "claim": "add returns a - b although its name says it adds",
+            "evidence": [{"path": "calc.py", "line_start": 7, "line_end": 7, "quote": "return a - b"}],
+            "recommendation": "return a + b",
+        },
+        {
+            "id": "X-2",
+            "severity": "High",
+            "category": "Behavior",
+            "title": "an invented import",
+            "claim": "calc.py imports os",
+            "evidence": [{"path": "calc.py", "line_start": 1, "line_end": 1, "quote": "import os"}],
+            "recommendation": "none",
+        },
+    ],
+}
+
+SCRIPT = {
+    "tokens_per_s": 400,
+    "replies": [
+        # A persona whose model keeps failing mid-stream with a transient error.
+        {"match": ["scenario-fail", "test-engineer/"], "text": "x " * 40, "fail_at": 3,
+         "fail": "retryable", "fail_times": -1},
+        # A slow stream, to cancel.
+        {"match": ["scenario-slow"], "text": "slow " * 400, "tokens_per_s": 20},
+        # A model that tries to write, run commands and read outside the tree.
+        {"match": ["scenario-hostile"], "turn": 0, "json": {"tool": "write_file", "args": {"path": "pwned.txt", "content": "x"}}},
+        {"match": ["scenario-hostile"], "turn": 1, "json": {"tool": "shell", "args": {"command": "cat /etc/passwd"}}},
+        {"match": ["scenario-hostile"], "turn": 2, "json": {"tool": "read_file", "args": {"path": "../outside-secret.txt"}}},
+        {"match": ["scenario-hostile"], "turn": 3, "json": {"tool": "read_file", "args": {"path": "/etc/passwd"}}},
+        {"match": ["scenario-hostile"], "json": {"final": {"summary": "nothing", "findings": []}}},
+        {"match": ["adversarial-validator/"], "json": {"final": {"verdicts": []}}},
+        {"turn": 0, "json": {"tool": "read_file", "args": {"path": "calc.py"}}},
+        {"json": {"final": FINDING}},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def orch(ray_session, tmp_path_factory):
+    from actors.service import Orchestrator
+
+    settings = Settings.load({}, data_dir=str(tmp_path_factory.mktemp("flow-run-data")))
+    o = Orchestrator(settings, engine="scripted", script=SCRIPT)
+    yield o
+    o.close()
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    r = make_repo(tmp_path / "repo", {"calc.py": "def add(a, b):\n    return a + b\n"})
+    (r / "calc.py").write_text(
+        "import threading\n\nlock = threading.Lock()\n\ndef add(a, b):\n    with lock:\n        return a - b\n"
+    )
+    return r
+
+
+def _events(orch, run_id):
+    return [r.event for r in orch.events(run_id)]
+
+
+def _kinds(events):
+    return [e.__struct_config__.tag for e in events]
+
+
+def test_a_code_review_runs_end_to_end(orch, repo):
+    before = fingerprint(repo)
+    run_id = orch.launch(LaunchRequest(flow="code-review", repo=str(repo), text="scenario-basic"))
+    assert orch.wait(run_id, 120) == "finished"
+
+    events = _events(orch, run_id)
+    kinds = _kinds(events)
+    for kind in ("run_requested", "run_planned", "step_queued", "step_started", "output_delta",
+                 "tool_called", "tool_result", "step_finished", "evidence_checked",
+                 "validator_verdict", "report_rendered", "run_finished"):
+        assert kind in kinds, kind
+    assert kinds[:2] == ["run_requested", "run_planned"] and kinds[-1] == "run_finished"
+
+    # The projections say what the events say.
+    view = orch.run(run_id)
+    plan = events[1]
+    assert view["run"]["status"] == "finished"
+    assert len(view["steps"]) == len(plan.steps)
+    assert all(s["status"] == "finished" for s in view["steps"])
+    assert view["run"]["tokens_out"] > 0
+
+    # The report cites the verified line, and labels the invented citation as unverified.
+    report = json.loads(orch.report(run_id, "json"))
+    md = orch.report(run_id, "md")
+    assert "calc.py:7" in md and "return a - b" in md
+    # The invented citation is kept, labelled, in its own section: never dropped, never verified.
+    unverified = md.split("## Unverified claims", 1)[1].split("\n## ", 1)[0]
+    assert "an invented import" in unverified and "quote not found" in unverified
+    assert "an invented import" not in md.split("## Unverified claims", 1)[0]
+    assert report["unverified"] and all(u["title"] == "an invented import" for u in report["unverified"])
+    assert fingerprint(repo) == before  # nothing wrote to the analysed repository
+
+
+def test_three_runs_at_once(orch, repo):
+    ids = [orch.launch(LaunchRequest(flow="code-review", repo=str(repo), text=f"scenario-basic {i}")) for i in range(3)]
+    assert [orch.wait(i, 180) for i in ids] == ["finished"] * 3
+    for run_id in ids:
+        assert "calc.py:7" in orch.report(run_id, "md")
+    # Three separate runs: each has its own plan and its own report event.
+    for run_id in ids:
+        kinds = _kinds(_events(orch, run_id))
+        assert kinds.count("run_planned") == 1 and kinds.count("report_rendered") == 1
+
+
+def test_a_failing_model_is_retried_then_the_run_completes_without_it(orch, repo):
+    run_id = orch.launch(
+        LaunchRequest(flow="code-review", repo=str(repo), text="scenario-fail", personas=("test-engineer",))
+    )
+    assert orch.wait(run_id, 180) == "finished"
+    state = orch.state(run_id)
+    failed = [st for st in state.steps.values() if st.status == "failed"]
+    assert [st.persona for st in failed] == ["test-engineer"]
+    assert failed[0].attempt == 3 and len(failed[0].failures) == 3  # retried, then given up
+    others = [st for st in state.steps.values() if st.persona != "test-engineer"]
+    assert others and all(st.status == "finished" for st in others)
+    md = orch.report(run_id, "md")
+    assert "test-engineer" in md and "failed" in md
+
+
+def test_cancel_stops_every_stream_within_a_second(orch, repo):
+    run_id = orch.launch(LaunchRequest(flow="code-review", repo=str(repo), text="scenario-slow"))
+    deadline = time.time() + 60
+    while "output_delta" not in _kinds(_events(orch, run_id)):
+        assert time.time() < deadline, "no output before cancelling"
+        time.sleep(0.1)
+    t0 = time.time()
+    assert orch.cancel(run_id, "changed my mind") is True
+    took = time.time() - t0
+    events = _events(orch, run_id)
+    assert _kinds(events)[-1] == "run_cancelled" and events[-1].reason == "changed my mind"
+    assert took < 2.5, f"cancel took {took:.2f}s"
+    count = len(events)
+    time.sleep(1.5)
+    assert len(_events(orch, run_id)) == count, "something kept streaming after the cancel"
+    assert orch.state(run_id).status == "cancelled"
+    assert orch.cancel(run_id) is False  # already terminal
+
+
+def test_hostile_repository_every_write_shell_and_escape_is_denied(orch, tmp_path):
+    repo = make_hostile_repo(tmp_path)
+    before = fingerprint(repo)
+    run_id = orch.launch(LaunchRequest(flow="code-review", repo=str(repo), text="scenario-hostile"))
+    assert orch.wait(run_id, 180) == "finished"
+    events = _events(orch, run_id)
+    denied = [e for e in events if e.__struct_config__.tag == "tool_denied"]
+    tools = {e.tool for e in denied}
+    assert {"write_file", "shell"} <= tools
+    escapes = [e for e in denied if e.tool == "read_file"]
+    assert {e.args["path"] for e in escapes} >= {"../outside-secret.txt", "/etc/passwd"}
+    assert all(e.reason for e in denied)
+    # The model was told: the next turn's prompt holds the refusal (replayed from the log).
+    from events import encode
+
+    assert all(SECRET.encode() not in encode(e) for e in events)
+    assert not (repo / "pwned.txt").exists()
+    assert fingerprint(repo) == before
+
+
+def test_bad_launch_writes_nothing(orch, repo, tmp_path):
+    before = orch.log.max_seq()
+    cases = [
+        LaunchRequest(flow="no-such-flow", repo=str(repo)),
+        LaunchRequest(flow="code-review", repo=str(tmp_path / "missing")),
+        LaunchRequest(flow="code-review", repo=str(repo), band="huge"),
+        LaunchRequest(flow="code-review", repo=str(repo), base="no-such-ref"),
+        LaunchRequest(flow="architectural-analysis", repo=str(repo)),  # focus is required
+    ]
+    for req in cases:
+        with pytest.raises(LaunchError) as err:
+            orch.launch(req)
+        assert str(err.value)
+    assert orch.log.max_seq() == before
