@@ -46,7 +46,7 @@ class ChatSender:
             state = self.backend.state(run_id)
             first = state.sent.get(request_id)
             if first is not None:
-                return _outcome(first, repeated=True)
+                return _outcome(first, seq=self._seq_of(run_id, request_id), repeated=True)
             markdown = self.backend.report(run_id, "md")
             target = f"thread:{state.request.thread or run_id}" if state.request else "thread"
             ok, detail = True, "shown in the run's thread"
@@ -60,6 +60,16 @@ class ChatSender:
             )
             (seq,) = self.backend.log.append([event], [f"{run_id}/report_sent/{request_id}"])
             return _outcome(event, seq=seq)
+
+    def _seq_of(self, run_id: str, request_id: str) -> int:
+        """The seq of the ``ReportSent`` that answered ``request_id`` first."""
+        after = 0
+        while page := self.backend.events(run_id, after, 1000):
+            for rec in page:
+                if isinstance(rec.event, ReportSent) and rec.event.request_id == request_id:
+                    return rec.seq
+            after = page[-1].seq
+        return 0
 
     def _post(self, body: dict) -> tuple[bool, str]:
         last = ""

@@ -371,6 +371,7 @@ export class OrchRunPane extends HTMLElement {
   _renderSent() {
     this.sentEl.replaceChildren(
       ...this.run.sent.map((ev) => {
+        const ok = ev.ok !== false; // a default value is left out of an event's JSON
         const body = h("pre", { class: "orch-msg-md" });
         const details = h("details", { class: "orch-msg-details" }, h("summary", {}, "Show the report that was sent"), body);
         details.addEventListener("toggle", async () => {
@@ -378,8 +379,8 @@ export class OrchRunPane extends HTMLElement {
         });
         return h(
           "div",
-          { class: `orch-msg orch-msg-bot${ev.ok ? "" : " orch-msg-failed"}`, "data-request": ev.request_id },
-          h("div", { class: "orch-msg-text" }, icon(ev.ok ? "chat" : "alert"), ev.ok ? " Report sent to chat" : " Sending to chat failed", h("span", { class: "orch-msg-extra" }, ` · ${ev.target}${ev.detail ? ` · ${ev.detail}` : ""}`)),
+          { class: `orch-msg orch-msg-bot${ok ? "" : " orch-msg-failed"}`, "data-request": ev.request_id },
+          h("div", { class: "orch-msg-text" }, icon(ok ? "chat" : "alert"), ok ? " Report sent to chat" : " Sending to chat failed", h("span", { class: "orch-msg-extra" }, ` · ${ev.target}${ev.detail ? ` · ${ev.detail}` : ""}`)),
           details,
         );
       }),
