@@ -37,6 +37,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture
+def unused_port() -> int:
+    """A loopback port nothing listens on (a refused connection)."""
+    return free_port()
+
+
 @pytest.fixture(scope="session")
 def model_path() -> Path:
     from actors.engines.embedded import default_model_path
@@ -150,6 +156,11 @@ class FlakyServer:
         self.answers[:] = list(answers)
         self.requests.clear()
         self.times.clear()
+
+    # The helpers, reachable through the fixture (test modules cannot import a conftest).
+    Answer = Answer
+    sse = staticmethod(sse)
+    text_chunks = staticmethod(text_chunks)
 
 
 def _handler(server: FlakyServer):

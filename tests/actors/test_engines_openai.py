@@ -7,7 +7,6 @@ import asyncio
 import json
 
 import pytest
-from conftest import Answer, sse, text_chunks
 
 from actors.config import Settings
 from actors.engines import select_engine
@@ -97,46 +96,54 @@ def guarded(url: str, **kw) -> Guard:
 
 
 HELLO = ChatRequest(messages=[{"role": "user", "content": "hi"}], max_tokens=8)
-OK = Answer(body=sse(*text_chunks("Hel", "lo", usage={"prompt_tokens": 3, "completion_tokens": 2})))
 
 
-def test_transient_failures_are_retried_until_the_answer_comes(flaky_server):
-    flaky_server.plan(
-        Answer(status=503, body=b'{"error": "warming up"}'),
-        Answer(status=429, body=b'{"error": "slow down"}'),
-        Answer(reset=True),
-        Answer(status=502, body=b"bad gateway"),
-        OK,
+@pytest.fixture
+def server(flaky_server):
+    """The flaky server, with its helpers as names: Answer, sse, text_chunks, and OK."""
+    s = flaky_server
+    usage = {"prompt_tokens": 3, "completion_tokens": 2}
+    s.OK = s.Answer(body=s.sse(*s.text_chunks("Hel", "lo", usage=usage)))
+    return s
+
+
+def test_transient_failures_are_retried_until_the_answer_comes(server):
+    server.plan(
+        server.Answer(status=503, body=b'{"error": "warming up"}'),
+        server.Answer(status=429, body=b'{"error": "slow down"}'),
+        server.Answer(reset=True),
+        server.Answer(status=502, body=b"bad gateway"),
+        server.OK,
     )
-    deltas = run(guarded(flaky_server.url, attempts=5), lambda e: collect(e, HELLO))
+    deltas = run(guarded(server.url, attempts=5), lambda e: collect(e, HELLO))
     assert "".join(d.text for d in deltas) == "Hello"
     assert deltas[-1].usage.prompt_tokens == 3 and deltas[-1].usage.completion_tokens == 2
-    assert len(flaky_server.requests) == 5 and not flaky_server.answers
-    body = flaky_server.requests[-1]
+    assert len(server.requests) == 5 and not server.answers
+    body = server.requests[-1]
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
 
 
-def test_attempts_are_bounded_and_the_error_stays_retryable(flaky_server):
-    flaky_server.plan(*[Answer(status=503, body=b"down")] * 6)
+def test_attempts_are_bounded_and_the_error_stays_retryable(server):
+    server.plan(*[server.Answer(status=503, body=b"down")] * 6)
     with pytest.raises(EngineError) as info:
-        run(guarded(flaky_server.url, attempts=3), lambda e: collect(e, HELLO))
+        run(guarded(server.url, attempts=3), lambda e: collect(e, HELLO))
     assert info.value.retryable and "HTTP 503" in str(info.value)
-    assert len(flaky_server.requests) == 3
+    assert len(server.requests) == 3
 
 
 @pytest.mark.parametrize("status", [400, 401, 404, 422])
-def test_client_errors_are_not_retried(flaky_server, status):
-    flaky_server.plan(Answer(status=status, body=b'{"error": {"message": "no such thing"}}'), OK)
+def test_client_errors_are_not_retried(server, status):
+    server.plan(server.Answer(status=status, body=b'{"error": {"message": "no such thing"}}'), server.OK)
     with pytest.raises(EngineError) as info:
-        run(guarded(flaky_server.url), lambda e: collect(e, HELLO))
+        run(guarded(server.url), lambda e: collect(e, HELLO))
     assert not info.value.retryable
     assert f"HTTP {status}" in str(info.value) and "no such thing" in str(info.value)
-    assert len(flaky_server.requests) == 1
+    assert len(server.requests) == 1
 
 
-def test_a_failure_after_text_was_streamed_is_raised_not_retried(flaky_server):
-    half = sse(*text_chunks("Hel", "lo")[:1], done=False)
-    flaky_server.plan(Answer(partial=half, reset=True), OK)
+def test_a_failure_after_text_was_streamed_is_raised_not_retried(server):
+    half = server.sse(*server.text_chunks("Hel", "lo")[:1], done=False)
+    server.plan(server.Answer(partial=half, reset=True), server.OK)
 
     async def body(engine):
         got = []
@@ -145,31 +152,31 @@ def test_a_failure_after_text_was_streamed_is_raised_not_retried(flaky_server):
                 got.append(d.text)
         return got, info.value
 
-    got, error = run(guarded(flaky_server.url), body)
+    got, error = run(guarded(server.url), body)
     assert got == ["Hel"]
     assert error.retryable  # the caller keeps "Hel" and decides: continue it or start again
-    assert len(flaky_server.requests) == 1
+    assert len(server.requests) == 1
 
 
-def test_no_first_token_in_time_is_a_retryable_timeout(flaky_server):
-    flaky_server.plan(Answer(delay=1.5, body=OK.body), OK)
+def test_no_first_token_in_time_is_a_retryable_timeout(server):
+    server.plan(server.Answer(delay=1.5, body=server.OK.body), server.OK)
     deltas = run(
-        guarded(flaky_server.url, first_token_timeout=0.5, attempts=2),
+        guarded(server.url, first_token_timeout=0.5, attempts=2),
         lambda e: collect(e, HELLO),
     )
     assert "".join(d.text for d in deltas) == "Hello"
-    assert len(flaky_server.requests) == 2
+    assert len(server.requests) == 2
 
 
-def test_error_events_inside_a_stream_become_engine_errors(flaky_server):
-    flaky_server.plan(Answer(body=sse({"error": {"message": "context too long", "code": 400}})))
+def test_error_events_inside_a_stream_become_engine_errors(server):
+    server.plan(server.Answer(body=server.sse({"error": {"message": "context too long", "code": 400}})))
     with pytest.raises(EngineError, match="context too long") as info:
-        run(guarded(flaky_server.url), lambda e: collect(e, HELLO))
+        run(guarded(server.url), lambda e: collect(e, HELLO))
     assert not info.value.retryable
 
 
-def test_the_request_carries_tools_schema_and_continuation_fields(flaky_server):
-    tool_stream = sse(
+def test_the_request_carries_tools_schema_and_continuation_fields(server):
+    tool_stream = server.sse(
         {"choices": [{"index": 0, "delta": {"tool_calls": [
             {"index": 0, "id": "c1", "type": "function", "function": {"name": "read", "arguments": ""}}]}}]},
         {"choices": [{"index": 0, "delta": {"tool_calls": [
@@ -178,8 +185,8 @@ def test_the_request_carries_tools_schema_and_continuation_fields(flaky_server):
             {"index": 0, "function": {"arguments": "\"a.py\"}"}}]}}]},
         {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
     )  # fmt: skip
-    flaky_server.plan(Answer(body=tool_stream), OK)
-    engine = OpenAIEngine(flaky_server.url, model="m", supports_tools=True, supports_continue=True)
+    server.plan(server.Answer(body=tool_stream), server.OK)
+    engine = OpenAIEngine(server.url, model="m", supports_tools=True, supports_continue=True)
 
     async def body(engine):
         calls = await collect(engine, ChatRequest(messages=ASK, tools=[WEATHER], max_tokens=9, seed=7))
@@ -195,7 +202,7 @@ def test_the_request_carries_tools_schema_and_continuation_fields(flaky_server):
     deltas = run(engine, body)
     (call,) = deltas[-1].tool_calls
     assert (call.id, call.name, json.loads(call.arguments)) == ("c1", "read", {"path": "a.py"})
-    first, second = flaky_server.requests
+    first, second = server.requests
     assert first["tools"] == [WEATHER] and first["seed"] == 7 and first["max_tokens"] == 9
     assert second["response_format"]["type"] == "json_schema"
     assert second["response_format"]["json_schema"]["schema"]["properties"]["a"]["maxLength"] == 3
@@ -210,10 +217,8 @@ def test_backoff_is_jittered_and_grows_within_its_cap():
         assert max(samples) > 0.7 * min(1.0, 0.1 * 2**attempt) and len(set(samples)) > 250
 
 
-def test_a_refused_connection_is_retryable_and_a_named_model_needs_no_probe():
-    from conftest import free_port
-
-    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+def test_a_refused_connection_is_retryable_and_a_named_model_needs_no_probe(unused_port):
+    url = f"http://127.0.0.1:{unused_port}/v1"  # nothing listens there
     engine = OpenAIEngine(url, model="named")  # starts: the model was named
     assert engine.supports_continue is False
     with pytest.raises(EngineError, match="connection failed") as info:
