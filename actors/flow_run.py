@@ -34,6 +34,9 @@ from events.types import (
 
 # How long a cancelled step may take to stop before the run is closed anyway.
 CANCEL_GRACE_S = 1.0
+# A finished run's actor lingers this long for callers still waiting on it, then exits: the
+# log holds everything, and a process per finished run would add up.
+RETIRE_AFTER_S = 5.0
 
 
 @ray.remote(max_restarts=0, num_cpus=0, max_concurrency=1000)
@@ -123,6 +126,7 @@ class FlowRun:
         finally:
             if self._cancel_reason is None:
                 self._done.set()
+                self._retire_later()
 
     async def _close_cancelled(self) -> None:
         pending = [t for _, t in self._inflight.values()]
@@ -150,6 +154,14 @@ class FlowRun:
         await self._append(events, keys)
         await self._catch_up()
         self._done.set()
+        self._retire_later()
+
+    def _retire_later(self) -> None:
+        async def retire() -> None:
+            await asyncio.sleep(RETIRE_AFTER_S)
+            ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+
+        asyncio.get_running_loop().create_task(retire())
 
     async def _wait_any(self) -> None:
         tasks = [t for _, t in self._inflight.values()]

@@ -167,10 +167,14 @@ class Orchestrator:
     # --- controlling ------------------------------------------------------------------------
 
     def wait(self, run_id: str, timeout: float | None = None) -> str:
+        """Wait for the run to end (or ``timeout``); its status then."""
         actor = self._actor(run_id)
-        if actor is None:
-            return self.state(run_id).status
-        return ray.get(actor.wait.remote(timeout))
+        if actor is not None:
+            try:
+                return ray.get(actor.wait.remote(timeout))
+            except ray.exceptions.RayActorError:
+                pass  # the run ended and its actor retired: the log has the answer
+        return self.state(run_id).status
 
     def cancel(self, run_id: str, reason: str = "") -> bool:
         state = self.state(run_id)
@@ -178,7 +182,11 @@ class Orchestrator:
             return False
         actor = self._actor(run_id)
         if actor is not None:
-            return ray.get(actor.cancel.remote(reason))
+            try:
+                return ray.get(actor.cancel.remote(reason))
+            except ray.exceptions.RayActorError:
+                if self.state(run_id).terminal:
+                    return False
         from events.types import RunCancelled
 
         self.log.append(
