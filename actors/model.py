@@ -11,6 +11,7 @@ see the same interface whatever the engine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
@@ -59,8 +60,9 @@ class ModelServer:
 
     async def stream(self, request: ChatRequest | bytes) -> AsyncIterator[Delta]:
         req = request if isinstance(request, ChatRequest) else decode_request(request)
-        async for delta in self._engine.stream(req):
-            yield delta
+        async with contextlib.aclosing(self._engine.stream(req)) as deltas:
+            async for delta in deltas:
+                yield delta
 
 
 def decode_request(data: bytes) -> ChatRequest:

@@ -8,6 +8,7 @@ wait), timeouts, and retries of transient failures that happen before anything w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import AsyncIterator
@@ -154,9 +155,12 @@ class Guard:
             for attempt in range(self.attempts):
                 yielded = False
                 try:
-                    async for delta in self._timed(req):
-                        yielded = True
-                        yield delta
+                    # aclosing: a consumer that leaves closes the engine's stream now, not
+                    # whenever the garbage collector gets to it.
+                    async with contextlib.aclosing(self._timed(req)) as deltas:
+                        async for delta in deltas:
+                            yielded = True
+                            yield delta
                     return
                 except EngineError as exc:
                     if not exc.retryable or yielded or attempt + 1 >= self.attempts:
