@@ -80,6 +80,13 @@ def repo_roots(settings: Settings, *, cwd: str | None = None, home: str | None =
     return tuple(roots)
 
 
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):  # a name too long for the filesystem, say
+        return False
+
+
 def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
@@ -100,7 +107,7 @@ def resolve_repo(repo: str, roots: tuple[Path, ...]) -> str:
     expanded = Path(os.path.expanduser(repo.strip()))
     if not expanded.is_absolute():
         candidates = [root / expanded for root in roots]
-        expanded = next((c for c in candidates if c.exists()), candidates[0])
+        expanded = next((c for c in candidates if _exists(c)), candidates[0])
     lexical = Path(os.path.normpath(expanded))
     allowed = ", ".join(str(r) for r in roots)
     if not any(_inside(lexical, r) for r in roots):

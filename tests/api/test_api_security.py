@@ -56,6 +56,7 @@ def test_a_repository_under_a_root_resolves_to_its_real_path(tree):
         ("", "repo_required"),
         ("   ", "repo_required"),
         ("alpha\x00", "repo_invalid"),
+        ("x" * 5000, "repo_not_found"),  # longer than any file name (found by fuzzing)
     ],
 )
 def test_paths_outside_the_roots_or_unusable_are_refused_with_a_code(tree, path, code):
