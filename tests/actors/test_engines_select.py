@@ -6,6 +6,8 @@ own ``LLMConfig`` model, and for the way ``auto`` falls back without it.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from actors.config import ConfigError, Settings
@@ -114,3 +116,48 @@ def test_building_the_vllm_app_without_vllm_says_what_to_install():
 
     with pytest.raises(EngineError, match="orchestrator\\[vllm\\]"):
         vllm_engine.build_llm_app(settings(), "model")
+
+
+def test_ray_serve_llm_stream_items_are_read_like_an_openai_stream():
+    # LLMServer.chat yields batches (lists) of "data: {...}\n\n" strings, or error objects.
+    from actors.engines.openai import Assembler
+
+    def data(chunk):
+        return "data: " + json.dumps(chunk) + "\n\n"
+
+    items = [
+        [data({"choices": [{"index": 0, "delta": {"content": "Hel"}}]}),
+         data({"choices": [{"index": 0, "delta": {"content": "lo"}}]})],
+        [data({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+         data({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2}}) + "data: [DONE]\n\n"],
+    ]  # fmt: skip
+    asm, texts = Assembler(), []
+    for item in items:
+        for part in item:
+            for chunk in vllm_engine._chunks(part):
+                delta = asm.feed(chunk)
+                if delta is not None:
+                    texts.append(delta.text)
+    last = asm.done()
+    assert texts == ["Hel", "lo"] and last.finish_reason == "stop"
+    assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (5, 2)
+
+    class ErrorResponse:  # the shape of Ray Serve LLM's error object
+        def model_dump(self):
+            return {"object": "error", "message": "prompt too long", "code": 400}
+
+    from actors.engines.base import EngineError
+
+    (chunk,) = vllm_engine._chunks(ErrorResponse())
+    with pytest.raises(EngineError, match="prompt too long") as info:
+        Assembler().feed(chunk)
+    assert not info.value.retryable
+
+    class NewerErrorResponse:  # newer vLLM nests it: {"error": {...}}
+        def model_dump(self):
+            return {"error": {"message": "engine overloaded", "type": "ServiceUnavailable", "code": 503}}
+
+    (chunk,) = vllm_engine._chunks(NewerErrorResponse())
+    with pytest.raises(EngineError, match="engine overloaded") as info:
+        Assembler().feed(chunk)
+    assert info.value.retryable
