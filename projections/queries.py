@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from projections.rows import RUNS_TABLE, STEPS_TABLE, RunRow, StepRow, from_db
+from events.codec import decode
+from events.log import Record
+from projections.rows import LOG_TABLE, RUNS_TABLE, STEPS_TABLE, RunRow, StepRow, from_db
 
 MAX_LIMIT = 100_000
 _SEARCHED = ("run_id", "flow", "repository", "focus", "request_text", "error", "band")
@@ -78,3 +80,12 @@ def get_steps(con: Any, run_id: str) -> list[StepRow]:
         [run_id],
     ).fetchall()
     return [from_db(StepRow, r) for r in rows]
+
+
+def run_records(con: Any, run_id: str, after: int = 0) -> list[Record]:
+    """One run's committed records after ``after``, in ``seq`` order."""
+    rows = con.execute(
+        f"SELECT seq, body FROM {LOG_TABLE} WHERE run_id = ? AND seq > ? ORDER BY seq",
+        [run_id, after],
+    ).fetchall()
+    return [Record(seq, decode(body)) for seq, body in rows]

@@ -1,0 +1,109 @@
+"""The command line as a user runs it: `orchestrator run`, `runs`, `show`, `cancel`, as processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import duckdb
+import pytest
+
+from tests.actors.hostile import fingerprint, make_repo
+
+pytestmark = [pytest.mark.slow]
+
+SCRIPT = {
+    "tokens_per_s": 500,
+    "replies": [
+        {"match": ["adversarial-validator/"], "json": {"final": {"verdicts": []}}},
+        {"turn": 0, "json": {"tool": "read_file", "args": {"path": "calc.py"}}},
+        {"json": {"final": {"summary": "read calc.py", "findings": [{
+            "id": "X-1", "severity": "High", "category": "Behavior", "title": "add subtracts",
+            "claim": "add returns a - b",
+            "evidence": [{"path": "calc.py", "line_start": 2, "line_end": 2, "quote": "return a - b"}],
+            "recommendation": "return a + b"}]}}},
+    ],
+}
+
+
+def orchestrator(data_dir, *args, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "api.cli", "--data-dir", str(data_dir), *args],
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def events_in(data_dir) -> int:
+    path = data_dir / "events.duckdb"
+    if not path.exists():
+        return 0
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return con.execute("SELECT count(*) FROM events").fetchone()[0]
+    finally:
+        con.close()
+
+
+@pytest.fixture
+def repo(tmp_path):
+    r = make_repo(tmp_path / "repo", {"calc.py": "def add(a, b):\n    return a + b\n"})
+    (r / "calc.py").write_text("def add(a, b):\n    return a - b\n")
+    return r
+
+
+def test_run_prints_the_report_and_history_reopens_it(tmp_path, repo):
+    data = tmp_path / "data"
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps(SCRIPT))
+    before = fingerprint(repo)
+    done = orchestrator(data, "run", "code-review", "--repo", str(repo), "--engine", "scripted",
+                        "--script", str(script), "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["header"]["flow"] == "code-review"
+    assert "return a - b" in done.stdout
+    assert fingerprint(repo) == before
+
+    listed = orchestrator(data, "runs", "--json")
+    assert listed.returncode == 0, listed.stderr
+    runs = json.loads(listed.stdout)
+    assert len(runs) == 1 and runs[0]["status"] == "finished"
+    run_id = runs[0]["run_id"]
+
+    shown = orchestrator(data, "show", run_id, "--format", "md")
+    assert shown.returncode == 0 and "calc.py:2" in shown.stdout
+    html = orchestrator(data, "show", run_id, "--format", "html")
+    assert html.stdout.lstrip().lower().startswith("<!doctype html")
+    again = orchestrator(data, "cancel", run_id)
+    assert again.returncode != 0 and "already finished" in again.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "no-such-flow", "--repo", "{repo}"], "unknown flow"),
+        (["run", "code-review", "--repo", "{missing}"], "no such repository"),
+        (["run", "code-review", "--repo", "{repo}", "--band", "huge"], "band"),
+        (["run", "architectural-analysis", "--repo", "{repo}"], "focus"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, repo, args, message):
+    data = tmp_path / "data"
+    args = [a.format(repo=repo, missing=tmp_path / "missing") for a in args]
+    done = orchestrator(data, *args, timeout=60)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("orchestrator: ") and message in lines[0].lower()
+    assert events_in(data) == 0
+
+
+def test_an_unknown_ref_is_refused_after_start_and_writes_no_event(tmp_path, repo):
+    data = tmp_path / "data"
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps(SCRIPT))
+    done = orchestrator(data, "run", "code-review", "--repo", str(repo), "--base", "no-such-ref",
+                        "--engine", "scripted", "--script", str(script), timeout=180)
+    assert done.returncode == 2, done.stderr
+    assert "no-such-ref" in done.stderr.strip().splitlines()[-1]
+    assert events_in(data) == 0
