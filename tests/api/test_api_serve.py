@@ -1,0 +1,120 @@
+"""``orchestrator serve`` as a real process: it refuses to listen beyond loopback without a
+token, claims its data directory (a second server is refused, naming the first), resumes
+unfinished runs at start, and on SIGTERM stops cleanly (exit 0, claim removed, log released).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import httpx
+import pytest
+
+from apitest_support import FINDING, make_repo
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+# One answer per agent, streamed slowly enough that a run is still going when we stop it.
+SLOW_SCRIPT = {"tokens_per_s": 12, "replies": [{"json": {"final": FINDING}}]}
+
+
+def serve(data: Path, root: Path, *args: str, script: Path | None = None, **env) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "api.cli", "--data-dir", str(data), "serve", "--port", "0", *args]
+    if script is not None:
+        cmd += ["--engine", "scripted", "--script", str(script)]
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("ORCH_", "RAY_ADDRESS"))}
+    environ.update({"ORCH_REPO_ROOTS": str(root), **env})
+    return subprocess.Popen(cmd, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_url(proc: subprocess.Popen, claim: Path, timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited early ({proc.returncode}): {proc.stdout.read()}")
+        try:
+            url = json.loads(claim.read_text()).get("url")
+        except (OSError, ValueError):
+            url = ""
+        if url:
+            return url.rstrip("/")
+        time.sleep(0.2)
+    raise AssertionError("serve did not come up")
+
+
+def stop(proc: subprocess.Popen) -> tuple[int, str]:
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=90)
+    return proc.returncode, out
+
+
+def test_binding_beyond_loopback_without_a_token_is_refused(tmp_path):
+    proc = serve(tmp_path / "data", tmp_path, "--host", "0.0.0.0")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert "refusing to listen on 0.0.0.0" in out and "ORCH_TOKEN" in out
+    assert not (tmp_path / "data" / "server.json").exists()
+
+
+def test_serve_claims_resumes_and_stops_cleanly(tmp_path):
+    root = tmp_path / "repos"
+    make_repo(root / "demo")
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps(SLOW_SCRIPT))
+    data = tmp_path / "data"
+    claim = data / "server.json"
+
+    first = serve(data, root, script=script)
+    try:
+        url = wait_url(first, claim)
+        held = json.loads(claim.read_text())
+        assert held["pid"] == first.pid and held["url"].startswith("http://127.0.0.1:")
+        assert held["ray_address"] and held["namespace"]
+        with httpx.Client(base_url=url, timeout=60) as http:
+            assert http.get("/api/info").json()["engine"] == "scripted"
+            assert "<orch-app>" in http.get("/").text
+            run_id = http.post("/api/runs", json={"flow": "code-review", "repo": "demo"}).json()["run_id"]
+            deadline = time.monotonic() + 60
+            while http.get(f"/api/runs/{run_id}").json()["run"]["streamed_tokens"] < 5:
+                assert time.monotonic() < deadline, "the run never started streaming"
+                time.sleep(0.2)
+
+        # A second server on the same data directory is refused, naming the first.
+        second = serve(data, root, script=script)
+        out, _ = second.communicate(timeout=60)
+        assert second.returncode != 0
+        assert f"pid {first.pid}" in out and url in out
+    finally:
+        code, out = stop(first)
+    assert code == 0, out
+    assert "stopped" in out
+    assert not claim.exists()
+    # The log was closed: another process may open the file now; the run is mid-flight.
+    with duckdb.connect(str(data / "events.duckdb"), read_only=True) as con:
+        kinds = [k for (k,) in con.execute("SELECT kind FROM events ORDER BY seq").fetchall()]
+    assert kinds[0] == "run_requested" and "output_delta" in kinds
+    assert not {"run_finished", "run_failed", "run_cancelled"} & set(kinds)
+
+    # Started again, the server picks the run up and takes it to its end.
+    again = serve(data, root, script=script)
+    try:
+        url = wait_url(again, claim)
+        with httpx.Client(base_url=url, timeout=60) as http:
+            deadline = time.monotonic() + 180
+            while (row := http.get(f"/api/runs/{run_id}").json()["run"])["status"] not in ("finished", "failed", "cancelled"):
+                assert time.monotonic() < deadline, row
+                time.sleep(0.5)
+            assert row["status"] == "finished" and row["resumes"] == 1
+            kinds = [r["event"]["kind"] for r in http.get(f"/api/runs/{run_id}/events", params={"limit": 5000}).json()["records"]]
+            assert "run_resumed" in kinds
+    finally:
+        code, out = stop(again)
+    assert code == 0, out
+    assert not claim.exists()
