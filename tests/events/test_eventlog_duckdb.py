@@ -283,6 +283,22 @@ def test_async_append_awaits_the_commit(tmp_path):
         assert log.max_seq() == 15
 
 
+def test_an_appender_that_stops_waiting_does_not_stop_the_writer(tmp_path):
+    import asyncio
+
+    async def main(log):
+        waiting = asyncio.ensure_future(log.append_async(*batch("r", "s", 0, 3)))
+        await asyncio.sleep(0)
+        waiting.cancel()  # cancels the future the writer will settle
+        return await asyncio.wait_for(log.append_async(*batch("r", "s", 3, 2)), 30)
+
+    with DuckDBLog(tmp_path / "events.duckdb") as log:
+        later = asyncio.run(main(log))
+        # What the cancelled call queued is committed (retrying its keys finds it).
+        assert later == [4, 5]
+        assert log.append(*batch("r", "s", 0, 3)) == [1, 2, 3]
+
+
 def test_a_lone_append_is_committed_at_once(tmp_path):
     import time
 
