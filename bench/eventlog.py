@@ -185,7 +185,9 @@ def through_actor(path: Path, n: int, call_size: int, rate: int, seconds: float)
 
     from actors.eventlog import start_event_log, stop_event_log
 
+    # A private local Ray ("local"), even if another Ray runs on this machine.
     ray.init(
+        address="local",
         num_cpus=4,
         include_dashboard=False,
         log_to_driver=False,
