@@ -212,6 +212,32 @@ def test_projector_runs_in_the_batch_transaction(tmp_path):
             assert kind_counts(cur) == {"output_delta": 8}
 
 
+def test_readers_see_a_batch_and_its_projection_together_or_not_at_all(tmp_path):
+    with DuckDBLog(tmp_path / "events.duckdb", CountingProjector()) as log:
+        stop = threading.Event()
+        seen: list[tuple[int, int]] = []
+
+        def reader() -> None:
+            while not stop.is_set():
+                with log.reader() as cur:  # one statement, one snapshot
+                    seen.append(
+                        cur.execute(
+                            "SELECT (SELECT count(*) FROM events), "
+                            "(SELECT coalesce(sum(n), 0) FROM kind_counts)"
+                        ).fetchall()[0]
+                    )
+
+        thread = threading.Thread(target=reader)
+        thread.start()
+        for c in range(60):
+            log.append(*batch("r", "s", c * 7, 7))
+        stop.set()
+        thread.join()
+    assert len(seen) > 10
+    assert all(logged == projected for logged, projected in seen)
+    assert {logged % 7 for logged, _ in seen} == {0}  # whole batches only
+
+
 def test_projector_failure_commits_nothing_of_that_append_and_spares_the_rest(tmp_path):
     projector = PoisonProjector()
     with DuckDBLog(tmp_path / "events.duckdb", projector) as log:
