@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from crash_harness import crash_trials
 
 
@@ -13,6 +15,7 @@ def counts_match(log) -> None:
     assert projected == logged
 
 
+@pytest.mark.slow
 def test_acknowledged_appends_survive_kill_9(tmp_path):
     result = crash_trials(
         tmp_path / "events.duckdb",
