@@ -6,8 +6,8 @@ import { client } from "./client.js";
 import { button, compact, duration, h, toast } from "./dom.js";
 
 const SVG = "http://www.w3.org/2000/svg";
-const W = 460;
-const LABEL_W = 150;
+const W = 360;
+const LABEL_W = 128;
 const BAR_H = 16;
 const GAP = 6;
 
@@ -56,7 +56,7 @@ export function barChart({ title, rows, series, format = compact, note = "" }) {
   return figure;
 }
 
-function clip(text, n = 22) {
+function clip(text, n = 18) {
   text = String(text ?? "–");
   return text.length > n ? text.slice(0, n - 1) + "…" : text;
 }

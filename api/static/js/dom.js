@@ -66,5 +66,6 @@ export function toast(message, kind = "info") {
   }
   const item = h("div", { class: `orch-toast orch-toast-${kind}` }, message);
   region.append(item);
+  while (region.children.length > 3) region.firstChild.remove();
   setTimeout(() => item.remove(), kind === "error" ? 8000 : 4000);
 }

@@ -165,12 +165,10 @@ export class OrchRunPane extends HTMLElement {
     const run = this.run;
     const dirty = this.dirty;
     this.dirty = new Set();
-    if (dirty.has("run") || dirty.has("plan") || dirty.size) this._renderHead();
+    this._renderHead();
     if (dirty.has("plan")) this._buildRoster();
-    for (const id of dirty) {
-      const row = this.rows.get(id);
-      if (row) this._renderRow(id, row);
-    }
+    const ended = TERMINAL.has(run.status);
+    for (const [id, row] of this.rows) if (dirty.has(id) || ended) this._renderRow(id, row);
     if (this.expanded && dirty.has(this.expanded)) this._renderStream(this.expanded);
     if (dirty.has("sent")) this._renderSent();
     if (run.status === "finished" && this.reportState === "none") this._loadReport();
@@ -224,6 +222,7 @@ export class OrchRunPane extends HTMLElement {
       const end = run.ended_ts ?? Date.now() / 1000;
       this.elapsedEl.textContent = duration(end - run.created_ts);
     }
+    if (TERMINAL.has(run?.status)) return;
     for (const [id, row] of this.rows) {
       const st = run.steps.get(id);
       if (st && (st.status === "running" || st.status === "queued")) row.elapsed.textContent = duration(Date.now() / 1000 - (st.started_ts ?? st.queued_ts));
@@ -267,8 +266,10 @@ export class OrchRunPane extends HTMLElement {
   _renderRow(id, row) {
     const st = this.run.steps.get(id);
     if (!st) return;
-    row.li.dataset.status = st.status;
-    row.statusText.textContent = st.status;
+    // A step still in flight when its run ended (cancelled, failed) was stopped with it.
+    const status = TERMINAL.has(this.run.status) && (st.status === "queued" || st.status === "running") ? "stopped" : st.status;
+    row.li.dataset.status = status;
+    row.statusText.textContent = status;
     row.tok.textContent = `${compact(tokens(st))} tok`;
     if (st.ended_ts && st.started_ts) row.elapsed.textContent = duration(st.ended_ts - st.started_ts);
     else if (!st.started_ts && !st.queued_ts) row.elapsed.textContent = "";
@@ -355,6 +356,11 @@ export class OrchRunPane extends HTMLElement {
       const html = await client().report(this.runId, "html");
       const doc = h("div", { class: "orch-report-body" });
       doc.append(sanitize(html));
+      // The pane's header already names the flow and repository: fold the report's own
+      // header away (still one click from view).
+      doc.querySelector("h1")?.remove();
+      const meta = doc.querySelector("dl.meta");
+      if (meta) meta.replaceWith(h("details", { class: "orch-report-meta" }, h("summary", {}, "Run details"), meta.cloneNode(true)));
       const rec = this.run.report?.recommendation;
       this.reportEl.replaceChildren(
         h("div", { class: "orch-report-head" }, icon("check"), h("h3", {}, "Report"), rec ? h("p", { class: "orch-recommendation" }, rec) : null),

@@ -1,5 +1,5 @@
 // Report HTML comes from the server, but it quotes repository text and model output: keep
-// only plain document markup. DOMParser builds an inert document (no script runs, nothing
+// only plain document markup. A <template> parses it inertly (no script runs, nothing
 // loads); we copy across the allowed elements and attributes and drop everything else.
 
 const ALLOWED = new Set([
@@ -14,9 +14,15 @@ const DROP = new Set(["script", "style", "template", "iframe", "object", "embed"
 const ATTRS = new Set(["class", "id", "title", "colspan", "rowspan", "open", "datetime", "lang", "dir"]);
 
 export function sanitize(html) {
-  const doc = new DOMParser().parseFromString(html, "text/html");
+  // Only the body: the head's own stylesheet is not ours to apply (and a strict CSP would
+  // complain about it even in an inert document).
+  const start = html.search(/<body[\s>]/i);
+  const end = html.search(/<\/body>/i);
+  if (start >= 0) html = html.slice(html.indexOf(">", start) + 1, end > start ? end : undefined);
+  const template = document.createElement("template");
+  template.innerHTML = html;
   const out = document.createDocumentFragment();
-  copyChildren(doc.body, out);
+  copyChildren(template.content, out);
   return out;
 }
 

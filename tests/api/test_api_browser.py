@@ -1,0 +1,323 @@
+"""The pane in a real browser (Debian's chromium driven by Playwright) against a real server
+and the real Orchestrator with the scripted engine.
+
+Screenshots of the main states go to ``test-output/screenshots/``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+from apitest_support import Server, api_settings
+
+pytestmark = [pytest.mark.ray, pytest.mark.browser]
+
+SHOTS = Path(__file__).resolve().parents[2] / "test-output" / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+TERMINAL = re.compile("Finished|Failed|Cancelled")
+# The first launch of a session also starts the model deployment (seconds on this machine).
+expect.set_options(timeout=30_000)
+
+
+@pytest.fixture(scope="module")
+def server(backend, repos_root):
+    with Server(backend, api_settings(backend, repos_root)) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 1440, "height": 900}, accept_downloads=True)
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    # A refused request (4xx) is logged by the browser itself; anything else is ours.
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" and "Failed to load resource" not in m.text else None)
+    pg.goto(server.url + "/")
+    expect(pg.locator(".orch-conn")).to_have_attribute("data-state", re.compile("idle|open|connecting"))
+    pg.errors = errors  # type: ignore[attr-defined]
+    yield pg
+    context.close()
+    assert errors == [], errors
+
+
+def shot(page: Page, name: str) -> None:
+    page.screenshot(path=str(SHOTS / f"{name}.png"))
+
+
+def slash_launch(page: Page, command: str):
+    box = page.locator(".orch-composer-input")
+    box.fill("")
+    box.type(command)
+    expect(page.locator(".orch-slash-menu")).to_be_hidden()  # a full command closes the menu
+    count = page.locator("orch-run-pane").count()
+    box.press("Enter")
+    expect(page.locator("orch-run-pane")).to_have_count(count + 1)
+    run_id = page.locator("orch-run-pane").first.get_attribute("run-id")  # the newest comes first
+    return page.locator(f"orch-run-pane[run-id='{run_id}']")
+
+
+def wait_terminal(pane, timeout=120_000):
+    expect(pane.locator(".orch-pane-head .orch-status")).to_have_text(TERMINAL, timeout=timeout)
+
+
+def test_slash_command_launches_and_one_agent_streams_live_at_a_time(page: Page):
+    box = page.locator(".orch-composer-input")
+    box.click()
+    box.type("/")
+    menu = page.locator(".orch-slash-menu")
+    expect(menu).to_be_visible()
+    options = menu.locator("[role=option]")
+    expect(options).to_have_count(6)
+    expect(options.first).to_have_attribute("aria-selected", "true")
+    box.press("ArrowDown")
+    expect(options.nth(1)).to_have_attribute("aria-selected", "true")
+    expect(box).to_have_attribute("aria-activedescendant", options.nth(1).get_attribute("id"))
+    shot(page, "01-slash-menu")
+    box.press("Escape")
+    expect(menu).to_be_hidden()
+    box.type("code-r")  # "/code-r": one match left
+    expect(menu).to_be_visible()
+    expect(options).to_have_count(1)
+    box.press("Enter")  # picks it
+    expect(box).to_have_value("/code-review ")
+    box.type("small look at the handler")
+    box.press("Enter")
+
+    pane = page.locator("orch-run-pane").first
+    expect(pane.locator(".orch-pane-title")).to_have_text("code-review")
+    expect(pane.locator(".orch-band")).to_have_text("small")
+    expect(pane.locator(".orch-band-reason")).to_contain_text("Small")
+    expect(pane.locator(".orch-msg-user")).to_contain_text("/code-review small look at the handler")
+    agents = pane.locator(".orch-agent")
+    expect(agents).to_have_count(4)
+    for i in range(4):  # collapsed to start with
+        expect(agents.nth(i).locator(".orch-agent-row")).to_have_attribute("aria-expanded", "false")
+
+    first = agents.first
+    first.locator(".orch-agent-row").click()
+    expect(first.locator(".orch-agent-row")).to_have_attribute("aria-expanded", "true")
+    stream = first.locator(".orch-stream-body")
+    lengths = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and first.get_attribute("data-status") != "finished":
+        lengths.append(len(stream.inner_text()))
+        if len(lengths) == 25:
+            shot(page, "02-agent-streaming")
+        page.wait_for_timeout(100)
+    grew = sorted(set(lengths))
+    assert len(grew) >= 4, f"the stream did not visibly grow: {grew}"
+    assert lengths == sorted(lengths) or max(lengths) == lengths[-1]
+    expect(first.locator(".orch-tool[data-tool=read_file]")).to_have_count(1)
+    expect(first.locator(".orch-tool-denied[data-tool=write_file]")).to_contain_text("denied")
+
+    # Expanding another agent collapses the first: one at a time.
+    second = agents.nth(1)
+    second.locator(".orch-agent-row").click()
+    expect(second.locator(".orch-agent-row")).to_have_attribute("aria-expanded", "true")
+    expect(first.locator(".orch-agent-row")).to_have_attribute("aria-expanded", "false")
+    expect(first.locator(".orch-stream")).to_be_hidden()
+    expect(pane.locator(".orch-agent-row[aria-expanded=true]")).to_have_count(1)
+    # Keyboard: arrows move between agents, Enter toggles.
+    second.locator(".orch-agent-row").focus()
+    page.keyboard.press("ArrowDown")
+    expect(agents.nth(2).locator(".orch-agent-row")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(agents.nth(2).locator(".orch-agent-row")).to_have_attribute("aria-expanded", "true")
+    expect(second.locator(".orch-agent-row")).to_have_attribute("aria-expanded", "false")
+
+    wait_terminal(pane)
+    expect(pane.locator(".orch-pane-head .orch-status")).to_have_text("Finished")
+    report = pane.locator(".orch-report")
+    expect(report).to_be_visible()
+    expect(report).to_contain_text("Shell command built from request input")
+    expect(report.locator(".orch-recommendation")).not_to_be_empty()
+    assert report.bounding_box()["y"] < pane.locator(".orch-roster").bounding_box()["y"]  # report on top
+    expect(report.locator("script, style, [onclick]")).to_have_count(0)
+    shot(page, "03-report-on-top")
+
+
+def test_the_workflow_button_opens_the_launcher(page: Page):
+    page.locator(".orch-composer-workflow").click()
+    dialog = page.locator("dialog.orch-dialog")
+    expect(dialog).to_be_visible()
+    flow = dialog.locator("select[name=flow]")
+    expect(flow).to_be_focused()
+    flow.select_option("investigate")
+    symptom = dialog.locator("textarea[name=symptom]")
+    expect(symptom).to_be_visible()
+    expect(dialog.locator("input[name=base]")).to_be_hidden()  # investigate takes no base ref
+    expect(dialog.locator(".orch-flow-about")).to_contain_text("root cause")
+    shot(page, "04-launcher")
+    page.keyboard.press("Escape")
+    expect(dialog).to_be_hidden()
+
+    # A refused launch is explained in the dialog; a good one opens a pane.
+    page.locator(".orch-top-workflow").click()
+    flow.select_option("code-review")
+    dialog.locator("input[name=base]").fill("no-such-branch")
+    dialog.locator("button[type=submit]").click()
+    expect(dialog.locator(".orch-form-error")).to_contain_text("no-such-branch")
+    expect(dialog).to_be_visible()
+    dialog.locator("input[name=base]").fill("")
+    flow.select_option("investigate")
+    symptom.fill("The handler runs whatever token it is given")
+    dialog.locator("select[name=band]").select_option("small")
+    dialog.locator("button[type=submit]").click()
+    expect(dialog).to_be_hidden()
+    pane = page.locator("orch-run-pane").first
+    expect(pane.locator(".orch-pane-title")).to_have_text("investigate")
+    expect(pane.locator(".orch-msg-user")).to_contain_text("Symptom: The handler runs whatever token it is given")
+    wait_terminal(pane)
+
+
+def test_two_runs_in_two_panes_and_cancelling_one(page: Page):
+    keep = slash_launch(page, "/code-review small the first")
+    stop = slash_launch(page, "/code-review small the second")
+    expect(page.locator("orch-run-pane")).to_have_count(2)
+    a, b = keep.bounding_box(), stop.bounding_box()
+    assert abs(a["x"] - b["x"]) > 300 and abs(a["y"] - b["y"]) < 5  # side by side
+    expect(stop.locator(".orch-act-cancel")).to_be_enabled()
+    shot(page, "05-two-panes")
+    stop.locator(".orch-act-cancel").click()
+    expect(stop.locator(".orch-pane-head .orch-status")).to_have_text("Cancelled", timeout=30_000)
+    expect(stop.locator(".orch-banner")).to_contain_text("Cancelled")
+    expect(stop.locator(".orch-act-cancel")).to_be_hidden()
+    wait_terminal(keep)
+    expect(keep.locator(".orch-pane-head .orch-status")).to_have_text("Finished")
+    shot(page, "06-one-cancelled")
+
+
+def test_history_reopens_a_run_and_its_report_can_be_saved_copied_and_sent(page: Page, server):
+    with server.client() as http:
+        runs = http.get("/api/runs", params={"status": "finished", "flow": "code-review"}).json()["runs"]
+    assert runs, "an earlier test finishes a code review"
+    run_id = runs[0]["run_id"]
+    side = page.locator("#orch-side")
+    if side.is_hidden():
+        page.locator(".orch-top-history").click()
+    expect(side).to_be_visible()
+    side.locator(".orch-history-status").select_option("finished")
+    item = side.locator(f".orch-history-item[data-run='{run_id}'] button")
+    expect(item).to_be_visible()
+    shot(page, "07-history")
+    side.locator(".orch-history-q").fill("zzz-no-such-run")
+    expect(side.locator(".orch-empty-note")).to_be_visible()
+    side.locator(".orch-history-q").fill("")
+    item.click()
+    pane = page.locator(f"orch-run-pane[run-id='{run_id}']")
+    expect(pane.locator(".orch-pane-head .orch-status")).to_have_text("Finished")
+    expect(pane.locator(".orch-report")).to_contain_text("Shell command built from request input")
+
+    with server.client() as http:
+        md = http.get(f"/api/runs/{run_id}/report").text
+    for fmt in ("md", "html", "json"):
+        pane.locator(".orch-act-save").click()
+        with page.expect_download() as dl:
+            pane.locator(f".orch-menu-item[data-format={fmt}]").click()
+        download = dl.value
+        assert download.suggested_filename == f"{run_id}-report.{fmt}"
+        saved = Path(download.path()).read_text()
+        if fmt == "md":
+            assert saved == md
+        else:
+            assert run_id in saved
+
+    pane.locator(".orch-act-copy").click()
+    expect(page.locator(".orch-toast", has_text="copied")).to_be_visible()
+    assert page.evaluate("navigator.clipboard.readText()") == md
+
+    pane.locator(".orch-act-send").click()
+    message = pane.locator(".orch-msg-bot")
+    expect(message).to_contain_text("Report sent to chat")
+    message.locator("summary").click()
+    expect(message.locator(".orch-msg-md")).to_contain_text("code-review")
+    shot(page, "08-sent-to-chat")
+
+
+def test_analytics_charts(page: Page):
+    page.locator(".orch-top-analytics").click()
+    panel = page.locator("#orch-analytics-panel")
+    expect(panel.locator("figure.orch-chart")).to_have_count(10)
+    expect(panel.locator("figure.orch-chart svg rect").first).to_be_visible()
+    expect(panel.locator(".orch-analytics-summary")).to_contain_text("runs")
+    shot(page, "09-analytics")
+
+
+def test_the_sanitiser_keeps_markup_and_drops_anything_active(page: Page):
+    html = page.evaluate(
+        """async () => {
+            const { sanitize } = await import('/js/sanitize.js');
+            const box = document.createElement('div');
+            box.append(sanitize('<html><head><style>p{}</style></head><body>'
+              + '<h2 onclick="x()">Title</h2><script>window.bad=1</script>'
+              + '<a href="javascript:alert(1)">j</a><a href="https://example.org/">ok</a>'
+              + '<img src=x onerror="window.bad=2"><iframe src="/"></iframe><p style="color:red">text</p>'
+              + '</body></html>'));
+            return [box.innerHTML, window.bad === undefined];
+        }"""
+    )
+    markup, untouched = html
+    assert untouched
+    # Chromium reports the hostile handlers it met while parsing, as blocked by the pane's CSP
+    # (a second line of defence: the sanitiser drops them anyway).
+    blocked = [e for e in page.errors if "Content Security Policy" in e and "blocked" in e]
+    assert blocked
+    page.errors[:] = [e for e in page.errors if e not in blocked]
+    assert "<h2>Title</h2>" in markup and "text" in markup
+    assert "onclick" not in markup and "script" not in markup and "javascript:" not in markup
+    assert "<img" not in markup and "<iframe" not in markup and "style" not in markup
+    assert 'href="https://example.org/"' in markup
+
+
+def test_a_phone_gets_icon_only_controls_and_a_stacked_layout(browser, server):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    try:
+        page.goto(server.url + "/")
+        expect(page.locator("#orch-side")).to_be_hidden()
+        for name in ("Workflow", "History", "Analytics"):
+            btn = page.locator(f".orch-top-actions button[aria-label='{name}']")
+            expect(btn).to_be_visible()
+            expect(btn.locator(".orch-label")).to_be_hidden()  # icon only, named for assistive tech
+        expect(page.locator(".orch-composer-send .orch-label")).to_be_hidden()
+        first = slash_launch(page, "/code-review small on a phone")
+        second = slash_launch(page, "/code-overview small")
+        for label in ("Copy report as Markdown", "Save report as a file", "Send report to chat", "Cancel run", "Close pane"):
+            control = first.locator(f"[aria-label='{label}']")
+            expect(control).to_be_visible()
+            expect(control.locator(".orch-label")).to_be_hidden()
+        a, b = first.bounding_box(), second.bounding_box()
+        assert abs(a["x"] - b["x"]) < 5 and abs(a["y"] - b["y"]) >= min(a["height"], b["height"]) - 1  # stacked
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing runs off the side
+        first.locator(".orch-agent-row").first.click()
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(SHOTS / "10-phone.png"))
+        page.locator(".orch-top-history").click()
+        expect(page.locator("#orch-side")).to_be_visible()
+        page.keyboard.press("Escape")
+        expect(page.locator("#orch-side")).to_be_hidden()
+        wait_terminal(first)
+        wait_terminal(second)
+        page.screenshot(path=str(SHOTS / "11-phone-done.png"), full_page=True)
+    finally:
+        context.close()
