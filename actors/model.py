@@ -199,4 +199,5 @@ def _engine_error(exc: BaseException) -> EngineError:
     if isinstance(exc, asyncio.CancelledError | rx.TaskCancelledError):
         return EngineError("the model request was cancelled", retryable=True)
     transient = (rx.RayActorError, rx.ActorUnavailableError, rx.ObjectLostError, rx.GetTimeoutError)
-    return EngineError(f"model deployment: {type(cause).__name__}: {cause}", isinstance(exc, transient))
+    message = f"model deployment: {type(cause).__name__}: {cause}"
+    return EngineError(message, isinstance(exc, transient))

@@ -48,7 +48,9 @@ def select_engine(settings: Settings, *, gpu_available: bool | None = None) -> t
             name = "embedded"
     if name == "vllm":
         if not vllm.vllm_available():
-            raise ConfigError("the vllm engine needs vLLM installed: pip install 'orchestrator[vllm]'")
+            raise ConfigError(
+                "the vllm engine needs vLLM installed: pip install 'orchestrator[vllm]'"
+            )
         return name, settings.model or settings.vllm_model
     if name == "openai":
         return name, _openai_model(settings)
@@ -68,7 +70,9 @@ def _openai_model(settings: Settings) -> str:
     from actors.engines.openai import probe
 
     if not settings.openai_base_url:
-        raise ConfigError("the openai engine needs ORCH_OPENAI_BASE_URL (e.g. http://127.0.0.1:8000/v1)")
+        raise ConfigError(
+            "the openai engine needs ORCH_OPENAI_BASE_URL (e.g. http://127.0.0.1:8000/v1)"
+        )
     if settings.model:
         return settings.model
     try:
@@ -115,7 +119,9 @@ def make_engine(
         from actors.engines.vllm import VLLMEngine
 
         if llm_handle is None:
-            raise ConfigError("the vllm engine runs behind Ray Serve LLM: start it with start_model")
+            raise ConfigError(
+                "the vllm engine runs behind Ray Serve LLM: start it with start_model"
+            )
         return VLLMEngine(llm_handle, settings.model or settings.vllm_model)
     raise ConfigError(f"unknown engine {name!r}")
 

@@ -46,7 +46,7 @@ def probe(base_url: str, api_key: str = "", timeout: float = 10.0) -> ServerInfo
     try:
         resp = httpx.get(url, headers=_headers(api_key), timeout=timeout)
     except httpx.HTTPError as exc:
-        raise EngineError(f"cannot reach the OpenAI endpoint {url}: {exc}", retryable=True) from None
+        raise EngineError(f"cannot reach the OpenAI endpoint {url}: {exc}", True) from None
     if resp.status_code >= 400:
         raise _http_error(resp.status_code, resp.text, url)
     try:
@@ -209,7 +209,9 @@ class OpenAIEngine:
         if req.response_schema is not None and self._schema_style == "json_schema":
             styles.append("json_object")
         for style in styles:
-            body = request_body(req, self.model, schema_style=style, can_continue=self.supports_continue)
+            body = request_body(
+                req, self.model, schema_style=style, can_continue=self.supports_continue
+            )
             try:
                 async with self._client.stream("POST", "/chat/completions", json=body) as resp:
                     if resp.status_code >= 400:

@@ -8,7 +8,7 @@ A script (JSON file, dict or ``Script``)::
 
     {"tokens_per_s": 200, "replies": [
         {"match": "security", "turn": 0, "json": {"tool": "grep", "args": {"pattern": "eval"}}},
-        {"match": ["security", "run-7"], "text": "{\\"final\\": {\\"findings\\": []}}", "fail_at": 3},
+        {"match": ["security", "run-7"], "text": "{\\"final\\": {}}", "fail_at": 3},
         {"text": "{\\"final\\": {\\"findings\\": []}}"}
     ]}
 
@@ -131,8 +131,9 @@ class ScriptedEngine:
         if req.continue_final:
             partial = req.messages[-1].get("content") or ""
             if not text.startswith(partial):
-                raise EngineError("scripted: the partial answer is not a prefix of the scripted reply")
+                raise EngineError("scripted: the partial answer does not begin the scripted reply")
             text = text[len(partial) :]
+        fatal = reply.fail == "fatal"
         failing = reply.fail_at is not None and (reply.fail_times < 0 or uses <= reply.fail_times)
         first = self.script.first_token_s if reply.first_token_s is None else reply.first_token_s
         rate = self.script.tokens_per_s if reply.tokens_per_s is None else reply.tokens_per_s
@@ -140,7 +141,7 @@ class ScriptedEngine:
         start, sent = time.monotonic(), 0
         for piece in _PIECE.findall(text):
             if failing and sent >= (reply.fail_at or 0):
-                raise EngineError(f"scripted failure after {sent} tokens", reply.fail == "retryable")
+                raise EngineError(f"scripted failure after {sent} tokens", not fatal)
             if rate > 0:  # keep to the schedule rather than drifting with each sleep
                 await asyncio.sleep(max(0.0, start + sent / rate - time.monotonic()))
             else:
@@ -148,7 +149,7 @@ class ScriptedEngine:
             sent += 1
             yield Delta(text=piece, tokens=1)
         if failing:
-            raise EngineError(f"scripted failure after {sent} tokens", reply.fail == "retryable")
+            raise EngineError(f"scripted failure after {sent} tokens", not fatal)
         calls = [
             ToolCallDelta(
                 id=c.id or f"call-{index}-{i}",

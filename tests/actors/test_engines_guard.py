@@ -104,7 +104,7 @@ def test_the_scripted_engine_continues_from_the_committed_prefix():
     deltas = asyncio.run(collect(g, req))
     assert "".join(d.text for d in deltas) == " forty two."
     wrong = ChatRequest(messages=ASK + [{"role": "assistant", "content": "Nope"}], continue_final=True)
-    with pytest.raises(EngineError, match="not a prefix"):
+    with pytest.raises(EngineError, match="does not begin the scripted reply"):
         asyncio.run(collect(g, wrong))
 
 
