@@ -321,3 +321,25 @@ def test_a_phone_gets_icon_only_controls_and_a_stacked_layout(browser, server):
         page.screenshot(path=str(SHOTS / "11-phone-done.png"), full_page=True)
     finally:
         context.close()
+
+
+def test_with_a_token_the_pane_works_from_a_link_that_carries_it(browser, backend, repos_root):
+    settings = api_settings(backend, repos_root, token="pane-token")
+    with Server(backend, settings) as locked:
+        context = browser.new_context(viewport={"width": 1280, "height": 800})
+        page = context.new_page()
+        try:
+            page.goto(locked.url + "/?token=pane-token")
+            expect(page).to_have_url(locked.url + "/")  # the token leaves the address bar
+            box = page.locator(".orch-composer-input")
+            box.type("/")
+            expect(page.locator(".orch-slash-menu [role=option]")).to_have_count(6)  # /api/flows answered
+            box.press("Escape")
+            pane = slash_launch(page, "/code-review small with a token")
+            expect(pane.locator(".orch-agent")).to_have_count(4)  # the WebSocket is streaming
+            expect(page.locator(".orch-conn")).to_have_attribute("data-state", "open")
+            page.reload()  # the tab keeps its token; the pane comes back
+            expect(page.locator("orch-run-pane .orch-agent")).to_have_count(4)
+            wait_terminal(page.locator("orch-run-pane").first)
+        finally:
+            context.close()
