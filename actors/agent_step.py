@@ -3,18 +3,28 @@
 Creating an actor costs ~0.25 s here, so a small pool serves every run, each actor running
 many steps at once (they spend their time waiting on the model). A dead agent is restarted
 by Ray; the FlowRun dispatches its in-flight step again and the step picks up from the log.
+
+Agents go wherever Ray has room (``SPREAD``): they hold no state of their own. An agent on the
+head reads the pinned snapshot from the data directory; an agent on any other node sends its
+read-only tool calls to the snapshot server on the head (``actors.snapshot_server``), so no
+node needs the repository or a shared filesystem.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
 
 import ray
 
 from actors.runtime import Names
 from actors.step_runner import ModelPort, StepOutcome, StepSpec, run_step
 
+# Snapshots kept open per agent between steps (their file lists and read caches).
 _SNAPSHOTS_KEPT = 16
+
+_Key = tuple[str, str, str]
 
 
 @ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0, max_concurrency=64)
@@ -22,30 +32,83 @@ class AgentStep:
     def __init__(self, names: Names):
         self._names = names
         self._log = None
-        self._snapshots: OrderedDict[tuple[str, str, str], object] = OrderedDict()
+        self._snapshots: OrderedDict[_Key, Any] = OrderedDict()
+        self._users: dict[_Key, int] = {}  # steps running now on each snapshot
+        self._server = None
+        node = ray.get_runtime_context().get_node_id()
+        # On the head the data directory is right here; elsewhere it is not (no shared disk).
+        self.on_head = not names.head_node or names.head_node == node
 
     async def run(self, spec: StepSpec, model_app: str, model: ModelPort) -> StepOutcome:
         from actors.model import stream_chat, model_handle
-        from actors.tools import ToolGate
 
         log = self._log_client()
         handle = model_handle(model_app)
-        tools = ToolGate(self._snapshot(spec))
 
         async def read_step(run_id: str, step_id: str):
             return await log.read_async(0, run_id=run_id, step_id=step_id)
 
-        return await run_step(
-            spec,
-            append=log.append_async,
-            read_step=read_step,
-            stream=lambda req: stream_chat(handle, req),
-            model=model,
-            tools=tools,
-        )
+        tools, release = self._tools(spec)
+        try:
+            return await run_step(
+                spec,
+                append=log.append_async,
+                read_step=read_step,
+                stream=lambda req: stream_chat(handle, req),
+                model=model,
+                tools=tools,
+            )
+        finally:
+            release()
 
     def ping(self) -> bool:
         return True
+
+    def where(self) -> dict[str, Any]:
+        """This agent's node, whether it reads snapshots itself, and how many git readers it holds."""
+        return {
+            "node": ray.get_runtime_context().get_node_id(),
+            "on_head": self.on_head,
+            "snapshots_in_use": len(self._users),
+        }
+
+    def _tools(self, spec: StepSpec) -> tuple[Any, Callable[[], None]]:
+        """The read-only tools of one step, and what to call when the step ends."""
+        if self.on_head:
+            from actors.tools import ToolGate
+
+            key = (spec.repo, spec.commit, spec.work_dir)
+            snap = self._snapshot(key)
+            self._users[key] = self._users.get(key, 0) + 1
+            return ToolGate(snap), lambda: self._release(key, snap)
+        from actors.snapshot_server import RemoteTools, SnapshotRef, snapshot_server
+
+        if self._server is None:
+            self._server = snapshot_server(self._names)
+        return RemoteTools(self._server, SnapshotRef(spec.repo, spec.commit, spec.work_dir)), lambda: None
+
+    def _snapshot(self, key: _Key) -> Any:
+        from actors.snapshot import GitSnapshot
+
+        snap = self._snapshots.get(key)
+        if snap is None:
+            repo, commit, work_dir = key
+            snap = GitSnapshot.open(repo, commit, work_dir=work_dir)
+            self._snapshots[key] = snap
+            while len(self._snapshots) > _SNAPSHOTS_KEPT:
+                old_key, old = self._snapshots.popitem(last=False)
+                if old_key not in self._users:
+                    old.close()
+        self._snapshots.move_to_end(key)
+        return snap
+
+    def _release(self, key: _Key, snap: Any) -> None:
+        # A snapshot no step is reading holds no git process: with many runs at once, readers
+        # would otherwise pile up (one per run per agent). Its caches stay for the next step.
+        self._users[key] -= 1
+        if self._users[key] == 0:
+            del self._users[key]
+            snap.close()
 
     def _log_client(self):
         if self._log is None:
@@ -54,38 +117,42 @@ class AgentStep:
             self._log = LogClient.connect(self._names.eventlog, namespace=self._names.namespace)
         return self._log
 
-    def _snapshot(self, spec: StepSpec):
-        from actors.snapshot import GitSnapshot
 
-        key = (spec.repo, spec.commit, spec.work_dir)
-        snap = self._snapshots.get(key)
-        if snap is None:
-            snap = GitSnapshot.open(spec.repo, spec.commit, work_dir=spec.work_dir)
-            self._snapshots[key] = snap
-            while len(self._snapshots) > _SNAPSHOTS_KEPT:
-                self._snapshots.popitem(last=False)
-        self._snapshots.move_to_end(key)
-        return snap
+class AgentPool(list):
+    """The agents of one data directory (a list of handles) and the names they were made with."""
+
+    def __init__(self, agents: list, names: Names):
+        super().__init__(agents)
+        self.names = names
 
 
-def agent_pool(names: Names) -> list:
-    """The shared pool of agents for this data directory (created on first use)."""
-    return [
-        AgentStep.options(
-            name=names.agent(i),
-            namespace=names.namespace,
-            get_if_exists=True,
-            lifetime="detached",
-            scheduling_strategy="SPREAD",
-        ).remote(names)
-        for i in range(names.pool_size)
-    ]
-
+def agent_pool(names: Names) -> AgentPool:
+    """The shared pool of agents for this data directory (created on first use), spread over
+    the cluster's nodes; an agent lost with its node is restarted on another."""
+    return AgentPool(
+        [
+            AgentStep.options(
+                name=names.agent(i),
+                namespace=names.namespace,
+                get_if_exists=True,
+                lifetime="detached",
+                scheduling_strategy="SPREAD",
+            ).remote(names)
+            for i in range(names.pool_size)
+        ],
+        names,
+    )
 
 
 def stop_agent_pool(agents: list) -> None:
+    """End the agents (and the snapshot server they read through, if one was started)."""
     for agent in agents:
         try:
             ray.kill(agent, no_restart=True)
         except Exception:  # already gone
             pass
+    names = getattr(agents, "names", None)
+    if names is not None:
+        from actors.snapshot_server import stop_snapshot_server
+
+        stop_snapshot_server(names)

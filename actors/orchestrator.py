@@ -16,7 +16,7 @@ import msgspec
 import ray
 
 from actors.config import Settings
-from actors.runtime import Names, ensure_ray, names_for
+from actors.runtime import Names, ensure_ray, head_node, names_for, on_head
 from actors.service import LaunchError, LaunchRequest, NotFound
 from actors.step_runner import ModelPort
 from conductor.state import RunState, fold
@@ -34,8 +34,10 @@ class Orchestrator:
         self.settings = settings
         self._engine_override = engine
         self._script = script
+        namespace = ensure_ray()
+        # This process writes the data directory, so it must be on the head (checked here).
+        self.names: Names = msgspec.structs.replace(names_for(settings, namespace), head_node=head_node())
         Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
-        self.names: Names = names_for(settings, ensure_ray())
         handle = start_event_log(
             str(settings.events_path), name=self.names.eventlog, namespace=self.names.namespace
         )
@@ -129,7 +131,11 @@ class Orchestrator:
         from actors.flow_run import FlowRun
 
         actor = FlowRun.options(
-            name=self.names.flow_run(run_id), namespace=self.names.namespace, get_if_exists=True
+            name=self.names.flow_run(run_id),
+            namespace=self.names.namespace,
+            get_if_exists=True,
+            # The supervisor reads the run's snapshot from the data directory: it runs on the head.
+            scheduling_strategy=on_head(self.names),
         ).remote(self.names, self.settings, run_id, port, resumed)
         ray.get(actor.start.remote())
         self._runs[run_id] = actor

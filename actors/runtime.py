@@ -1,20 +1,30 @@
-"""Starting or joining Ray, and the names of the long-lived actors of one data directory.
+"""Starting or joining Ray, the names of the long-lived actors of one data directory, and
+where the actors that need that directory run.
 
 Every named actor and Serve application carries a prefix derived from the data directory, so
 two Orchestrators on one Ray cluster (or two tests in one session) never share a log or a pool.
+
+The **head** is the node that holds the data directory: the DuckDB file, and each run's pinned
+snapshot. On a cluster it is the node that declares the custom resource ``orchestrator_head``
+(see ``ray-cluster.yaml``); a Ray we start ourselves declares it too. On a Ray without it (one
+joined by tests) the head is the node of the process that starts the Orchestrator. The event
+log, the run supervisors and the snapshot server are pinned to the head; agent steps and model
+replicas go wherever Ray has room.
 """
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
-from actors.config import Settings
+from actors.config import ConfigError, Settings
 
 NAMESPACE = "orchestrator"
 AGENT_POOL_SIZE = 4
+HEAD_RESOURCE = "orchestrator_head"
 
 
 class Names(msgspec.Struct, frozen=True, kw_only=True):
@@ -24,10 +34,16 @@ class Names(msgspec.Struct, frozen=True, kw_only=True):
     prefix: str
     data_dir: str
     pool_size: int = AGENT_POOL_SIZE
+    # The Ray node id of the head ('' when unknown: everything is taken to be on one node).
+    head_node: str = ""
 
     @property
     def eventlog(self) -> str:
         return f"{self.prefix}-eventlog"
+
+    @property
+    def snapshots(self) -> str:
+        return f"{self.prefix}-snapshots"
 
     def agent(self, i: int) -> str:
         return f"{self.prefix}-agent-{i}"
@@ -44,7 +60,8 @@ class Names(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def ensure_ray() -> str:
-    """Join the Ray named by ``RAY_ADDRESS`` (Ray reads it itself) or start a local one.
+    """Join the Ray named by ``RAY_ADDRESS`` (Ray reads it itself) or start a local one, whose
+    only node is then the head (it declares ``orchestrator_head``).
 
     Returns the namespace to use: the caller's when Ray is already up (tests), else ours.
     """
@@ -56,13 +73,49 @@ def ensure_ray() -> str:
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     if ray.is_initialized():
         return ray.get_runtime_context().namespace or NAMESPACE
-    ray.init(
-        namespace=NAMESPACE,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-    )
+    options = dict(namespace=NAMESPACE, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        # A Ray of our own: this node is the head.
+        ray.init(**options, resources={HEAD_RESOURCE: 1})
+    except ValueError as exc:
+        # Ray found a cluster to join (RAY_ADDRESS, or one started with `ray start`): its
+        # nodes declare their own resources. Ray refuses before connecting, so retry as is.
+        if "existing cluster" not in str(exc):
+            raise
+        ray.init(**options)
     return NAMESPACE
+
+
+def head_node() -> str:
+    """The node id of the head, checked to be this process's node.
+
+    The Orchestrator writes the data directory (pins, the log file) on its own machine, so it
+    must run on the head when the cluster declares one. Raises ``ConfigError`` otherwise.
+    """
+    import ray
+
+    here = ray.get_runtime_context().get_node_id()
+    heads = [
+        n["NodeID"]
+        for n in ray.nodes()
+        if n.get("Alive") and n.get("Resources", {}).get(HEAD_RESOURCE, 0) > 0
+    ]
+    if not heads or here in heads:
+        return here
+    raise ConfigError(
+        f"this process runs on Ray node {here[:12]}, but the cluster's head (the node with the "
+        f"'{HEAD_RESOURCE}' resource) is {heads[0][:12]}: start the Orchestrator on the head, "
+        "where its data directory lives"
+    )
+
+
+def on_head(names: Names) -> Any:
+    """The scheduling strategy that keeps an actor on the head (and its restarts there)."""
+    if not names.head_node:
+        return None
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(node_id=names.head_node, soft=False)
 
 
 def names_for(settings: Settings, namespace: str) -> Names:
