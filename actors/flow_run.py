@@ -5,6 +5,12 @@ out (dispatch a step to an agent, check evidence, apply the validator's verdicts
 and folds the events that result. It decides nothing itself, so a run resumed after a restart
 takes the same path as a live one. Every event it appends has a key derived from the decision,
 so a decision carried out twice (before and after a crash) is written once.
+
+A step the log says is in flight but that no agent of this actor is running (the server
+restarted, or its agent died) is dispatched again with ``resume``: the agent rebuilds it from
+its committed events and continues it. An attempt whose agents keep dying is failed as
+retryable after ``MAX_PICKUPS`` pickups, so the flow's retry rule decides what happens next
+rather than a loop.
 """
 
 from __future__ import annotations
@@ -37,6 +43,9 @@ CANCEL_GRACE_S = 1.0
 # A finished run's actor lingers this long for callers still waiting on it, then exits: the
 # log holds everything, and a process per finished run would add up.
 RETIRE_AFTER_S = 5.0
+# Pickups of one attempt of a step by this actor (after its agent was lost) before giving up
+# on that attempt.
+MAX_PICKUPS = 3
 
 
 @ray.remote(max_restarts=0, num_cpus=0, max_concurrency=1000)
@@ -61,6 +70,8 @@ class FlowRun:
         self._snapshot = None
         self._personas = None
         self._last_seq = 0
+        self._pickups: dict[tuple[str, int], int] = {}
+        self._lost: dict[str, str] = {}  # why a step's agent gave no outcome, last time
 
     async def start(self) -> None:
         if self._task is None:
@@ -94,18 +105,15 @@ class FlowRun:
     async def _main(self) -> None:
         try:
             await self._catch_up()
-            resume = self._resumed
             while not self._state.terminal:
-                decisions = advance(self._state, resume=resume)
-                resume = False
-                for decision in decisions:
+                for decision in advance(self._state, resume=self._orphans()):
                     await self._carry_out(decision)
                 await self._catch_up()
                 if self._state.terminal:
                     break
+                if self._orphans() or (not self._inflight and advance(self._state)):
+                    continue  # more to do at once
                 if not self._inflight:
-                    if advance(self._state):
-                        continue
                     # Nothing running and nothing to do: the plan cannot go on.
                     await self._append(
                         [RunFailed(run_id=self._run_id, ts=time.time(), error="the run stalled: no step can start")],
@@ -162,6 +170,10 @@ class FlowRun:
             ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
 
         asyncio.get_running_loop().create_task(retire())
+
+    def _orphans(self) -> bool:
+        """Steps in flight by the log that no agent of ours runs (a restart, a dead agent)."""
+        return any(st.in_flight and st.step_id not in self._inflight for st in self._state.steps.values())
 
     async def _wait_any(self) -> None:
         tasks = [t for _, t in self._inflight.values()]
@@ -220,7 +232,25 @@ class FlowRun:
         st = self._state.steps[step_id]
         if step_id in self._inflight:
             return
-        if not resume:
+        if resume:
+            pickups = self._pickups[(step_id, attempt)] = self._pickups.get((step_id, attempt), 0) + 1
+            if pickups > MAX_PICKUPS:
+                await self._append(
+                    [
+                        StepFailed(
+                            run_id=self._run_id,
+                            ts=time.time(),
+                            step_id=step_id,
+                            attempt=attempt,
+                            error=f"picked up {MAX_PICKUPS} times, never finished: "
+                            + self._lost.get(step_id, "its agent was lost"),
+                            retryable=True,
+                        )
+                    ],
+                    [f"{self._run_id}/lost/{step_id}/{attempt}"],
+                )
+                return
+        else:
             await self._append(
                 [
                     StepQueued(
@@ -262,22 +292,20 @@ class FlowRun:
         self._inflight[step_id] = (ref, task)
 
     async def _await_step(self, step_id: str, ref, spec: StepSpec) -> StepOutcome | None:
+        """The agent's outcome; None if it never came (cancelled, or the agent was lost).
+
+        A lost step stays in flight in the log; the loop then picks it up again.
+        """
         try:
             return await ref
         except ray.exceptions.TaskCancelledError:
             return None
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
-            # The agent died mid-step: the same as a restart. Pick the step up again from
-            # its committed events on another (or the restarted) agent.
-            if self._cancel_reason is not None:
-                return None
-            await self._catch_up()
-            st = self._state.steps[step_id]
-            if st.in_flight:
-                self._inflight.pop(step_id, None)
-                await self._dispatch(step_id, st.attempt, resume=True)
-                _, task = self._inflight[step_id]
-                return await task
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+            # The agent died mid-step: the same as a restart.
+            self._lost[step_id] = f"its agent was lost ({type(exc).__name__})"
+            return None
+        except Exception as exc:  # the agent failed outside the step (e.g. the log was down too long)
+            self._lost[step_id] = f"{type(exc).__name__}: {str(exc)[:300]}"
             return None
 
     # --- plumbing ---------------------------------------------------------------------------

@@ -1,9 +1,16 @@
 """One agent step: stream the model, let it call read-only tools, write every fact to the log.
 
-Plain asyncio, no Ray: ``AgentStep`` (the actor) is a thin shell around ``run_step``. The step
-is rebuilt from its own committed events whenever it starts, so a step picked up after a crash
-replays its tool results from the log instead of calling the tools again, and continues its
-last committed text when the engine can continue a partial answer.
+Plain asyncio, no Ray: ``AgentStep`` (the actor) is a thin shell around ``run_step``. A step is
+rebuilt from its own committed events whenever an agent picks it up, so picking it up again
+after a crash or a dead agent is the same code path as starting it:
+
+- completed tool calls are replayed from the log (their results are never asked for again);
+- the text of the turn that was streaming is continued from its last committed character
+  when the engine can continue a partial answer (``StepStarted.continued_from`` says where,
+  and the new ``OutputDelta``s start at that offset), so no committed token is generated twice;
+- otherwise, if that turn had text, the step starts a new attempt, visibly: the earlier
+  attempt's text stays in the log and the fold keeps it as superseded. Tool results the
+  earlier attempt had are replayed for the same calls rather than run again.
 """
 
 from __future__ import annotations
@@ -66,12 +73,19 @@ class _Committed(msgspec.Struct, kw_only=True):
 
     attempt: int
     events: int = 0
-    started: int = 0
+    started: int = 0  # pickups of this attempt: each wrote a StepStarted
     text: str = ""
-    turn_texts: dict[int, str] = {}
+    turn_starts: dict[int, int] = {}  # where each turn's text begins in ``text``
     calls: list[ToolCalled] = []
     outcomes: dict[str, ToolResult | ToolDenied] = {}
-    ended: bool = False
+    ended: StepFinished | StepFailed | None = None
+
+    def turn_text(self, turn: int) -> str:
+        start = self.turn_starts.get(turn)
+        if start is None:
+            return ""
+        end = min((s for t, s in self.turn_starts.items() if t > turn), default=len(self.text))
+        return self.text[start:end]
 
 
 def _committed(records: Sequence[Record], attempt: int) -> _Committed:
@@ -85,30 +99,60 @@ def _committed(records: Sequence[Record], attempt: int) -> _Committed:
             case StepStarted():
                 c.started += 1
                 c.text = c.text[: ev.continued_from]
+                c.turn_starts = {t: s for t, s in c.turn_starts.items() if s < len(c.text)}
             case OutputDelta():
                 c.text = c.text[: ev.offset] + ev.text
-                c.turn_texts[ev.turn] = c.turn_texts.get(ev.turn, "") + ev.text
+                if ev.text:
+                    c.turn_starts.setdefault(ev.turn, ev.offset)
             case ToolCalled():
                 c.calls.append(ev)
             case ToolResult() | ToolDenied():
                 c.outcomes[ev.call_id] = ev
             case StepFinished() | StepFailed():
-                c.ended = True
+                c.ended = ev
     return c
+
+
+def _earlier_outcomes(records: Sequence[Record], attempt: int) -> dict[str, ToolResult | ToolDenied]:
+    """Outcomes of the tool calls of earlier attempts, by call (tool and arguments).
+
+    The snapshot is pinned and the tools only read it, so the same call gives the same
+    answer: a new attempt replays these instead of running the tool again.
+    """
+    called: dict[tuple[int, str], str] = {}
+    found: dict[str, ToolResult | ToolDenied] = {}
+    for rec in records:
+        ev = rec.event
+        if getattr(ev, "attempt", attempt) >= attempt:
+            continue
+        if isinstance(ev, ToolCalled):
+            called[(ev.attempt, ev.call_id)] = _call_key(ev.tool, ev.args)
+        elif isinstance(ev, ToolResult | ToolDenied):
+            key = called.get((ev.attempt, ev.call_id))
+            if key is None and isinstance(ev, ToolDenied):
+                key = _call_key(ev.tool, ev.args)
+            if key is not None:
+                found[key] = ev
+    return found
+
+
+def _call_key(tool: str, args: Any) -> str:
+    return json.dumps([tool, args], sort_keys=True, default=str)
 
 
 class _Writer:
     """Appends a step's events with deterministic idempotency keys.
 
-    Keys count this attempt's events in the log, so an agent that takes over after a crash
-    continues the numbering, and an append retried after the log actor restarts is not
-    written twice.
+    A key names the attempt, the pickup (how many agents had started this attempt before)
+    and the event's place in that pickup, so an append retried after the log actor restarts
+    is not written twice, and a late append of an agent that died cannot take the key of
+    one written by the agent that picked the step up after it.
     """
 
-    def __init__(self, append: Append, spec: StepSpec, attempt: int, already: int):
+    def __init__(self, append: Append, spec: StepSpec, attempt: int, pickup: int):
         self._append = append
-        self._prefix = f"{spec.run_id}/{spec.step_id}/{attempt}/"
-        self._n = already
+        self._prefix = f"{spec.run_id}/{spec.step_id}/{attempt}/{pickup}/"
+        self._n = 0
 
     async def write(self, *events: AgentEvent) -> list[int]:
         keys = []
@@ -186,14 +230,21 @@ async def run_step(
     records = await read_step(spec.run_id, spec.step_id)
     attempt = spec.attempt
     done = _committed(records, attempt)
-    if done.ended:
-        return StepOutcome(step_id=spec.step_id, attempt=attempt, status="finished")
-    keep = done.text if spec.resume else ""
-    if (keep or done.calls) and not model.supports_continue:
+    if done.ended is not None:
+        status = "finished" if isinstance(done.ended, StepFinished) else "failed"
+        return StepOutcome(step_id=spec.step_id, attempt=attempt, status=status)
+    # The log says how far this attempt got, whoever ran it before: continue from there.
+    turn = max((call.turn + 1 for call in done.calls), default=0)
+    partial = done.turn_text(turn)
+    if partial and not model.supports_continue:
         # The engine cannot continue a partial answer: start a new attempt, visibly.
         attempt += 1
-        done, keep = _committed(records, attempt), ""
-    writer = _Writer(append, spec, attempt, done.events)
+        done, turn, partial = _committed(records, attempt), 0, ""
+        if done.events:  # an earlier pickup of the new attempt: start it over
+            done = _Committed(attempt=attempt, started=done.started)
+    earlier = _earlier_outcomes(records, attempt)
+    keep = done.text
+    writer = _Writer(append, spec, attempt, done.started)
     await writer.write(
         StepStarted(
             run_id=spec.run_id,
@@ -205,28 +256,31 @@ async def run_step(
         )
     )
 
+    def call_tool(name: str, args: dict[str, Any], call_id: str) -> ToolResult | ToolDenied:
+        replay = earlier.get(_call_key(name, args))
+        if replay is not None:
+            return msgspec.structs.replace(replay, attempt=attempt, call_id=call_id, ts=time.time())
+        return outcome_event(
+            tools.call(name, args),
+            run_id=spec.run_id,
+            step_id=spec.step_id,
+            attempt=attempt,
+            call_id=call_id,
+            tool=name,
+            args=args,
+            ts=time.time(),
+        )
+
     native_tools = model.supports_tools
     schema = spec.final_schema if native_tools else call_schema(spec.final_schema)
     messages = list(spec.messages)
     # Replay committed turns: the model's text of each finished turn and its tool outcomes.
-    turn = 0
     for call in done.calls:
         outcome = done.outcomes.get(call.call_id)
-        if outcome is None:
-            outcome = outcome_event(
-                tools.call(call.tool, dict(call.args)),
-                run_id=spec.run_id,
-                step_id=spec.step_id,
-                attempt=attempt,
-                call_id=call.call_id,
-                tool=call.tool,
-                args=dict(call.args),
-                ts=time.time(),
-            )
+        if outcome is None:  # called, but its outcome never reached the log
+            outcome = call_tool(call.tool, dict(call.args), call.call_id)
             await writer.write(outcome)
-        messages += _tool_messages(done.turn_texts.get(call.turn, ""), call, outcome, native_tools)
-        turn = call.turn + 1
-    partial = done.turn_texts.get(turn, "") if keep else ""
+        messages += _tool_messages(done.turn_text(call.turn), call, outcome, native_tools)
 
     tokens_in = tokens_out = 0
     coalescer = _Coalescer(writer, spec, attempt, len(keep), turn)
@@ -286,16 +340,7 @@ async def run_step(
                 args=args,
                 turn=turn,
             )
-            outcome = outcome_event(
-                tools.call(name, args),
-                run_id=spec.run_id,
-                step_id=spec.step_id,
-                attempt=attempt,
-                call_id=call_id,
-                tool=name,
-                args=args,
-                ts=time.time(),
-            )
+            outcome = call_tool(name, args, call_id)
             await writer.write(called)
             await writer.write(outcome)
             messages += _tool_messages(text, called, outcome, native_tools)

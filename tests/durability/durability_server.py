@@ -1,0 +1,169 @@
+"""``orchestrator serve`` as a real process that a test can kill with SIGKILL and start again.
+
+What "kill -9 the server" means here: ``serve`` runs in a session of its own
+(``start_new_session``), and every process it started keeps that session id: Ray's GCS and
+raylet, and every Ray worker (the event-log actor, the agents, the FlowRuns, the Serve
+controller and the model replica), even those Ray moves into a process group of their own. A
+kill sends SIGKILL to every process of that session, repeating until none is left, so the
+whole instance stops at once, as in a power cut, and no orphan keeps the DuckDB file. Nothing
+outside the session is touched (other Ray instances on the machine keep running).
+``kill(whole=False)`` kills the serve process alone, as ``kill -9 <pid>`` would; its Ray then
+goes down on its own (the GCS and raylet share the server's fate, the workers follow them).
+
+Used by the crash-loop test and by ``bench/resume.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+STARTUP_S = 240.0  # a loaded 2-core machine takes tens of seconds to start Ray
+
+
+def session_pids(sid: int) -> list[int]:
+    """Every live process whose session id is ``sid`` (zombies excluded)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        # "pid (comm) state ppid pgrp session ..."; comm may hold spaces and parentheses.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[0] != "Z" and int(fields[3]) == sid:
+            pids.append(int(entry))
+    return pids
+
+
+def kill_session(sid: int, timeout: float = 30.0) -> None:
+    """SIGKILL every process of session ``sid`` until none is left."""
+    deadline = time.monotonic() + timeout
+    while pids := session_pids(sid):
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"processes of session {sid} survive SIGKILL: {pids}")
+        time.sleep(0.05)
+
+
+class Server:
+    """One data directory served by successive ``orchestrator serve`` processes."""
+
+    def __init__(self, data_dir: Path, *, engine: str = "scripted", script: Path | None = None,
+                 env: dict[str, str] | None = None, extra: tuple[str, ...] = ()):
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.engine, self.script = engine, script
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("ORCH_", "RAY_ADDRESS"))}
+        # A Ray of its own: with no address, ray.init() joins whatever cluster a `ray start`
+        # on this machine recorded in /tmp/ray/ray_current_cluster.
+        self.env["RAY_ADDRESS"] = "local"
+        self.env.update(env or {})
+        self.extra = extra
+        self.proc: subprocess.Popen | None = None
+        self.url = ""
+        self.sessions: list[int] = []  # every session this server ran in
+        self.starts = 0
+
+    # --- life ------------------------------------------------------------------------------
+
+    def start(self, timeout: float = STARTUP_S) -> str:
+        """Start ``serve``; return its URL once the API answers (after ``resume_all``)."""
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        self.starts += 1
+        cmd = [sys.executable, "-m", "api.cli", "--data-dir", str(self.data_dir), "serve",
+               "--engine", self.engine, "--port", "0", *self.extra]
+        if self.script is not None:
+            cmd += ["--script", str(self.script)]
+        log = open(self.data_dir / f"serve-{self.starts}.log", "wb")
+        self.proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        log.close()
+        self.sessions.append(self.proc.pid)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"serve exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"serve did not come up within {timeout:g}s:\n{self.log_tail()}")
+            url = self._claimed_url()
+            if url:
+                try:
+                    if httpx.get(url + "api/info", timeout=5).status_code == 200:
+                        self.url = url
+                        return url
+                except httpx.HTTPError:
+                    pass
+            time.sleep(0.1)
+
+    def kill(self, *, whole: bool = True) -> None:
+        """SIGKILL the server: its whole session (``whole``), or the serve process alone."""
+        assert self.proc is not None
+        if whole:
+            kill_session(self.proc.pid)
+        else:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self, timeout: float = 120.0) -> int:
+        """SIGTERM (a graceful stop); the exit code."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise RuntimeError(f"serve did not stop within {timeout:g}s:\n{self.log_tail()}") from None
+
+    def wait_gone(self, timeout: float = 60.0) -> None:
+        """Wait until no process of any session this server ran in is left."""
+        deadline = time.monotonic() + timeout
+        while any(session_pids(s) for s in self.sessions):
+            if time.monotonic() > deadline:
+                left = {s: session_pids(s) for s in self.sessions}
+                raise RuntimeError(f"processes of the server survive: {left}")
+            time.sleep(0.1)
+
+    def cleanup(self) -> None:
+        """Leave nothing running, whatever happened (fixtures call this last)."""
+        for sid in self.sessions:
+            try:
+                kill_session(sid)
+            except RuntimeError:
+                pass
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.wait(30)
+
+    def log_tail(self, chars: int = 4000) -> str:
+        path = self.data_dir / f"serve-{self.starts}.log"
+        try:
+            return path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def _claimed_url(self) -> str:
+        try:
+            held = json.loads((self.data_dir / "server.json").read_text())
+        except (OSError, ValueError):
+            return ""
+        return held.get("url", "") if held.get("pid") == self.proc.pid else ""
+
+    # --- the API ---------------------------------------------------------------------------
+
+    def client(self, timeout: float = 120.0) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=timeout)

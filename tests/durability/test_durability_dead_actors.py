@@ -1,0 +1,103 @@
+"""Actors that die while the server runs: an agent killed mid-stream, the event log killed under
+load. Real Ray, the real DuckDB file, the scripted engine; the runs must complete with every
+step's text exactly once and nothing acknowledged lost.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import duckdb
+import pytest
+import ray
+
+from actors.service import LaunchRequest
+from durability_checks import check_finished_run, records, wait_until
+from events.codec import encode
+from events.types import OutputDelta, StepFinished, StepStarted
+from projections import rebuild
+from tests.projections.projection_scenarios import tables
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def log_pid(handle) -> int | None:
+    try:
+        return ray.get(handle.info.remote(), timeout=10)["pid"]
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+        return None  # still restarting
+
+
+def streaming_answer(orch, run_id: str):
+    """(step, worker) of a step that has streamed part of its answer (after its tool call)."""
+    started, finished, answer = {}, set(), {}
+    for rec in orch.events(run_id):
+        ev = rec.event
+        if isinstance(ev, StepStarted):
+            started[ev.step_id] = ev.worker
+        elif isinstance(ev, StepFinished):
+            finished.add(ev.step_id)
+        elif isinstance(ev, OutputDelta) and ev.turn == 1 and ev.text:
+            answer[ev.step_id] = answer.get(ev.step_id, 0) + 1
+    for step_id, n in answer.items():
+        if n >= 3 and step_id not in finished:
+            return step_id, started[step_id]
+    return None
+
+
+def test_an_agent_killed_mid_stream_is_continued_and_the_run_completes(orch, repo):
+    run_id = orch.launch(LaunchRequest(flow="code-review", repo=str(repo), text="dead agent"))
+    step_id, worker = wait_until(lambda: streaming_answer(orch, run_id), "a step streaming its answer")
+    agents = [ray.get_actor(orch.names.agent(i), namespace=orch.names.namespace) for i in range(orch.names.pool_size)]
+    victim = next(a for a in agents if a._actor_id.hex() in worker)
+    ray.kill(victim, no_restart=False)  # as if its process died; Ray starts it again
+
+    assert orch.wait(run_id, 180) == "finished"
+    found = check_finished_run(records(orch, run_id), orch.report(run_id, "md"))
+    mine = [p for p in found if p.step_id == step_id]
+    # The step was picked up once, in the same attempt, exactly where its committed text ended.
+    assert len(mine) == 1 and not mine[0].new_attempt
+    assert 0 < mine[0].committed == mine[0].continued_from == mine[0].first_delta_offset
+    assert mine[0].regenerated_chars == 0
+
+
+def test_the_event_log_killed_under_load_recovers_and_nothing_is_lost_or_doubled(orch, repo, tmp_path):
+    runs = [orch.launch(LaunchRequest(flow="code-review", repo=str(repo), text=f"dead log {i}")) for i in range(3)]
+    handle = orch.log.handle
+    pids = [ray.get(handle.info.remote())["pid"]]
+    acknowledged: dict[int, bytes] = {}
+    for _ in range(2):
+        # Kill it while every run streams: agents, FlowRuns and this client are all appending.
+        before = orch.log.max_seq()
+        wait_until(lambda: orch.log.max_seq() >= before + 40, "appends to go on")
+        acknowledged.update((r.seq, encode(r.event)) for r in records(orch))
+        ray.kill(handle, no_restart=False)
+        # Restarted by Ray: another process, which reopened the file.
+        pids.append(wait_until(lambda: log_pid(handle) not in (None, pids[-1]) and log_pid(handle), "a restart"))
+
+    assert [orch.wait(r, 180) for r in runs] == ["finished"] * 3
+    for run_id in runs:
+        check_finished_run(records(orch, run_id), orch.report(run_id, "md"))
+
+    # Every acknowledged event is still there, unchanged, and the seqs are dense.
+    after = {r.seq: encode(r.event) for r in records(orch)}
+    assert all(after.get(seq) == blob for seq, blob in acknowledged.items())
+    count, keys, low, high = orch.log.query(
+        "SELECT count(*), count(DISTINCT key), min(seq), max(seq) FROM events"
+    ).rows[0]
+    assert (count, keys, low, high) == (high, high, 1, orch.log.max_seq())
+
+    # The projections the restarted log kept equal a rebuild from its events.
+    orch.log.checkpoint()
+    src = orch.settings.events_path
+    copy = tmp_path / "events.duckdb"
+    shutil.copy(src, copy)
+    if src.with_name(src.name + ".wal").exists():
+        shutil.copy(src.with_name(src.name + ".wal"), tmp_path / "events.duckdb.wal")
+    con = duckdb.connect(str(copy))
+    try:
+        live = tables(con)
+        rebuild(con)
+        assert tables(con) == live
+    finally:
+        con.close()
