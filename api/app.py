@@ -43,11 +43,10 @@ _LAUNCH_STATUS = {"not_ready": 409, "not_supported": 409, "not_found": 404}
 
 
 class Gate:
-    """Whether launches are still accepted, and the open WebSocket connections."""
+    """Whether launches are still accepted (``serve`` closes it on SIGINT/SIGTERM)."""
 
     def __init__(self) -> None:
         self.closing = False
-        self.connections: set = set()
 
 
 def error_response(status: int, code: str, message: str) -> Response:

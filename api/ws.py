@@ -524,8 +524,4 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         heartbeat=state.heartbeat,
         max_frame=state.settings.max_request_bytes,
     )
-    state.gate.connections.add(conn)
-    try:
-        await conn.serve()
-    finally:
-        state.gate.connections.discard(conn)
+    await conn.serve()

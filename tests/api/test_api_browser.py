@@ -157,10 +157,20 @@ def test_slash_command_launches_and_one_agent_streams_live_at_a_time(page: Page)
 
 
 def test_the_workflow_button_opens_the_launcher(page: Page):
-    page.locator(".orch-composer-workflow").click()
     dialog = page.locator("dialog.orch-dialog")
-    expect(dialog).to_be_visible()
     flow = dialog.locator("select[name=flow]")
+    # A slash command missing the flow's required input opens the launcher on that flow.
+    box = page.locator(".orch-composer-input")
+    box.type("/investigate")
+    box.press("Enter")
+    expect(dialog).to_be_visible()
+    expect(flow).to_have_value("investigate")
+    expect(dialog.locator("textarea[name=symptom]")).to_have_attribute("required", "")
+    page.keyboard.press("Escape")
+    expect(dialog).to_be_hidden()
+
+    page.locator(".orch-composer-workflow").click()
+    expect(dialog).to_be_visible()
     expect(flow).to_be_focused()
     flow.select_option("investigate")
     symptom = dialog.locator("textarea[name=symptom]")

@@ -135,9 +135,15 @@ class Socket {
     this.ws = null;
     this.subs = new Map(); // run id → {onFrame, lastSeq}
     this.retry = 0;
-    this.lastBeat = 0;
     this.listeners = new Set();
     this.status = "idle";
+    this.lastFrame = 0;
+    // The server sends a heartbeat every few seconds: a connection silent for three of them
+    // is dead even if the browser has not noticed, so drop it and resubscribe.
+    setInterval(() => {
+      const beat = (this.client._info?.heartbeat_seconds ?? 15) * 1000;
+      if (this.ws?.readyState === WebSocket.OPEN && Date.now() - this.lastFrame > 3 * beat) this.drop();
+    }, 5000);
   }
 
   onStatus(fn) {
@@ -173,11 +179,15 @@ class Socket {
     this.ws = ws;
     ws.onopen = () => {
       this.retry = 0;
+      this.lastFrame = Date.now();
       this._setStatus("open");
       // Resubscribe everything from the last seq seen: nothing missed, nothing twice.
       for (const [runId, sub] of this.subs) this._send({ type: "subscribe", run_id: runId, after: sub.lastSeq });
     };
-    ws.onmessage = (msg) => this._frame(JSON.parse(msg.data));
+    ws.onmessage = (msg) => {
+      this.lastFrame = Date.now();
+      this._frame(JSON.parse(msg.data));
+    };
     ws.onclose = () => {
       if (this.ws !== ws) return;
       this._setStatus("closed");
@@ -210,7 +220,6 @@ class Socket {
         return;
       }
       case "heartbeat":
-        this.lastBeat = Date.now();
         return;
       default:
         return;

@@ -176,10 +176,14 @@ export class OrchComposer extends HTMLElement {
       toast(`There is no workflow /${cmd.flow}. Type / to see them.`, "error");
       return;
     }
-    const request = { flow: cmd.flow, repo: await currentRepo(), origin: "pane", thread: newThread() };
     // The free text answers the flow's required input (a symptom, a focus, a document) if it
-    // has one; otherwise it is a note to every agent.
+    // has one; otherwise it is a note to every agent. Without it, the launcher asks.
     const needs = (flow?.inputs || []).find((i) => i.required);
+    if (needs && !cmd.text) {
+      this.dispatchEvent(new CustomEvent("orch-open-launcher", { bubbles: true, composed: true, detail: { flow: cmd.flow } }));
+      return;
+    }
+    const request = { flow: cmd.flow, repo: await currentRepo(), origin: "pane", thread: newThread() };
     if (cmd.text) request[needs ? needs.field : "text"] = cmd.text;
     if (cmd.band && cmd.band !== "auto") request.band = cmd.band;
     this.sendBtn.disabled = true;
