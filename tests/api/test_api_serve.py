@@ -118,3 +118,17 @@ def test_serve_claims_resumes_and_stops_cleanly(tmp_path):
         code, out = stop(again)
     assert code == 0, out
     assert not claim.exists()
+
+
+def test_a_log_held_by_another_process_is_named_in_a_clear_error(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps(SLOW_SCRIPT))
+    with duckdb.connect(str(data / "events.duckdb")):  # this process holds the file
+        proc = serve(data, tmp_path, script=script)
+        out, _ = proc.communicate(timeout=180)
+    assert proc.returncode != 0
+    assert "the event log is held by another process" in out and f"process {os.getpid()}" in out
+    assert "Traceback" not in out
+    assert not (data / "server.json").exists()
