@@ -128,9 +128,13 @@ def make_engine(
 
 def guarded(engine: Engine, settings: Settings) -> Guard:
     """``engine`` with the run's stream limit, timeouts and retries."""
+    first = min(FIRST_TOKEN_TIMEOUT, settings.model_timeout)
+    if engine.name == "embedded":
+        # On a busy CPU a long prompt alone can take a minute; that is slow, not stuck.
+        first = settings.model_timeout
     return Guard(
         engine,
         max_streams=settings.max_streams,
         timeout=settings.model_timeout,
-        first_token_timeout=min(FIRST_TOKEN_TIMEOUT, settings.model_timeout),
+        first_token_timeout=first,
     )
