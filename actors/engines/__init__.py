@@ -132,9 +132,12 @@ def guarded(engine: Engine, settings: Settings) -> Guard:
     if engine.name == "embedded":
         # On a busy CPU a long prompt alone can take a minute; that is slow, not stuck.
         first = settings.model_timeout
+    streams = settings.max_streams
+    if engine.name == "vllm":  # one front for all the vLLM replicas
+        streams *= settings.vllm_replicas
     return Guard(
         engine,
-        max_streams=settings.max_streams,
+        max_streams=streams,
         timeout=settings.model_timeout,
         first_token_timeout=first,
     )

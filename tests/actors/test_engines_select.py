@@ -161,3 +161,15 @@ def test_ray_serve_llm_stream_items_are_read_like_an_openai_stream():
     with pytest.raises(EngineError, match="engine overloaded") as info:
         Assembler().feed(chunk)
     assert info.value.retryable
+
+
+def test_the_guard_in_front_of_vllm_admits_every_replicas_streams():
+    from actors.engines import guarded
+
+    class FakeVLLM:  # stands in for VLLMEngine, which needs a running Ray Serve LLM app
+        name, model, supports_tools, supports_continue = "vllm", "q", True, True
+
+    s = settings(max_streams=8, vllm_replicas=3, model_timeout=30.0)
+    g = guarded(FakeVLLM(), s)
+    assert g.max_streams == 24 and g.timeout == 30.0 and g.first_token_timeout == 30.0
+    assert guarded(make_engine("scripted", s, script={"replies": []}), s).max_streams == 8
