@@ -113,6 +113,7 @@ def create_app(
             allow_origins=list(allow_origins),
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["Content-Disposition"],
         )
     app.add_middleware(
         Guard,

@@ -220,7 +220,7 @@ class Listener:
             if data is None:  # encode once for every listener of the same subscription
                 data = encoded[key] = _encoder.encode(
                     EventFrame(sub=self.run_id, seq=rec.seq, run_id=rec.event.run_id, event=rec.event)
-                )
+                ).decode()
             self.conn.offer_encoded(data)
 
     def go_live(self) -> None:
@@ -315,7 +315,7 @@ class Connection:
         self.gate = gate
         self.heartbeat = heartbeat
         self.max_frame = max_frame
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue(QUEUE_FRAMES)
+        self.queue: asyncio.Queue[str] = asyncio.Queue(QUEUE_FRAMES)
         self.subs: dict[str | None, asyncio.Task] = {}
         self.tasks: set[asyncio.Task] = set()
         self.closing: tuple[int, str] | None = None
@@ -325,9 +325,9 @@ class Connection:
 
     def offer(self, frame: Frame) -> None:
         """Queue a frame for the sender; a full queue means the client is too slow."""
-        self.offer_encoded(_encoder.encode(frame))
+        self.offer_encoded(_encoder.encode(frame).decode())
 
-    def offer_encoded(self, data: bytes) -> None:
+    def offer_encoded(self, data: str) -> None:
         if self.closing:
             return
         try:
@@ -358,8 +358,7 @@ class Connection:
 
     async def _sender(self) -> None:
         while True:
-            data = await self.queue.get()
-            await self.ws.send_text(data.decode())
+            await self.ws.send_text(await self.queue.get())
 
     async def _heartbeats(self) -> None:
         while True:

@@ -5,7 +5,9 @@
 //   <orch-run-pane>   one run, live (run-id="…")
 //   <orch-history>    past runs to reopen
 //   <orch-analytics>  charts of the run history
-// A host page on another origin calls configure({server, token}) before adding them.
+// A host page on another origin (started with `orchestrator serve --allow-origin ORIGIN`)
+// sets window.orchestratorConfig = {server: "http://127.0.0.1:8765", token} before loading
+// this module, links orch.css, and mounts <orch-run-pane run-id> on "orch-launched" events.
 
 export { configure, client, OrchClient } from "./js/client.js";
 export { OrchComposer, parseCommand } from "./js/composer.js";

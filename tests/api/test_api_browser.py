@@ -153,6 +153,7 @@ def test_slash_command_launches_and_one_agent_streams_live_at_a_time(page: Page)
     expect(report.locator(".orch-recommendation")).not_to_be_empty()
     assert report.bounding_box()["y"] < pane.locator(".orch-roster").bounding_box()["y"]  # report on top
     expect(report.locator("script, style, [onclick]")).to_have_count(0)
+    pane.locator(".orch-thread").evaluate("el => el.scrollTop = 0")
     shot(page, "03-report-on-top")
 
 
@@ -328,7 +329,11 @@ def test_a_phone_gets_icon_only_controls_and_a_stacked_layout(browser, server):
         expect(page.locator("#orch-side")).to_be_hidden()
         wait_terminal(first)
         wait_terminal(second)
-        page.screenshot(path=str(SHOTS / "11-phone-done.png"), full_page=True)
+        report = first.locator(".orch-report")
+        expect(report).to_be_visible()
+        report.scroll_into_view_if_needed()
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390  # wide tables scroll inside
+        page.screenshot(path=str(SHOTS / "11-phone-report.png"))
     finally:
         context.close()
 
@@ -353,3 +358,57 @@ def test_with_a_token_the_pane_works_from_a_link_that_carries_it(browser, backen
             wait_terminal(page.locator("orch-run-pane").first)
         finally:
             context.close()
+
+
+EMBED = """<!doctype html>
+<html><head><meta charset="utf-8"><title>A chat app</title>
+<link rel="stylesheet" href="{server}/orch.css">
+<script>window.orchestratorConfig = {{ server: "{server}" }};</script>
+<script type="module">
+  import "{server}/orch.js";
+  // The chat app mounts a run pane in the thread whenever the composer launches a run.
+  document.addEventListener("orch-launched", (e) => {{
+    const pane = document.createElement("orch-run-pane");
+    pane.setAttribute("run-id", e.detail.run_id);
+    document.querySelector("#thread").append(pane);
+  }});
+  document.addEventListener("orch-open-launcher", (e) => document.querySelector("orch-launcher").open(e.detail.flow));
+</script></head>
+<body><h1>Chat</h1><div id="thread"></div><orch-composer></orch-composer><orch-launcher></orch-launcher></body></html>
+"""
+
+
+def test_the_components_embed_in_a_page_of_another_origin(browser, backend, repos_root, tmp_path):
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    host = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path)))
+    origin = f"http://127.0.0.1:{host.server_address[1]}"
+    threading.Thread(target=host.serve_forever, daemon=True).start()
+    try:
+        with Server(backend, api_settings(backend, repos_root), allow_origins=(origin,)) as srv:
+            (tmp_path / "chat.html").write_text(EMBED.format(server=srv.url))
+            context = browser.new_context(viewport={"width": 1100, "height": 900})
+            page = context.new_page()
+            try:
+                page.goto(f"{origin}/chat.html")
+                box = page.locator("orch-composer .orch-composer-input")
+                box.type("/")
+                expect(page.locator(".orch-slash-menu [role=option]")).to_have_count(6)
+                box.press("Escape")
+                box.fill("/code-review small from the chat app")
+                box.press("Enter")
+                pane = page.locator("#thread orch-run-pane")
+                expect(pane).to_have_count(1)
+                expect(pane.locator(".orch-agent")).to_have_count(4)
+                wait_terminal(pane)
+                expect(pane.locator(".orch-report")).to_contain_text("Shell command built from request input")
+                page.screenshot(path=str(SHOTS / "12-embedded.png"), full_page=True)
+                page.locator("orch-composer .orch-composer-workflow").click()
+                expect(page.locator("dialog.orch-dialog")).to_be_visible()
+            finally:
+                context.close()
+    finally:
+        host.shutdown()
+        host.server_close()

@@ -241,6 +241,11 @@ export function configure(opts = {}) {
 }
 
 export function client() {
+  if (!shared && globalThis.orchestratorConfig) {
+    // A host page on another origin sets window.orchestratorConfig = {server, token} before
+    // it loads the components.
+    shared = new OrchClient(globalThis.orchestratorConfig);
+  }
   if (!shared) {
     // A token passed as ?token= is kept for this tab, then removed from the address bar.
     const params = new URLSearchParams(location.search);
