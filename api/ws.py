@@ -4,9 +4,14 @@ Client frames: ``subscribe {run_id|null, after?}``, ``unsubscribe {run_id|null}`
 ``launch {...LaunchBody, request_id?}``, ``cancel {run_id, reason?}``, ``ping {id?}``.
 
 Server frames: on ``subscribe`` a ``snapshot`` (the projection rows, and the ``after`` from
-which events follow), then one ``event {seq, run_id, event}`` per committed event, in ``seq``
-order, with no gap and no duplicate; ``launched``, ``ack`` (cancel, unsubscribe), ``error
-{code, message}``, ``pong``, and a ``heartbeat {ts}`` every few seconds.
+which events follow), then one ``event {sub, seq, run_id, event}`` per committed event, in
+``seq`` order, with no gap and no duplicate (``sub`` names the subscription: the run id, or
+null for all runs); ``launched``, ``ack`` (cancel, unsubscribe), ``error {code, message}``,
+``pong``, and a ``heartbeat {ts}`` every few seconds (15 by default).
+
+One live feed of the log per server (``Hub``) is fanned out to every subscription, each
+frame encoded once; a subscription first catches up from the log by pages, pulled at the
+pace its client reads.
 
 A client that reconnects and subscribes with ``after`` = the last ``seq`` it saw misses
 nothing and sees nothing twice. A client that does not read fast enough is disconnected
