@@ -64,6 +64,15 @@ def node_of(handle) -> str:
     return ray.get(handle.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()), timeout=30)
 
 
+def model_replica_nodes() -> list[str]:
+    """The nodes of the model deployment's replicas (Serve names them SERVE_REPLICA::...)."""
+    nodes = []
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["name"].startswith("SERVE_REPLICA::") and "-model-" in actor["name"]:
+            nodes.append(node_of(ray.get_actor(actor["name"], namespace=actor["namespace"])))
+    return sorted(nodes)
+
+
 @ray.remote(num_cpus=0)
 def head_check_elsewhere() -> str:
     from actors.runtime import head_node
@@ -135,6 +144,7 @@ def main(scratch: Path) -> dict:
         )
         out["flowrun_node"] = node_of(ray.get_actor(names.flow_run(run_id), namespace=names.namespace))
         out["steps_planned"] = len(orch.state(run_id).plan.steps)
+        out["model_replica_nodes"] = model_replica_nodes()  # informative: Serve places them
 
         # Wait until a step on a worker node is streaming its answer (turn 1), then kill that node.
         victim, deadline = None, time.monotonic() + 60

@@ -83,8 +83,10 @@ def test_a_node_lost_mid_run_the_run_completes_on_the_others():
     # The log, the run's supervisor and the snapshot server are on the head...
     assert got["names_head_node"] == got["eventlog_node"] == got["flowrun_node"] == head
     assert got["snapshot_server_node"] == head
-    # ...agents are spread over every node, and only those off the head read remotely.
-    assert {a["node"] for a in got["agents_before"]} == {head} | workers
+    # ...agents are spread (SPREAD is a preference, so not always over every node), and only
+    # those off the head read remotely.
+    spread = {a["node"] for a in got["agents_before"]}
+    assert len(spread) >= 2 and spread & workers and spread <= {head} | workers
     assert all(a["on_head"] == (a["node"] == head) for a in got["agents_before"])
     # An Orchestrator started off the head is refused, saying where to start it.
     assert got["head_check_on_worker"].startswith("ConfigError:")
