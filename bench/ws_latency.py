@@ -7,6 +7,11 @@ receives, latency = the client's receive time − the event's ``ts`` (stamped wh
 flushed the streamed tokens to the log, so it includes the commit, the live feed and the
 fan-out). Printed: p50/p99/max per subscriber count; the last line is JSON.
 
+For comparison, a direct subscriber of the event log (another process that joins the
+server's Ray cluster, named in ``server.json``, and long-polls the log actor as the API's
+live feed does) measures the same latency without the API: the difference is what the API
+and its WebSocket fan-out add.
+
     python bench/ws_latency.py [--subscribers 1,10,100] [--tokens 240] [--rate 60]
 
 Target: p99 ≤ 50 ms at 100 subscribers.
@@ -101,6 +106,33 @@ async def subscribers(url: str, n: int, runs: int) -> None:
     print(json.dumps(latencies), flush=True)
 
 
+def log_subscriber(data_dir: str, runs: int) -> None:
+    """Follow the log directly (no API); prints 'ready', then the latencies as JSON."""
+    import ray
+
+    from actors.config import Settings
+    from actors.eventlog import LogClient
+    from actors.runtime import names_for
+
+    claim = json.loads((Path(data_dir) / "server.json").read_text())
+    ray.init(address=claim["ray_address"], namespace=claim["namespace"], log_to_driver=False, configure_logging=False)
+    names = names_for(Settings(data_dir=data_dir), claim["namespace"])
+    log = LogClient.connect(names.eventlog, namespace=names.namespace)
+    last = log.max_seq()
+    print("ready", flush=True)
+    latencies, ended = [], 0
+    while ended < runs:
+        for rec in log.poll(last, timeout=1.0):
+            now = time.time()
+            last = rec.seq
+            kind = rec.event.__struct_config__.tag
+            if kind == "output_delta":
+                latencies.append(now - rec.event.ts)
+            elif kind in ("run_finished", "run_failed", "run_cancelled"):
+                ended += 1
+    print(json.dumps(latencies), flush=True)
+
+
 # --- the driver ------------------------------------------------------------------------------
 
 
@@ -115,7 +147,9 @@ def start_server(work: Path, tokens: int, rate: float) -> tuple[subprocess.Popen
     root = work / "repos"
     make_repo(root / "demo")
     (work / "script.json").write_text(json.dumps(script(tokens, rate)))
-    env = {**os.environ, "ORCH_REPO_ROOTS": str(root), "ORCH_DATA_DIR": str(work / "data")}
+    # No Ray token for this throwaway local cluster, so that the direct log subscriber (another
+    # process) can join it.
+    env = {**os.environ, "ORCH_REPO_ROOTS": str(root), "ORCH_DATA_DIR": str(work / "data"), "RAY_AUTH_MODE": "disabled"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "api.cli", "serve", "--engine", "scripted", "--script", str(work / "script.json"), "--port", "0"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -136,18 +170,25 @@ def start_server(work: Path, tokens: int, rate: float) -> tuple[subprocess.Popen
     raise SystemExit("the server did not start in time")
 
 
-def measure(base: str, n: int, repo: str) -> list[float]:
+def measure(base: str, n: int, repo: str, data_dir: str) -> tuple[list[float], list[float]]:
+    """(WebSocket client latencies, direct log subscriber latencies) for one run."""
     import httpx
 
     ws_url = base.replace("http", "ws", 1) + "/ws"
     client = subprocess.Popen(
         [sys.executable, __file__, "--client", ws_url, "--n", str(n)], stdout=subprocess.PIPE, text=True
     )
+    direct = subprocess.Popen(
+        [sys.executable, __file__, "--log", data_dir], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        text=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )
     assert client.stdout.readline().strip() == "ready", "the subscribers did not get ready"
+    assert direct.stdout.readline().strip() == "ready", "the log subscriber did not get ready"
     resp = httpx.post(base + "/api/runs", json={"flow": "code-review", "repo": repo, "band": "small"}, timeout=60)
     resp.raise_for_status()
     out, _ = client.communicate(timeout=600)
-    return json.loads(out.strip().splitlines()[-1])
+    log_out, _ = direct.communicate(timeout=600)
+    return json.loads(out.strip().splitlines()[-1]), json.loads(log_out.strip().splitlines()[-1])
 
 
 def main() -> int:
@@ -157,9 +198,13 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=60.0, help="tokens per second per agent")
     ap.add_argument("--client", help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--log", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.client:
         asyncio.run(subscribers(args.client, args.n, runs=1))
+        return 0
+    if args.log:
+        log_subscriber(args.log, runs=1)
         return 0
 
     counts = [int(x) for x in args.subscribers.split(",")]
@@ -169,18 +214,22 @@ def main() -> int:
         proc, base = start_server(work, args.tokens, args.rate)
         try:
             for n in counts:
-                lat = measure(base, n, str(work / "repos" / "demo"))
+                lat, direct = measure(base, n, str(work / "repos" / "demo"), str(work / "data"))
                 ms = [x * 1000 for x in lat]
+                log_ms = [x * 1000 for x in direct]
                 results[n] = {
                     "subscribers": n,
                     "deltas": len(ms),
                     "p50_ms": round(pct(ms, 0.50), 2),
                     "p99_ms": round(pct(ms, 0.99), 2),
                     "max_ms": round(max(ms), 2) if ms else None,
+                    "log_p50_ms": round(pct(log_ms, 0.50), 2),
+                    "log_p99_ms": round(pct(log_ms, 0.99), 2),
                 }
                 r = results[n]
                 print(f"{n:>4} subscribers: {r['deltas']:>6} deltas received  p50 {r['p50_ms']:7.2f} ms  "
-                      f"p99 {r['p99_ms']:7.2f} ms  max {r['max_ms']:7.2f} ms", flush=True)
+                      f"p99 {r['p99_ms']:7.2f} ms  max {r['max_ms']:7.2f} ms   "
+                      f"(direct log subscriber: p50 {r['log_p50_ms']:6.2f} ms  p99 {r['log_p99_ms']:7.2f} ms)", flush=True)
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -196,6 +245,8 @@ def main() -> int:
         "target_p99_ms_at_100": 50,
         "meets_target": bool(top) and max(counts) >= 100 and top["p99_ms"] <= 50,
     }
+    print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
+    summary["loadavg_1m"] = round(os.getloadavg()[0], 2)
     print(json.dumps(summary))
     return 0
 
