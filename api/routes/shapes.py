@@ -7,7 +7,7 @@ stable code; their JSON Schema is what the OpenAPI document publishes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import msgspec
 
