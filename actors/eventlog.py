@@ -174,6 +174,7 @@ class EventLogActor:
             "pid": os.getpid(),
             "max_seq": self._log.max_seq(),
             "batches": self._log.batches,
+            "cpu_s": time.process_time(),  # this process's CPU, for benchmarks
         }
 
     async def close(self) -> None:
