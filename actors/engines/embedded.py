@@ -146,16 +146,16 @@ class EmbeddedEngine:
                     await asyncio.sleep(wait)
                 while not queue.empty():  # what piled up goes on as one delta
                     items.append(queue.get_nowait())
-                deltas = []
+                deltas, error = [], None
                 for item in items:
-                    if item is None:
-                        ended = True
+                    if item is None or isinstance(item, BaseException):
+                        ended, error = True, item
                         break
-                    if isinstance(item, BaseException):
-                        raise item
                     deltas.append(item)
                 for delta in _merge(deltas):
                     yield delta
+                if error is not None:
+                    raise error  # after the text that came before it
                 last = loop.time()
             await job
         finally:
