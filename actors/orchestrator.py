@@ -105,10 +105,16 @@ class Orchestrator:
         return run_id
 
     def resume_all(self) -> list[str]:
-        """Pick up every run that is not terminal (after a restart): fold, then advance."""
+        """Pick up every run that is not terminal (after a restart): fold, then advance.
+
+        Each run's ``FlowRun`` is created at once and they start together, so the time to the
+        first resumed token does not grow with the number of runs. A run that cannot be
+        resumed (its model cannot be started again, say) is recorded as failed with the
+        reason, rather than keeping the server from starting or staying unfinished for ever.
+        """
         from projections.queries import list_runs
 
-        resumed = []
+        created = []
         rows = self.log.query_rows(list_runs, status=("requested", "planned", "running"), limit=10_000)
         for row in rows:
             run_id = row["run_id"]
@@ -122,23 +128,41 @@ class Orchestrator:
                 [RunResumed(run_id=run_id, ts=time.time(), reason="server restarted", in_flight=in_flight)],
                 [f"{run_id}/resumed/{state.resumes}"],
             )
-            port = self._ensure_model(state.plan.engine, state.plan.model)
-            self._start_run(run_id, port, resumed=True)
-            resumed.append(run_id)
-        return resumed
+            try:
+                port = self._ensure_model(state.plan.engine, state.plan.model)
+                created.append((run_id, self._create_run(run_id, port, resumed=True)))
+            except Exception as exc:  # one run that cannot go on must not stop the others
+                self._fail(run_id, f"could not be resumed: {type(exc).__name__}: {exc}")
+        for (run_id, actor), ref in zip(created, [actor.start.remote() for _, actor in created]):
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayError as exc:
+                self._fail(run_id, f"could not be resumed: {type(exc).__name__}: {exc}")
+                continue
+            self._runs[run_id] = actor
+        return [run_id for run_id, _ in created if run_id in self._runs]
+
+    def _fail(self, run_id: str, error: str) -> None:
+        from events.types import RunFailed
+
+        # The key the FlowRun uses for its own failure: a run fails once.
+        self.log.append([RunFailed(run_id=run_id, ts=time.time(), error=error[:2000])], [f"{run_id}/failed"])
 
     def _start_run(self, run_id: str, port: ModelPort, *, resumed: bool) -> None:
+        actor = self._create_run(run_id, port, resumed=resumed)
+        ray.get(actor.start.remote())
+        self._runs[run_id] = actor
+
+    def _create_run(self, run_id: str, port: ModelPort, *, resumed: bool):
         from actors.flow_run import FlowRun
 
-        actor = FlowRun.options(
+        return FlowRun.options(
             name=self.names.flow_run(run_id),
             namespace=self.names.namespace,
             get_if_exists=True,
             # The supervisor reads the run's snapshot from the data directory: it runs on the head.
             scheduling_strategy=on_head(self.names),
         ).remote(self.names, self.settings, run_id, port, resumed)
-        ray.get(actor.start.remote())
-        self._runs[run_id] = actor
 
     def _resolve_engine(self, requested: RunRequested) -> tuple[str, str]:
         from actors.engines import select_engine

@@ -40,8 +40,11 @@ def personas() -> list[str]:
     return sorted(load_personas(None))
 
 
-def script(tokens_per_s: float = 40.0) -> dict:
-    replies: list[dict] = [{"match": ["adversarial-validator/"], "json": VALIDATOR}]
+def script(tokens_per_s: float = 40.0, validator_tokens_per_s: float | None = None) -> dict:
+    validator: dict = {"match": ["adversarial-validator/"], "json": VALIDATOR}
+    if validator_tokens_per_s is not None:  # its answer is short: slow it to be killed mid-way
+        validator["tokens_per_s"] = validator_tokens_per_s
+    replies: list[dict] = [validator]
     for name in personas():
         if name == "adversarial-validator":
             continue

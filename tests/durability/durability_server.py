@@ -10,6 +10,9 @@ outside the session is touched (other Ray instances on the machine keep running)
 ``kill(whole=False)`` kills the serve process alone, as ``kill -9 <pid>`` would; its Ray then
 goes down on its own (the GCS and raylet share the server's fate, the workers follow them).
 
+``Watcher`` is a client that follows every run's committed events through the REST events
+endpoint across restarts: what it saw is what the server acknowledged.
+
 Used by the crash-loop test and by ``bench/resume.py``.
 """
 
@@ -20,6 +23,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -167,3 +171,59 @@ class Server:
 
     def client(self, timeout: float = 120.0) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=timeout)
+
+
+class Watcher(threading.Thread):
+    """A client following every run's committed events over REST, across restarts."""
+
+    def __init__(self, server: Server):
+        super().__init__(daemon=True)
+        self.server = server
+        self.runs: list[str] = []
+        self.seen: dict[int, tuple[float, str, dict]] = {}  # seq -> (when, run, event)
+        self._last: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        url, client = "", None
+        while not self._halt.is_set():
+            if self.server.url != url:
+                if client is not None:
+                    client.close()
+                url = self.server.url
+                client = httpx.Client(base_url=url, timeout=5)
+            for run_id in list(self.runs):
+                try:
+                    resp = client.get(f"api/runs/{run_id}/events", params={"after": self._last.get(run_id, 0), "limit": 5000})
+                except httpx.HTTPError:
+                    continue  # the server is down or restarting
+                if resp.status_code != 200:
+                    continue
+                now = time.monotonic()
+                page = resp.json()
+                with self._lock:
+                    for rec in page["records"]:
+                        self.seen[rec["seq"]] = (now, run_id, rec["event"])
+                    self._last[run_id] = page["last_seq"]
+            time.sleep(0.03)
+        if client is not None:
+            client.close()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(10)
+
+    def since(self, t0: float) -> list[dict]:
+        with self._lock:
+            return [ev for when, _, ev in self.seen.values() if when >= t0]
+
+    def first(self, t0: float, predicate) -> float | None:
+        """When the first event seen after ``t0`` that satisfies ``predicate`` was seen."""
+        with self._lock:
+            times = [when for when, _, ev in self.seen.values() if when >= t0 and predicate(ev)]
+        return min(times, default=None)
+
+    def acknowledged(self) -> dict[int, dict]:
+        with self._lock:
+            return {seq: ev for seq, (_, _, ev) in self.seen.items()}

@@ -63,6 +63,8 @@ def cut_points(events) -> dict[str, int]:
 
 
 def test_runs_cut_anywhere_resume_and_complete(orch, repo):
+    """Also: a run whose model cannot be started again is failed with the reason, and does not
+    keep the others from resuming."""
     source = orch.launch(LaunchRequest(flow="code-review", repo=str(repo), text="recorded"))
     assert orch.wait(source, 180) == "finished"
     events = [r.event for r in records(orch, source)]
@@ -77,8 +79,16 @@ def test_runs_cut_anywhere_resume_and_complete(orch, repo):
         shutil.copytree(orch.names.run_dir(source), orch.names.run_dir(run_id))  # its pinned snapshot
         made[run_id] = kept
 
+    # A run planned on an engine this server cannot start (no OpenAI endpoint configured).
+    stuck = f"{source}-cut-unresumable"
+    kept = [msgspec.structs.replace(e, run_id=stuck) for e in events[: cuts["mid-answer"]]]
+    kept[1] = msgspec.structs.replace(kept[1], engine="openai", model="elsewhere")
+    orch.log.append(kept, [f"{stuck}/recorded/{i}" for i in range(len(kept))])
+
     resumed = orch.resume_all()
     assert sorted(resumed) == sorted(made)  # every cut run, and not the finished one
+    failed = orch.state(stuck)
+    assert failed.status == "failed" and failed.error.startswith("could not be resumed: ConfigError")
     for run_id, kept in made.items():
         assert orch.wait(run_id, 240) == "finished", run_id
         recs = records(orch, run_id)
