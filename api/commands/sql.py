@@ -196,6 +196,8 @@ def print_table(result) -> None:
     for row in result.rows:
         table.add_row(*("NULL" if v is None else str(v) for v in row))
     console = Console(file=sys.stdout, soft_wrap=True)
+    if not console.is_terminal:
+        console = Console(file=sys.stdout, width=240)  # piped: keep values whole, not "ad…"
     console.print(table)
     shown = len(result.rows)
     note = f"{shown} row{'s' if shown != 1 else ''}"
