@@ -44,7 +44,8 @@ logger = logging.getLogger(__name__)
 MAX_BATCH = 10_000  # events per transaction (one append call is never split)
 RECENT_RECORDS = 20_000  # the tail kept in memory for subscribers and polls
 RECENT_BYTES = 32 << 20
-IDLE_CHECKPOINT_BYTES = 1 << 20  # WAL size at which an idle writer checkpoints
+IDLE_GAP = 0.2  # seconds without an append after which the writer counts as idle
+IDLE_CHECKPOINT_BYTES = 64 << 10  # WAL size worth a checkpoint when idle
 # DuckDB's buffer pool otherwise grows to 80% of RAM, caching every block the log wrote:
 # bounded, the writer's memory no longer grows with the log (it spills to <path>.tmp).
 MEMORY_LIMIT = "256MB"
@@ -207,7 +208,7 @@ class DuckDBLog(EventLog):
     subscriber_buffer
         Live records a subscriber may hold before it is dropped.
     idle_checkpoint
-        WAL bytes at which the writer checkpoints when no append is waiting.
+        WAL bytes worth a checkpoint once no append has come for ``IDLE_GAP`` seconds.
     memory_limit
         DuckDB's buffer pool for this file (shared with reader cursors), or None for
         DuckDB's default; not applied to ``":memory:"``, whose tables live in that pool.
@@ -419,42 +420,64 @@ class DuckDBLog(EventLog):
     # --- the writer thread ---------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._write_loop()
+        except BaseException as exc:  # a bug here must fail the waiting appenders, not hang them
+            logger.exception("the writer of %s stopped", self.path)
+            with self._cv:
+                self._closing = True
+                pending, self._queue = list(self._queue), deque()
+            for item in pending:
+                _fail(item.future, LogClosed(f"the writer of event log {self.path} failed: {exc!r}"))
+
+    def _write_loop(self) -> None:
+        dirty = False  # committed since the last checkpoint
         while True:
             with self._cv:
-                while not self._queue and not self._closing:
+                idle = False
+                if dirty and not self._queue and not self._closing:
+                    self._cv.wait(IDLE_GAP)
+                    idle = not self._queue and not self._closing
+                while not idle and not self._queue and not self._closing:
                     self._cv.wait()
-                if not self._queue:
-                    break
-                first = self._queue.popleft()
-                if isinstance(first, _Checkpoint):
-                    group: list[_Append] = []
-                    control: _Checkpoint | None = first
-                else:
-                    group, control = [first], None
-                    count = len(first.blobs)
-                    while self._queue and isinstance(self._queue[0], _Append):
-                        if count + len(self._queue[0].blobs) > self._max_batch:
-                            break
-                        nxt = self._queue.popleft()
-                        group.append(nxt)  # type: ignore[arg-type]
-                        count += len(nxt.blobs)  # type: ignore[union-attr]
-            if control is not None:
-                _settle(control.future, self._checkpoint_now)
-            else:
-                self._commit_group(group)
-                if not self._queue and self._wal_bytes() >= self._idle_checkpoint:
-                    # Checkpoint in small steps while appends are sparse: a checkpoint stalls
-                    # commits for a time that grows with the WAL, and DuckDB's own (at 16 MB)
-                    # stalls them for ~50-400 ms. Under load the queue is never empty and
-                    # DuckDB's threshold applies.
+                if not idle and not self._queue:
+                    break  # closing, and nothing left to commit
+                group, control = ([], None) if idle else self._take_group()
+            if idle:
+                # A pause after a burst: checkpoint now, while nobody waits, so the next burst
+                # does not pay for it (a checkpoint stalls commits, and DuckDB's own, at 16 MB
+                # of WAL, stalls them for 50-400 ms here).
+                dirty = False
+                if self._wal_bytes() >= self._idle_checkpoint:
                     try:
                         self._checkpoint_now()
                     except duckdb.Error:
                         logger.exception("idle checkpoint of %s failed", self.path)
+            elif control is not None:
+                _settle(control.future, self._checkpoint_now)
+                dirty = False
+            else:
+                self._commit_group(group)
+                dirty = True
         try:
             self._checkpoint_now()  # a clean shutdown leaves no WAL to replay
         except duckdb.Error:
             pass
+
+    def _take_group(self) -> tuple[list[_Append], _Checkpoint | None]:
+        """Everything pending, up to ``max_batch`` events (caller holds ``_cv``)."""
+        first = self._queue.popleft()
+        if isinstance(first, _Checkpoint):
+            return [], first
+        group, count = [first], len(first.blobs)
+        while self._queue and isinstance(self._queue[0], _Append):
+            if count + len(self._queue[0].blobs) > self._max_batch:
+                break
+            item = self._queue.popleft()
+            assert isinstance(item, _Append)
+            group.append(item)
+            count += len(item.blobs)
+        return group, None
 
     def _checkpoint_now(self) -> None:
         self._con.execute("CHECKPOINT")

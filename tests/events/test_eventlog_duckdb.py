@@ -130,6 +130,38 @@ def test_buffer_pool_is_bounded_and_a_bad_limit_is_refused(tmp_path):
         assert log.query("SELECT current_setting('memory_limit')").rows == [("244.1 MiB",)]
 
 
+def test_an_idle_writer_checkpoints_after_a_burst(tmp_path):
+    import time
+
+    wal = tmp_path / "events.duckdb.wal"
+    with DuckDBLog(tmp_path / "events.duckdb") as log:
+        for c in range(10):
+            log.append(*batch("r", "s", c * 100, 100))
+        assert wal.stat().st_size > 64 << 10
+        deadline = time.monotonic() + 10
+        while wal.exists() and wal.stat().st_size > 0:
+            assert time.monotonic() < deadline, "no checkpoint after the burst"
+            time.sleep(0.05)
+        assert log.append(*batch("r", "s", 1000, 1)) == [1001]
+
+
+def test_a_failing_writer_fails_its_appenders_instead_of_hanging_them(tmp_path, monkeypatch):
+    from events.errors import LogClosed
+
+    log = DuckDBLog(tmp_path / "events.duckdb")
+    log.append(*batch("r", "s", 0, 1))
+
+    def broken(self):
+        raise RuntimeError("a bug in the writer")
+
+    monkeypatch.setattr(DuckDBLog, "_take_group", broken)
+    with pytest.raises(LogClosed, match="a bug in the writer"):
+        log.submit_encoded([blob(delta("r", "s", 1))], ["k1"]).result(10)
+    with pytest.raises(LogClosed):
+        log.append(*batch("r", "s", 2, 1))
+    log.close()
+
+
 def test_checkpoint_between_appends(tmp_path):
     with DuckDBLog(tmp_path / "events.duckdb") as log:
         log.append(*batch("r", "s", 0, 10))
