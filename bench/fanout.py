@@ -82,7 +82,9 @@ async def run_orchestrator(stub: StubServer, repo: Path, data_dir: Path, agents:
         step_turns=1,
         step_max_tokens=stub.tokens,
     )
-    orch = Orchestrator(settings)
+    loop = asyncio.get_running_loop()
+    # The facade is synchronous (the API calls it from a thread pool): do the same here.
+    orch = await loop.run_in_executor(None, Orchestrator, settings)
     extra = (
         "junior-developer", "adversarial-security-analyst", "test-engineer", "edge-case-explorer",
         "structural-analyst", "behavioral-analyst", "concurrency-analyst", "data-engineer",
@@ -90,16 +92,16 @@ async def run_orchestrator(stub: StubServer, repo: Path, data_dir: Path, agents:
     )
     try:
         # Warm-up: the model deployment and the agent pool start once, as in a running server.
-        warm = orch.launch(LaunchRequest(flow="code-review", repo=str(repo), base="HEAD~1", band="small"))
-        await asyncio.get_running_loop().run_in_executor(None, orch.wait, warm, 120)
-
-        t0 = time.time()
-        run_id = orch.launch(
-            LaunchRequest(
-                flow="code-review", repo=str(repo), base="HEAD~1", band="large",
-                personas=extra[: max(0, agents - 1)],
-            )
+        warm = await loop.run_in_executor(
+            None, orch.launch, LaunchRequest(flow="code-review", repo=str(repo), base="HEAD~1", band="small")
         )
+        await loop.run_in_executor(None, orch.wait, warm, 120)
+
+        request = LaunchRequest(
+            flow="code-review", repo=str(repo), base="HEAD~1", band="large", personas=extra[: max(0, agents - 1)]
+        )
+        t0 = time.time()
+        run_id = await loop.run_in_executor(None, orch.launch, request)
         latencies: list[float] = []
         async for records in orch.subscribe(run_id, 0):
             now = time.time()
@@ -113,7 +115,7 @@ async def run_orchestrator(stub: StubServer, repo: Path, data_dir: Path, agents:
             if done:
                 break
         wall = time.time() - t0
-        state = orch.state(run_id)
+        state = await loop.run_in_executor(None, orch.state, run_id)
         waves = sorted({st.step.wave for st in state.steps.values()})
         step_overheads = [
             (st.ended_ts - st.queued_ts) - stub.call_seconds
@@ -129,7 +131,7 @@ async def run_orchestrator(stub: StubServer, repo: Path, data_dir: Path, agents:
             "step_overheads": step_overheads,
         }
     finally:
-        orch.close()
+        await loop.run_in_executor(None, orch.close)
 
 
 async def run_langgraph(stub: StubServer, waves: list[list[str]], db: Path) -> dict:
@@ -193,6 +195,9 @@ def main() -> None:
     ) as stub:
         root = Path(tmp)
         repo = make_repo(root)
+        from actors.runtime import ensure_ray
+
+        ensure_ray()  # on the main thread: Ray installs signal handlers there
         ours = asyncio.run(run_orchestrator(stub, repo, root / "data", args.agents))
         theirs = asyncio.run(run_langgraph(stub, ours["waves"], root / "langgraph.sqlite"))
 

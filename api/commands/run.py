@@ -36,9 +36,12 @@ def run(args: argparse.Namespace, settings) -> int:
     if args.script:
         if args.engine != "scripted":
             raise CommandError("--script goes with --engine scripted")
-        from actors.engines.scripted import load_script
+        from actors.engines.scripted import ScriptError, load_script
 
-        script = load_script(args.script)
+        try:
+            script = load_script(args.script)
+        except ScriptError as exc:
+            raise CommandError(str(exc), 2) from None
     req = LaunchRequest(
         flow=args.flow,
         repo=args.repo,
