@@ -557,18 +557,22 @@ class DuckDBLog(EventLog):
         # DuckDB refuses an Arrow scan while an earlier result (say, the projector's last
         # SELECT) is unfinished on the connection: finish it first.
         con.complete()
-        con.begin()
-        try:
+        if self._projector is None:
+            # One statement is one transaction: fewer calls into DuckDB, each of which gives
+            # up the GIL and must win it back from the appenders' threads.
             con.from_arrow(batch).insert_into("events")
-            if self._projector is not None:
-                self._projector.apply(con, records)
-            con.commit()
-        except BaseException:
+        else:
+            con.begin()
             try:
-                con.rollback()
-            except duckdb.Error:  # the failed statement may have ended the transaction
-                pass
-            raise
+                con.from_arrow(batch).insert_into("events")
+                self._projector.apply(con, records)
+                con.commit()
+            except BaseException:
+                try:
+                    con.rollback()
+                except duckdb.Error:  # the failed statement may have ended the transaction
+                    pass
+                raise
         self.batches += 1
         self._seq = seqs[-1]
         if simple:
