@@ -11,6 +11,10 @@ columns from the events measured faster here than handing the Appender one tuple
 Idempotency keys are remembered as ``hash(key) -> seq`` in memory (``KeyIndex``: sorted numpy
 arrays, ~16 bytes a key, where a dict of Python ints took ~115 MB per million); a hit is
 confirmed by reading the stored key, so a hash collision never drops an event.
+
+A checkpoint stalls commits (DuckDB's own, at 16 MB of WAL, for 50-400 ms here), so the writer
+also checkpoints after a pause in appends, and bursts rarely meet one. DuckDB's buffer pool is
+bounded, so the writer's memory does not grow with the log.
 """
 
 from __future__ import annotations
