@@ -108,9 +108,10 @@ async def run_orchestrator(stub: StubServer, repo: Path, data_dir: Path, agents:
             done = False
             for rec in records:
                 ev = rec.event
-                if ev.kind == "output_delta":  # type: ignore[attr-defined]
+                kind = ev.__struct_config__.tag
+                if kind == "output_delta":
                     latencies += [now - ts for ts in stamps(ev.text)]
-                if ev.kind in ("run_finished", "run_failed", "run_cancelled"):  # type: ignore[attr-defined]
+                if kind in ("run_finished", "run_failed", "run_cancelled"):
                     done = True
             if done:
                 break
