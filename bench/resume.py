@@ -12,6 +12,7 @@ partial answer), runs lost (target 0), steps whose text ended up cut or doubled 
 engine only). Ends with one JSON line.
 
     python bench/resume.py [--trials 20] [--engine scripted|embedded] [--tokens-per-s 40]
+                           [--no-continue] [--serve-only]
 """
 
 from __future__ import annotations
@@ -47,12 +48,28 @@ def streamed(ev: dict) -> bool:
     return ev["kind"] == "output_delta" and bool(ev.get("text"))
 
 
+def to_stream(watcher: Watcher) -> set[tuple[str, str]]:
+    """Steps the client has not seen finish (of runs it has not seen end): work that a
+    restarted server must stream."""
+    planned, done, ended = set(), set(), set()
+    for ev in watcher.since(0):
+        if ev["kind"] == "run_planned":
+            planned |= {(ev["run_id"], s["step_id"]) for s in ev["steps"]}
+        elif ev["kind"] in ("step_finished", "step_failed"):
+            done.add((ev["run_id"], ev["step_id"]))
+        elif ev["kind"] in ("run_finished", "run_failed", "run_cancelled"):
+            ended.add(ev["run_id"])
+    return {(r, s) for r, s in planned - done if r not in ended}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--engine", choices=("scripted", "embedded"), default="scripted")
     ap.add_argument("--tokens-per-s", type=float, default=40.0, help="scripted engine's token rate")
     ap.add_argument("--serve-only", action="store_true", help="kill the serve process alone, not its Ray")
+    ap.add_argument("--no-continue", action="store_true",
+                    help="scripted engine that cannot continue a partial answer (resumes as new attempts)")
     ap.add_argument("--max-tokens", type=int, default=96, help="step token limit (embedded engine)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -65,7 +82,9 @@ def main() -> int:
     script_file = None
     if args.engine == "scripted":
         script_file = work / "script.json"
-        script_file.write_text(json.dumps(script(tokens_per_s=args.tokens_per_s, validator_tokens_per_s=4)))
+        scripted = script(tokens_per_s=args.tokens_per_s, validator_tokens_per_s=4)
+        scripted["supports_continue"] = not args.no_continue
+        script_file.write_text(json.dumps(scripted))
     else:
         env["ORCH_STEP_MAX_TOKENS"] = str(args.max_tokens)
     server = Server(work / "data", engine=args.engine, script=script_file, env=env)
@@ -92,22 +111,25 @@ def main() -> int:
             deadline = time.monotonic() + 120
             while watcher.first(up, streamed) is None and time.monotonic() < deadline:
                 time.sleep(0.02)
-            time.sleep(rng.uniform(0.2, 3.0))
+            time.sleep(rng.uniform(0.2, 2.0))
             server.kill(whole=not args.serve_only)
+            pending = to_stream(watcher)
             t0 = time.monotonic()
             server.start()
             to_serving.append(time.monotonic() - t0)
-            deadline = time.monotonic() + 120
-            while (first := watcher.first(t0, streamed)) is None and time.monotonic() < deadline:
-                time.sleep(0.01)
-            if first is None:
-                no_token += 1
-            else:
-                to_token.append(first - t0)
+            first = None
+            if pending:
+                deadline = time.monotonic() + 120
+                while (first := watcher.first(t0, streamed)) is None and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                if first is None:
+                    no_token += 1
+                else:
+                    to_token.append(first - t0)
             up = t0
             print(
                 f"trial {trial + 1}/{args.trials}: serving after {to_serving[-1]:.1f}s, first resumed token "
-                + (f"after {to_token[-1]:.1f}s" if first is not None else "never (120 s)"),
+                + (f"after {first - t0:.1f}s" if first is not None else "never (120 s)" if pending else "n/a (every run had ended)"),
                 flush=True,
             )
         # Let every run finish, then read the log as the last server left it.
@@ -154,7 +176,7 @@ def main() -> int:
 
     print()
     print(f"resume benchmark: {args.trials} kills ({'serve process' if args.serve_only else 'whole instance'}), "
-          f"engine {args.engine}, {len(watcher.runs)} runs, {took:.0f} s")
+          f"engine {args.engine}{' (cannot continue)' if args.no_continue else ''}, {len(watcher.runs)} runs, {took:.0f} s")
     print(f"  restart -> serving:             p50 {pct(to_serving, 50):6.2f} s   p99 {pct(to_serving, 99):6.2f} s")
     print(f"  restart -> first resumed token: p50 {pct(to_token, 50):6.2f} s   p99 {pct(to_token, 99):6.2f} s"
           + (f"   ({no_token} restarts streamed nothing within 120 s)" if no_token else ""))
@@ -168,7 +190,7 @@ def main() -> int:
             print(f"    {line}")
     print(json.dumps({
         "bench": "resume",
-        "engine": args.engine,
+        "engine": args.engine + (" (cannot continue)" if args.no_continue else ""),
         "kill": "serve-only" if args.serve_only else "whole-instance",
         "trials": args.trials,
         "runs": len(watcher.runs),

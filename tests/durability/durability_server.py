@@ -196,12 +196,12 @@ class Watcher(threading.Thread):
             for run_id in list(self.runs):
                 try:
                     resp = client.get(f"api/runs/{run_id}/events", params={"after": self._last.get(run_id, 0), "limit": 5000})
-                except httpx.HTTPError:
-                    continue  # the server is down or restarting
-                if resp.status_code != 200:
-                    continue
+                    if resp.status_code != 200:
+                        continue
+                    page = resp.json()
+                except (httpx.HTTPError, ValueError):
+                    continue  # the server is down, restarting, or died while answering
                 now = time.monotonic()
-                page = resp.json()
                 with self._lock:
                     for rec in page["records"]:
                         self.seen[rec["seq"]] = (now, run_id, rec["event"])
