@@ -4,10 +4,10 @@ Creating an actor costs ~0.25 s here, so a small pool serves every run, each act
 many steps at once (they spend their time waiting on the model). A dead agent is restarted
 by Ray; the FlowRun dispatches its in-flight step again and the step picks up from the log.
 
-Agents go wherever Ray has room (``SPREAD``): they hold no state of their own. An agent on the
-head reads the pinned snapshot from the data directory; an agent on any other node sends its
-read-only tool calls to the snapshot server on the head (``actors.snapshot_server``), so no
-node needs the repository or a shared filesystem.
+Agents are spread round the cluster's nodes (each prefers one, softly): they hold no state of
+their own. An agent on the head reads the pinned snapshot from the data directory; an agent on
+any other node sends its read-only tool calls to the snapshot server on the head
+(``actors.snapshot_server``), so no node needs the repository or a shared filesystem.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ class AgentStep:
         self._snapshots: OrderedDict[_Key, Any] = OrderedDict()
         self._users: dict[_Key, int] = {}  # steps running now on each snapshot
         self._server = None
+        self._handles: dict[str, Any] = {}
         node = ray.get_runtime_context().get_node_id()
         # On the head the data directory is right here; elsewhere it is not (no shared disk).
         self.on_head = not names.head_node or names.head_node == node
@@ -43,7 +44,9 @@ class AgentStep:
         from actors.model import stream_chat, model_handle
 
         log = self._log_client()
-        handle = model_handle(model_app)
+        handle = self._handles.get(model_app)
+        if handle is None:  # looked up once: a lookup asks Serve's controller
+            handle = self._handles[model_app] = model_handle(model_app)
 
         async def read_step(run_id: str, step_id: str):
             return await log.read_async(0, run_id=run_id, step_id=step_id)
@@ -75,12 +78,8 @@ class AgentStep:
     def _tools(self, spec: StepSpec) -> tuple[Any, Callable[[], None]]:
         """The read-only tools of one step, and what to call when the step ends."""
         if self.on_head:
-            from actors.tools import ToolGate
-
-            key = (spec.repo, spec.commit, spec.work_dir)
-            snap = self._snapshot(key)
-            self._users[key] = self._users.get(key, 0) + 1
-            return ToolGate(snap), lambda: self._release(key, snap)
+            tools = _LocalTools(self, (spec.repo, spec.commit, spec.work_dir))
+            return tools, tools.release
         from actors.snapshot_server import RemoteTools, SnapshotRef, snapshot_server
 
         if self._server is None:
@@ -102,6 +101,11 @@ class AgentStep:
         self._snapshots.move_to_end(key)
         return snap
 
+    def _acquire(self, key: _Key) -> Any:
+        snap = self._snapshot(key)
+        self._users[key] = self._users.get(key, 0) + 1
+        return snap
+
     def _release(self, key: _Key, snap: Any) -> None:
         # A snapshot no step is reading holds no git process: with many runs at once, readers
         # would otherwise pile up (one per run per agent). Its caches stay for the next step.
@@ -116,6 +120,29 @@ class AgentStep:
 
             self._log = LogClient.connect(self._names.eventlog, namespace=self._names.namespace)
         return self._log
+
+
+class _LocalTools:
+    """The read tools of one step on the head, over the run's snapshot, opened at the first
+    call: many steps call no tool, and opening starts a git reader."""
+
+    def __init__(self, agent: AgentStep, key: _Key):
+        self._agent, self._key = agent, key
+        self._gate = None
+        self._snap = None
+
+    def call(self, name: Any, args: Any) -> Any:
+        if self._gate is None:
+            from actors.tools import ToolGate
+
+            self._snap = self._agent._acquire(self._key)
+            self._gate = ToolGate(self._snap)
+        return self._gate.call(name, args)
+
+    def release(self) -> None:
+        if self._snap is not None:
+            self._agent._release(self._key, self._snap)
+            self._snap = None
 
 
 class AgentPool(list):
@@ -136,12 +163,28 @@ def agent_pool(names: Names) -> AgentPool:
                 namespace=names.namespace,
                 get_if_exists=True,
                 lifetime="detached",
-                scheduling_strategy="SPREAD",
+                scheduling_strategy=_placement(i, nodes),
             ).remote(names)
+            for nodes in [_alive_nodes()]
             for i in range(names.pool_size)
         ],
         names,
     )
+
+
+def _alive_nodes() -> list[str]:
+    return sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
+
+
+def _placement(i: int, nodes: list[str]) -> Any:
+    """Agent ``i`` prefers the ``i``-th node round the cluster (Ray's ``SPREAD`` alone put a
+    whole pool on one node at times). Soft: if that node is full or lost, any node will do,
+    and that is where a restarted agent goes."""
+    if len(nodes) < 2:
+        return "SPREAD"
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(node_id=nodes[i % len(nodes)], soft=True)
 
 
 def stop_agent_pool(agents: list) -> None:

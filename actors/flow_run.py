@@ -50,16 +50,9 @@ MAX_PICKUPS = 3
 
 @ray.remote(max_restarts=0, num_cpus=0, max_concurrency=1000)
 class FlowRun:
-    def __init__(
-        self,
-        names: Names,
-        settings: Settings,
-        run_id: str,
-        model: ModelPort,
-        resumed: bool = False,
-    ):
+    def __init__(self, names: Names, settings: Settings, run_id: str):
         self._names, self._settings, self._run_id = names, settings, run_id
-        self._model, self._resumed = model, resumed
+        self._model: ModelPort | None = None
         self._state: RunState | None = None
         self._inflight: dict[str, tuple[Any, asyncio.Task]] = {}
         self._done = asyncio.Event()
@@ -73,8 +66,22 @@ class FlowRun:
         self._pickups: dict[tuple[str, int], int] = {}
         self._lost: dict[str, str] = {}  # why a step's agent gave no outcome, last time
 
-    async def start(self) -> None:
+    async def warm(self) -> None:
+        """Do now what every run needs first (imports, personas, the log and the agents), so a
+        supervisor made ahead of its run starts that run at once."""
+        import conductor.evidence  # noqa: F401
+        import conductor.findings  # noqa: F401
+        import conductor.prompts  # noqa: F401
+        import conductor.report  # noqa: F401
+        import conductor.validator  # noqa: F401
+
+        self._load_personas()
+        self._log()
+        self._pool()
+
+    async def start(self, model: ModelPort) -> None:
         if self._task is None:
+            self._model = model
             self._task = asyncio.get_running_loop().create_task(self._main())
 
     async def wait(self, timeout: float | None = None) -> str:
@@ -106,8 +113,7 @@ class FlowRun:
         try:
             await self._catch_up()
             while not self._state.terminal:
-                for decision in advance(self._state, resume=self._orphans()):
-                    await self._carry_out(decision)
+                await self._carry_out(advance(self._state, resume=self._orphans()))
                 await self._catch_up()
                 if self._state.terminal:
                     break
@@ -184,31 +190,36 @@ class FlowRun:
 
     # --- carrying out decisions ---------------------------------------------------------------
 
-    async def _carry_out(self, decision) -> None:
-        match decision:
-            case Dispatch(step_id=step_id, attempt=attempt, resume=resume):
-                await self._dispatch(step_id, attempt, resume)
-            case CheckEvidence(step_id=step_id):
-                from conductor.evidence import check
+    async def _carry_out(self, decisions: list) -> None:
+        """Carry out one round of decisions: their events go to the log in one append (one
+        commit, not one per step), then the dispatched steps start."""
+        events: list[AgentEvent] = []
+        keys: list[str] = []
+        starts: list[StepSpec] = []
+        for decision in decisions:
+            match decision:
+                case Dispatch(step_id=step_id, attempt=attempt, resume=resume):
+                    spec = self._dispatch(step_id, attempt, resume, events, keys)
+                    if spec is not None:
+                        starts.append(spec)
+                case CheckEvidence(step_id=step_id):
+                    from conductor.evidence import check
 
-                st = self._state.steps[step_id]
-                results = check(st.findings, self._snap())
-                await self._append(
-                    [EvidenceChecked(run_id=self._run_id, ts=time.time(), step_id=step_id, results=results)],
-                    [f"{self._run_id}/evidence/{step_id}/{st.attempt}"],
-                )
-            case ApplyVerdicts(step_id=step_id):
-                from conductor.validator import gate
+                    st = self._state.steps[step_id]
+                    results = check(st.findings, self._snap())
+                    events.append(EvidenceChecked(run_id=self._run_id, ts=time.time(), step_id=step_id, results=results))
+                    keys.append(f"{self._run_id}/evidence/{step_id}/{st.attempt}")
+                case ApplyVerdicts(step_id=step_id):
+                    from conductor.validator import gate
 
-                verdict = gate(self._state, step_id, self._snap())
-                await self._append([verdict], [f"{self._run_id}/verdicts/{step_id}"])
-            case Render():
-                from conductor.report import build_report, render_markdown, report_digest, summary_counts
+                    events.append(gate(self._state, step_id, self._snap()))
+                    keys.append(f"{self._run_id}/verdicts/{step_id}")
+                case Render():
+                    from conductor.report import build_report, render_markdown, report_digest, summary_counts
 
-                report = build_report(self._state, self._snap())
-                counts, recommendation = summary_counts(report)
-                await self._append(
-                    [
+                    report = build_report(self._state, self._snap())
+                    counts, recommendation = summary_counts(report)
+                    events.append(
                         ReportRendered(
                             run_id=self._run_id,
                             ts=time.time(),
@@ -216,60 +227,60 @@ class FlowRun:
                             counts=counts,
                             digest=report_digest(render_markdown(report)),
                         )
-                    ],
-                    [f"{self._run_id}/report"],
-                )
-            case Finish(failed_steps=failed):
-                await self._append(
-                    [RunFinished(run_id=self._run_id, ts=time.time(), failed_steps=failed)],
-                    [f"{self._run_id}/finished"],
-                )
+                    )
+                    keys.append(f"{self._run_id}/report")
+                case Finish(failed_steps=failed):
+                    events.append(RunFinished(run_id=self._run_id, ts=time.time(), failed_steps=failed))
+                    keys.append(f"{self._run_id}/finished")
+        if events:
+            await self._append(events, keys)
+        for spec in starts:
+            self._start_step(spec)
 
-    async def _dispatch(self, step_id: str, attempt: int, resume: bool) -> None:
+    def _dispatch(
+        self, step_id: str, attempt: int, resume: bool, events: list[AgentEvent], keys: list[str]
+    ) -> StepSpec | None:
+        """The step to start (its events added to ``events``), or None if it does not start."""
         from conductor.findings import output_schema
         from conductor.prompts import build_messages
 
         st = self._state.steps[step_id]
         if step_id in self._inflight:
-            return
+            return None
         if resume:
             pickups = self._pickups[(step_id, attempt)] = self._pickups.get((step_id, attempt), 0) + 1
             if pickups > MAX_PICKUPS:
-                await self._append(
-                    [
-                        StepFailed(
-                            run_id=self._run_id,
-                            ts=time.time(),
-                            step_id=step_id,
-                            attempt=attempt,
-                            error=f"picked up {MAX_PICKUPS} times, never finished: "
-                            + self._lost.get(step_id, "its agent was lost"),
-                            retryable=True,
-                        )
-                    ],
-                    [f"{self._run_id}/lost/{step_id}/{attempt}"],
-                )
-                return
-        else:
-            await self._append(
-                [
-                    StepQueued(
+                events.append(
+                    StepFailed(
                         run_id=self._run_id,
                         ts=time.time(),
                         step_id=step_id,
                         attempt=attempt,
-                        persona=st.persona,
-                        phase=st.step.phase,
+                        error=f"picked up {MAX_PICKUPS} times, never finished: "
+                        + self._lost.get(step_id, "its agent was lost"),
+                        retryable=True,
                     )
-                ],
-                [f"{self._run_id}/queued/{step_id}/{attempt}"],
+                )
+                keys.append(f"{self._run_id}/lost/{step_id}/{attempt}")
+                return None
+        else:
+            events.append(
+                StepQueued(
+                    run_id=self._run_id,
+                    ts=time.time(),
+                    step_id=step_id,
+                    attempt=attempt,
+                    persona=st.persona,
+                    phase=st.step.phase,
+                )
             )
+            keys.append(f"{self._run_id}/queued/{step_id}/{attempt}")
         personas = self._load_personas()
         budget = max(256, self._settings.context_tokens - self._settings.step_max_tokens)
         prompt = build_messages(self._state, step_id, self._snap(), personas, budget_tokens=budget)
         persona = personas.get(st.persona)
         plan = self._state.plan
-        spec = StepSpec(
+        return StepSpec(
             run_id=self._run_id,
             step_id=step_id,
             persona=st.persona,
@@ -284,12 +295,14 @@ class FlowRun:
             commit=plan.commit,
             work_dir=str(self._names.run_dir(self._run_id)),
         )
+
+    def _start_step(self, spec: StepSpec) -> None:
         agents = self._pool()
         agent = agents[next(self._rr) % len(agents)]
-        model_app = self._names.model_app(plan.engine, plan.model)
+        model_app = self._names.model_app(self._state.plan.engine, self._state.plan.model)
         ref = agent.run.remote(spec, model_app, self._model)
-        task = asyncio.get_running_loop().create_task(self._await_step(step_id, ref, spec))
-        self._inflight[step_id] = (ref, task)
+        task = asyncio.get_running_loop().create_task(self._await_step(spec.step_id, ref, spec))
+        self._inflight[spec.step_id] = (ref, task)
 
     async def _await_step(self, step_id: str, ref, spec: StepSpec) -> StepOutcome | None:
         """The agent's outcome; None if it never came (cancelled, or the agent was lost).

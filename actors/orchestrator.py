@@ -6,6 +6,7 @@ See ``actors.service`` for the contract the CLI and the API rely on.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -49,20 +50,21 @@ class Orchestrator:
         self._runs: dict[str, Any] = {}
         self._personas = None
         self._closed = False
+        self._spare_lock = threading.Lock()
+        self._spare: tuple[str, Any] | None = None
+        self._replenish()  # the first run's supervisor, made now
 
     # --- launching --------------------------------------------------------------------------
 
     def launch(self, req: LaunchRequest) -> str:
         """Validate, pin and plan a run, write its first events, and start its FlowRun."""
-        from actors.engines import select_engine
         from actors.snapshot import SnapshotError, pin
         from conductor.flows import FLOWS
         from conductor.plan import plan
         from conductor.requests import RequestError, validate
 
-        run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
         requested = RunRequested(
-            run_id=run_id,
+            run_id="",  # the spare supervisor's, once the request is known to be good
             ts=time.time(),
             flow=req.flow,
             repo=str(Path(req.repo).expanduser().resolve()) if req.repo else "",
@@ -83,26 +85,69 @@ class Orchestrator:
         except RequestError as exc:
             raise LaunchError(str(exc), exc.code) from None
         engine, model = self._resolve_engine(requested)
+        run_id, actor = self._take_spare()
+        requested = msgspec.structs.replace(requested, run_id=run_id)
         try:
-            snapshot = pin(
-                requested.repo,
-                base=requested.base,
-                paths=requested.paths,
-                work_dir=self.names.run_dir(run_id),
-                copy_limit_bytes=self.settings.copy_limit_bytes,
-            )
-        except SnapshotError as exc:
-            raise LaunchError(str(exc), "bad_repository") from None
-        try:
-            planned = plan(
-                requested, snapshot, self._load_personas(), model=model, engine=engine, ts=time.time()
-            )
-        except RequestError as exc:
-            raise LaunchError(str(exc), exc.code) from None
-        port = self._ensure_model(engine, model)
-        self.log.append([requested, planned], [f"{run_id}/requested", f"{run_id}/planned"])
-        self._start_run(run_id, port, resumed=False)
+            try:
+                snapshot = pin(
+                    requested.repo,
+                    base=requested.base,
+                    paths=requested.paths,
+                    work_dir=self.names.run_dir(run_id),
+                    copy_limit_bytes=self.settings.copy_limit_bytes,
+                )
+            except SnapshotError as exc:
+                raise LaunchError(str(exc), "bad_repository") from None
+            try:
+                planned = plan(
+                    requested, snapshot, self._load_personas(), model=model, engine=engine, ts=time.time()
+                )
+            except RequestError as exc:
+                raise LaunchError(str(exc), exc.code) from None
+            port = self._ensure_model(engine, model)
+            self.log.append([requested, planned], [f"{run_id}/requested", f"{run_id}/planned"])
+            ray.get(actor.start.remote(port))
+        except BaseException:
+            self._give_back(run_id, actor)
+            raise
+        self._runs[run_id] = actor
+        self._replenish()
         return run_id
+
+    # --- the spare supervisor ---------------------------------------------------------------
+    # Creating an actor (a process) takes 0.3-1 s here; a launch would wait that long before
+    # its first step. So the next run's supervisor is made ahead, named for the run id it
+    # will serve, and warms up (imports, personas, handles) while nobody waits on it.
+
+    def _new_spare(self) -> tuple[str, Any]:
+        run_id = new_run_id()
+        actor = self._create_run(run_id)
+        actor.warm.remote()  # not waited for
+        return run_id, actor
+
+    def _take_spare(self) -> tuple[str, Any]:
+        with self._spare_lock:
+            taken, self._spare = self._spare or self._new_spare(), None
+        return taken
+
+    def _replenish(self) -> None:
+        with self._spare_lock:
+            if self._spare is None and not self._closed:
+                self._spare = self._new_spare()
+
+    def _give_back(self, run_id: str, actor: Any) -> None:
+        """After a failed launch its supervisor stays the spare, unless the launch had begun
+        to use its run id (a pinned snapshot, events): then it goes with it."""
+        try:
+            used = self.names.run_dir(run_id).exists() or bool(self.log.read(0, run_id=run_id, limit=1))
+        except Exception:
+            used = True
+        with self._spare_lock:
+            if not used and self._spare is None and not self._closed:
+                self._spare = (run_id, actor)
+                return
+        _quietly(ray.kill, actor)
+        self._replenish()
 
     def resume_all(self) -> list[str]:
         """Pick up every run that is not terminal (after a restart): fold, then advance.
@@ -130,17 +175,18 @@ class Orchestrator:
             )
             try:
                 port = self._ensure_model(state.plan.engine, state.plan.model)
-                created.append((run_id, self._create_run(run_id, port, resumed=True)))
+                created.append((run_id, self._create_run(run_id), port))
             except Exception as exc:  # one run that cannot go on must not stop the others
                 self._fail(run_id, f"could not be resumed: {type(exc).__name__}: {exc}")
-        for (run_id, actor), ref in zip(created, [actor.start.remote() for _, actor in created]):
+        refs = [actor.start.remote(port) for _, actor, port in created]
+        for (run_id, actor, _), ref in zip(created, refs):
             try:
                 ray.get(ref)
             except ray.exceptions.RayError as exc:
                 self._fail(run_id, f"could not be resumed: {type(exc).__name__}: {exc}")
                 continue
             self._runs[run_id] = actor
-        return [run_id for run_id, _ in created if run_id in self._runs]
+        return [run_id for run_id, _, _ in created if run_id in self._runs]
 
     def _fail(self, run_id: str, error: str) -> None:
         from events.types import RunFailed
@@ -148,12 +194,7 @@ class Orchestrator:
         # The key the FlowRun uses for its own failure: a run fails once.
         self.log.append([RunFailed(run_id=run_id, ts=time.time(), error=error[:2000])], [f"{run_id}/failed"])
 
-    def _start_run(self, run_id: str, port: ModelPort, *, resumed: bool) -> None:
-        actor = self._create_run(run_id, port, resumed=resumed)
-        ray.get(actor.start.remote())
-        self._runs[run_id] = actor
-
-    def _create_run(self, run_id: str, port: ModelPort, *, resumed: bool):
+    def _create_run(self, run_id: str):
         from actors.flow_run import FlowRun
 
         return FlowRun.options(
@@ -162,7 +203,7 @@ class Orchestrator:
             get_if_exists=True,
             # The supervisor reads the run's snapshot from the data directory: it runs on the head.
             scheduling_strategy=on_head(self.names),
-        ).remote(self.names, self.settings, run_id, port, resumed)
+        ).remote(self.names, self.settings, run_id)
 
     def _resolve_engine(self, requested: RunRequested) -> tuple[str, str]:
         from actors.engines import select_engine
@@ -324,10 +365,19 @@ class Orchestrator:
 
         for actor in list(self._runs.values()):
             _quietly(ray.kill, actor)
+        with self._spare_lock:
+            if self._spare is not None:
+                _quietly(ray.kill, self._spare[1])
+                self._spare = None
         stop_agent_pool(self._agents)
         for name in self._models:
             _quietly(stop_model, name)
         stop_event_log(self.log.handle)
+
+
+def new_run_id() -> str:
+    """A run id: random, short enough to type (the run's times are in its events)."""
+    return "r" + uuid.uuid4().hex[:11]
 
 
 def _quietly(fn, *args) -> None:

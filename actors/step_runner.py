@@ -163,33 +163,66 @@ class _Writer:
 
 
 class _Coalescer:
-    """Gathers streamed text and writes it as few, prompt ``OutputDelta`` events."""
+    """Gathers streamed text and writes it as few, prompt ``OutputDelta`` events.
+
+    Writing never holds up reading the stream: text that comes while a write is committing is
+    gathered and goes out in the next one, and a write starts at most every ``flush_seconds``
+    (the first text after a quiet spell goes at once). One write at a time, so the events keep
+    the order of the text. A write that failed is raised by the next ``add`` or ``flush``.
+    """
 
     def __init__(self, writer: _Writer, spec: StepSpec, attempt: int, offset: int, turn: int):
         self._w, self._spec, self._attempt = writer, spec, attempt
         self.offset = offset  # where the next flushed chunk starts in the attempt's text
         self.turn = turn
         self._buf: list[str] = []
+        self._chars = 0
         self._tokens = 0
-        self._since: float | None = None
+        self._last = -spec.flush_seconds  # loop time of the last write's start
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task | None = None
 
     async def add(self, text: str, tokens: int) -> None:
         if not text and not tokens:
             return
+        self._raise_failure()
         self._buf.append(text)
+        self._chars += len(text)
         self._tokens += tokens
-        now = time.monotonic()
-        if self._since is None:
-            self._since = now
-        if (
-            now - self._since >= self._spec.flush_seconds
-            or sum(map(len, self._buf)) >= self._spec.flush_chars
-        ):
-            await self.flush()
+        if self._chars >= self._spec.flush_chars:
+            await self.flush()  # a long run of text: write it now, and let reading wait on it
+        elif self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._write_soon())
 
     async def flush(self) -> None:
-        text = "".join(self._buf)
-        if text or self._tokens:
+        """Write everything gathered so far and wait for it to be committed."""
+        if self._task is not None:
+            await asyncio.wait([self._task])
+        self._raise_failure()
+        await self._write()
+
+    def close(self) -> None:
+        """Drop a pending write (the step is being cancelled)."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    async def _write_soon(self) -> None:
+        loop = asyncio.get_running_loop()
+        wait = self._last + self._spec.flush_seconds - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        await self._write()
+
+    async def _write(self) -> None:
+        async with self._lock:
+            text = "".join(self._buf)
+            tokens = self._tokens
+            if not text and not tokens:
+                return
+            self._buf, self._chars, self._tokens = [], 0, 0
+            self._last = asyncio.get_running_loop().time()
+            offset = self.offset
+            self.offset += len(text)
             await self._w.write(
                 OutputDelta(
                     run_id=self._spec.run_id,
@@ -197,13 +230,17 @@ class _Coalescer:
                     step_id=self._spec.step_id,
                     attempt=self._attempt,
                     text=text,
-                    offset=self.offset,
+                    offset=offset,
                     turn=self.turn,
-                    tokens=self._tokens,
+                    tokens=tokens,
                 )
             )
-            self.offset += len(text)
-        self._buf, self._tokens, self._since = [], 0, None
+
+    def _raise_failure(self) -> None:
+        task = self._task
+        if task is not None and task.done() and not task.cancelled() and task.exception() is not None:
+            self._task = None
+            raise task.exception()
 
 
 class ModelPort(msgspec.Struct, frozen=True, kw_only=True):
@@ -256,12 +293,16 @@ async def run_step(
         )
     )
 
-    def call_tool(name: str, args: dict[str, Any], call_id: str) -> ToolResult | ToolDenied:
+    async def call_tool(name: str, args: dict[str, Any], call_id: str) -> ToolResult | ToolDenied:
         replay = earlier.get(_call_key(name, args))
         if replay is not None:
             return msgspec.structs.replace(replay, attempt=attempt, call_id=call_id, ts=time.time())
+        # Tools served by another process (an agent off the head) are awaited, so the other
+        # steps of this agent keep streaming meanwhile; local ones answer in a millisecond.
+        call_async = getattr(tools, "call_async", None)
+        outcome = await call_async(name, args) if call_async is not None else tools.call(name, args)
         return outcome_event(
-            tools.call(name, args),
+            outcome,
             run_id=spec.run_id,
             step_id=spec.step_id,
             attempt=attempt,
@@ -278,7 +319,7 @@ async def run_step(
     for call in done.calls:
         outcome = done.outcomes.get(call.call_id)
         if outcome is None:  # called, but its outcome never reached the log
-            outcome = call_tool(call.tool, dict(call.args), call.call_id)
+            outcome = await call_tool(call.tool, dict(call.args), call.call_id)
             await writer.write(outcome)
         messages += _tool_messages(done.turn_text(call.turn), call, outcome, native_tools)
 
@@ -340,13 +381,14 @@ async def run_step(
                 args=args,
                 turn=turn,
             )
-            outcome = call_tool(name, args, call_id)
+            outcome = await call_tool(name, args, call_id)
             await writer.write(called)
             await writer.write(outcome)
             messages += _tool_messages(text, called, outcome, native_tools)
             turn += 1
             coalescer.turn = turn
     except asyncio.CancelledError:
+        coalescer.close()
         raise
     except EngineError as exc:
         await coalescer.flush()

@@ -139,6 +139,25 @@ def max_seq(backend) -> int:
     return backend.log.max_seq()
 
 
+def settled_seq(backend, settle_s: float = 60.0) -> int:
+    """The log's last ``seq`` once earlier tests' runs have ended and the log is quiet, so a
+    comparison around one request sees only what that request wrote."""
+    deadline = time.monotonic() + settle_s
+    live = ("requested", "planned", "running")
+    while time.monotonic() < deadline:
+        if not any(row["status"] in live for row in backend.runs(limit=500)):
+            break
+        time.sleep(0.1)
+    seq = backend.log.max_seq()
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        now = backend.log.max_seq()
+        if now == seq:
+            break
+        seq = now
+    return seq
+
+
 def wait_status(client: httpx.Client, run_id: str, statuses=("finished", "failed", "cancelled"), timeout=90.0) -> dict:
     """Poll the REST projection until the run reaches one of ``statuses``."""
     deadline = time.monotonic() + timeout

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from apitest_support import Server, api_settings, error_of, free_port, max_seq, wait_status
+from apitest_support import Server, api_settings, error_of, free_port, max_seq, settled_seq, wait_status
 
 pytestmark = pytest.mark.ray
 
@@ -91,7 +91,7 @@ def test_a_send_posts_once_after_a_transient_failure_and_is_recorded(server, hoo
         assert body["markdown"] == http.get(f"/api/runs/{finished}/report").text
 
         # The same request id again: the first outcome, no second post, no second event.
-        before = max_seq(server.backend)
+        before = settled_seq(server.backend)
         again = http.post(f"/api/runs/{finished}/send", json={"request_id": "req-1"}).json()
         assert again == {**out, "repeated": True}
         assert len(hook.posts) == 2 and max_seq(server.backend) == before
@@ -142,7 +142,7 @@ def test_sending_before_the_report_exists_or_with_a_bad_body_writes_nothing(serv
         assert error_of(http.post(f"/api/runs/{run_id}/send", json={"request_id": "early"})) == (409, "not_ready")
         http.post(f"/api/runs/{run_id}/cancel")
         assert wait_status(http, run_id)["status"] == "cancelled"
-        before = max_seq(server.backend)  # the run is over: the log is quiet now
+        before = settled_seq(server.backend)  # the run is over: the log is quiet now
         assert error_of(http.post(f"/api/runs/{run_id}/send", json={"request_id": "late"})) == (409, "not_ready")
         assert error_of(http.post(f"/api/runs/{run_id}/send", json={})) == (422, "invalid_body")
         assert error_of(http.post(f"/api/runs/{run_id}/send", json={"request_id": ""})) == (422, "invalid_body")

@@ -14,7 +14,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from apitest_support import Server, api_settings, max_seq, wait_status
+from apitest_support import Server, api_settings, max_seq, settled_seq, wait_status
 
 pytestmark = pytest.mark.ray
 
@@ -36,7 +36,7 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 @schema.parametrize()
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 def test_no_input_breaks_the_api_or_writes_when_refused(case, server):
-    before = max_seq(server.backend)
+    before = settled_seq(server.backend)
     response = case.call(base_url=server.url, timeout=30)
     case.validate_response(
         response,

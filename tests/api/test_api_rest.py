@@ -13,7 +13,7 @@ import pytest
 import websockets.sync.client as ws_sync
 from websockets.exceptions import InvalidStatus
 
-from apitest_support import Server, api_settings, error_of, max_seq, wait_status
+from apitest_support import Server, api_settings, error_of, max_seq, settled_seq, wait_status
 
 pytestmark = pytest.mark.ray
 
@@ -120,7 +120,7 @@ def test_a_report_before_the_run_ends_is_not_ready_and_cancel_works_once(http, b
     assert first.status_code == 200 and first.json() == {"run_id": run_id, "cancelled": True}
     row = wait_status(http, run_id)
     assert row["status"] == "cancelled" and "changed my mind" in row["error"]
-    before = max_seq(backend)
+    before = settled_seq(backend)
     again = http.post(f"/api/runs/{run_id}/cancel")  # no body: the reason is optional
     assert again.json() == {"run_id": run_id, "cancelled": False}
     assert max_seq(backend) == before
@@ -160,14 +160,14 @@ def test_unknown_runs_and_routes_are_json_404s(http):
 def test_bad_launches_are_refused_with_a_code_and_write_nothing(http, backend, repos_root, tmp_path, body, status, code):
     if not (repos_root / "escape").exists():
         os.symlink(tmp_path, repos_root / "escape")  # a link inside the roots leading out
-    before = max_seq(backend)
+    before = settled_seq(backend)
     resp = http.post("/api/runs", content=body, headers={"content-type": "application/json"})
     assert error_of(resp) == (status, code), resp.text
     assert max_seq(backend) == before
 
 
 def test_bodies_must_be_json_and_bounded(http, backend, server):
-    before = max_seq(backend)
+    before = settled_seq(backend)
     resp = http.post("/api/runs", content=b"flow=code-review", headers={"content-type": "application/x-www-form-urlencoded"})
     assert error_of(resp) == (415, "unsupported_media_type")
     big = json.dumps({"flow": "code-review", "repo": "demo", "text": "x" * (server.settings.max_request_bytes + 10)})
@@ -257,7 +257,7 @@ def test_with_a_token_every_api_call_and_the_websocket_need_it(locked, finished_
 
 
 def test_cross_site_requests_and_foreign_host_names_are_refused(server, backend):
-    before = max_seq(backend)
+    before = settled_seq(backend)
     with server.client() as c:
         evil = {"Origin": "http://evil.example"}
         resp = c.post("/api/runs", json={"flow": "code-review", "repo": "demo"}, headers=evil)

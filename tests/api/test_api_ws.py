@@ -20,7 +20,7 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 import api.ws
-from apitest_support import Server, api_settings, max_seq, wait_status
+from apitest_support import Server, api_settings, max_seq, settled_seq, wait_status
 from conductor.state import fold
 from events.codec import decode
 
@@ -115,7 +115,7 @@ def test_frames_match_the_published_schema_and_heartbeats_arrive(server):
 
 
 def test_bad_frames_get_errors_and_write_nothing(server, backend):
-    before = max_seq(backend)
+    before = settled_seq(backend)
     with ws_sync.connect(server.ws_url) as ws:
         for raw, code in [
             ("not json", "bad_json"),

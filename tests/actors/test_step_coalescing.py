@@ -1,0 +1,102 @@
+"""A step's streamed text reaches the log as few ``OutputDelta``s, in order, without the
+stream ever waiting on a write (``actors.step_runner``, no Ray)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from actors.engines.base import Delta, Usage
+from actors.step_runner import ModelPort, StepSpec, run_step
+from events.memory_log import InMemoryLog
+from events.types import OutputDelta, StepFinished
+
+ANSWER = json.dumps({"final": {"summary": "word " * 60, "findings": []}})
+
+
+def spec(**kw) -> StepSpec:
+    return StepSpec(
+        run_id="r", step_id="w1-junior-developer", persona="junior-developer", role="analyst",
+        attempt=1, messages=[{"role": "user", "content": "look"}], repo="/r", commit="c",
+        work_dir="/tmp/unused", **kw,
+    )
+
+
+def test_the_stream_is_read_while_a_write_commits_and_the_text_arrives_whole_and_in_order():
+    log = InMemoryLog()
+    first_write_held = asyncio.Event()
+    stream_done = asyncio.Event()
+    state = {"read_while_held": 0, "holding": False}
+
+    async def append(events, keys):
+        if any(isinstance(e, OutputDelta) for e in events) and not first_write_held.is_set():
+            first_write_held.set()
+            state["holding"] = True
+            # This commit is slow: it lasts the whole stream (a stream that waited on it never ends).
+            await asyncio.wait_for(stream_done.wait(), 5.0)
+            state["holding"] = False
+        return log.append(events, keys)
+
+    async def read_step(run_id, step_id):
+        return log.read(0, run_id=run_id, step_id=step_id)
+
+    pieces = [ANSWER[i : i + 3] for i in range(0, len(ANSWER), 3)]
+
+    async def stream(request):
+        for piece in pieces:
+            await asyncio.sleep(0.001)
+            if state["holding"]:
+                state["read_while_held"] += 1
+            yield Delta(text=piece, tokens=1)
+        stream_done.set()
+        yield Delta(finish_reason="stop", usage=Usage(prompt_tokens=5, completion_tokens=len(pieces)))
+
+    outcome = asyncio.run(
+        run_step(
+            spec(flush_seconds=0.005), append=append, read_step=read_step, stream=stream,
+            model=ModelPort(supports_tools=False, supports_continue=True), tools=None,
+        )
+    )
+    assert outcome.status == "finished"
+    # Reading went on while the first write was committing.
+    assert state["read_while_held"] >= len(pieces) - 2
+    deltas = [r.event for r in log.read(0) if isinstance(r.event, OutputDelta)]
+    offset = 0
+    for d in deltas:  # contiguous, in order: each chunk starts where the last one ended
+        assert d.offset == offset
+        offset += len(d.text)
+    assert "".join(d.text for d in deltas) == ANSWER
+    assert sum(d.tokens for d in deltas) == len(pieces)
+    assert len(deltas) < len(pieces) / 4  # coalesced: what came during the slow commit went as one
+    finished = [r.event for r in log.read(0) if isinstance(r.event, StepFinished)]
+    assert finished and finished[0].output.startswith('{"summary"')
+
+
+def test_text_after_a_quiet_spell_is_written_without_waiting_for_more():
+    log = InMemoryLog()
+    written = asyncio.Event()
+
+    async def append(events, keys):
+        if any(isinstance(e, OutputDelta) for e in events):
+            written.set()
+        return log.append(events, keys)
+
+    async def read_step(run_id, step_id):
+        return log.read(0, run_id=run_id, step_id=step_id)
+
+    async def stream(request):
+        yield Delta(text=ANSWER[:10], tokens=1)
+        # The model pauses: what it said so far must reach the log meanwhile.
+        await asyncio.wait_for(written.wait(), 2.0)
+        yield Delta(text=ANSWER[10:], tokens=1)
+        yield Delta(finish_reason="stop")
+
+    outcome = asyncio.run(
+        run_step(
+            spec(flush_seconds=0.05), append=append, read_step=read_step, stream=stream,
+            model=ModelPort(supports_tools=False, supports_continue=True), tools=None,
+        )
+    )
+    assert outcome.status == "finished"
+    deltas = [r.event for r in log.read(0) if isinstance(r.event, OutputDelta)]
+    assert deltas[0].text == ANSWER[:10]
