@@ -38,6 +38,7 @@ from events.types import AgentEvent
 DEFAULT_NAME = "eventlog"
 DEFAULT_PROJECTOR = "projections.projector:Projector"
 POLL_LIMIT = 10_000  # records per poll answer at most
+LOOP_READ = 2_000  # a poll this close to the head is answered on the loop, from memory
 RETRY_FOR = 60.0  # seconds a client keeps retrying while the actor restarts
 OPEN_TIMEOUT = 5.0  # seconds a restarted actor waits for its predecessor to let go of the file
 
@@ -137,9 +138,16 @@ class EventLogActor:
             changed = self._watch()
             committed = self._log.max_seq()
             if committed > scanned:
-                records = await self._blocking(
-                    self._log.read_encoded, scanned, run_id=run_id, limit=limit
-                )
+                # A live subscriber asks for what was just committed: the log's in-memory tail
+                # holds it, read here on the loop (a thread hop cost more than the read). A
+                # subscriber far behind, or past the tail, is read on a reader thread.
+                records = None
+                if committed - scanned <= LOOP_READ:
+                    records = self._log.read_recent_encoded(scanned, run_id=run_id, limit=limit)
+                if records is None:
+                    records = await self._blocking(
+                        self._log.read_encoded, scanned, run_id=run_id, limit=limit
+                    )
                 if records:
                     return records
                 scanned = committed

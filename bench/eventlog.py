@@ -10,7 +10,10 @@ Figures, each printed with its ratio to the reference where there is one:
   threads (group commit makes the batches);
 - through the Ray actor: four appender processes, each sending lists of events;
 - ack latency p50/p99 at 10,000 events/s offered (open loop: latency counts from the moment
-  a call was due, so a stall is not hidden), in-process and through the actor;
+  a call was due, so a stall is not hidden), in-process and through the actor, each on a fresh
+  log; through the actor also with a live subscriber in another process (the product's
+  long-poll), timed from when each event was due and from its appender's ack, and again right
+  after the throughput run, whose write-ahead log is then still to be checkpointed;
 - writer memory (RSS) with 1,000,000 events in the log: a writer process that appended them,
   and one that reopens the file and appends more.
 
@@ -183,6 +186,9 @@ def paced_in_process(path: Path, rate: int, seconds: float, size: int) -> dict:
 
 
 def through_actor(path: Path, n: int, call_size: int, rate: int, seconds: float) -> dict:
+    """Figures through the log actor: ack latency and a live subscriber's latency at ``rate``
+    offered on a fresh log, throughput, then ack latency again right after the throughput run
+    (its write-ahead log not yet checkpointed)."""
     import ray
 
     from actors.eventlog import start_event_log, stop_event_log
@@ -217,6 +223,13 @@ def through_actor(path: Path, n: int, call_size: int, rate: int, seconds: float)
                 ]
                 return len(self.calls)
 
+            def warm(self) -> None:
+                """One append, so the paced figures do not time this process's first call."""
+                from events.memory_log import encode_append
+
+                events, keys = make_events(25, self.tag + "w")
+                ray.get(self.handle.append.remote(encode_append(events, keys), keys))
+
             def throughput(self, inflight: int) -> list[float]:
                 """Closed loop, ``inflight`` calls outstanding; returns call latencies."""
                 pending, sent_at, latencies = [], {}, []
@@ -233,37 +246,117 @@ def through_actor(path: Path, n: int, call_size: int, rate: int, seconds: float)
                     latencies.append(time.perf_counter() - sent_at.pop(ref))
                 return latencies
 
-            def paced(self, rate: float, seconds: float, size: int) -> list[float]:
-                """Open loop: a call of ``size`` every size/rate s; latency from when it was due."""
+            def paced(
+                self, rate: float, seconds: float, size: int, tag: str
+            ) -> list[tuple[float, float, list[int]]]:
+                """Open loop: a call of ``size`` every size/rate s. Returns, per call, when it
+                was due, when its ack came (wall clock, comparable across processes), its seqs."""
                 import asyncio
 
                 from events.memory_log import encode_append
 
                 calls = int(rate * seconds / size)
-                events, keys = make_events(calls * size, self.tag + "p")
+                events, keys = make_events(calls * size, self.tag + tag)
 
-                async def main() -> list[float]:
-                    latencies: list[float] = []
+                async def main() -> list[tuple[float, float, list[int]]]:
+                    acks: list[tuple[float, float, list[int]]] = []
 
                     async def one(c: int, due: float) -> None:
                         sl = slice(c * size, (c + 1) * size)
-                        await self.handle.append.remote(
+                        seqs = await self.handle.append.remote(
                             encode_append(events[sl], keys[sl]), keys[sl]
                         )
-                        latencies.append(time.perf_counter() - due)
+                        acks.append((due, time.time(), seqs))
 
                     tasks = []
-                    t0 = time.perf_counter()
+                    t0 = time.time()
                     for c in range(calls):
                         due = t0 + c * size / rate
-                        delay = due - time.perf_counter()
+                        delay = due - time.time()
                         if delay > 0:
                             await asyncio.sleep(delay)
                         tasks.append(asyncio.create_task(one(c, due)))
                     await asyncio.gather(*tasks)
-                    return latencies
+                    return acks
 
                 return asyncio.run(main())
+
+        @ray.remote(num_cpus=0)
+        class Subscriber:
+            """A live subscriber in its own process, through the product's long-poll client."""
+
+            def __init__(self, handle):
+                from actors.eventlog import LogClient
+
+                self.sub = LogClient(handle).subscribe(0)
+
+            def ready(self) -> None:
+                pass
+
+            async def follow(self, after: int, count: int, timeout: float) -> dict[int, float]:
+                """When (wall clock) each of ``count`` records after ``after`` reached this
+                process."""
+                seen: dict[int, float] = {}
+                deadline = time.time() + timeout
+                while len(seen) < count and time.time() < deadline:
+                    records = await self.sub.get_async(timeout=1.0)
+                    now = time.time()
+                    for record in records:
+                        if record.seq > after:
+                            seen[record.seq] = now
+                return seen
+
+        def paced(handle, appenders, tag: str, subscriber=None) -> dict:
+            size = 25
+            calls_per = int(rate / 4 * seconds / size)
+            start = ray.get(handle.max_seq.remote())
+            following = (
+                subscriber.follow.remote(start, 4 * calls_per * size, seconds + 30)
+                if subscriber is not None
+                else None
+            )
+            parts = ray.get([a.paced.remote(rate / 4, seconds, size, tag) for a in appenders])
+            acks = [(due, acked, seqs) for part in parts for due, acked, seqs in part]
+            lat = [acked - due for due, acked, _ in acks]
+            out = {
+                "offered_events_per_s": rate,
+                "call_size": size,
+                "ack_p50_ms": percentile(lat, 0.5) * 1e3,
+                "ack_p99_ms": percentile(lat, 0.99) * 1e3,
+                "ack_max_ms": max(lat) * 1e3,
+            }
+            if following is not None:
+                seen = ray.get(following)
+                # Per event: from when its call was due to the subscriber, and from its
+                # appender's ack to the subscriber (the long-poll's own share).
+                from_due, from_ack = [], []
+                for due, acked, seqs in acks:
+                    for seq in seqs:
+                        if seq in seen:
+                            from_due.append(seen[seq] - due)
+                            from_ack.append(seen[seq] - acked)
+                out.update(
+                    {
+                        "subscriber_events": len(from_due),
+                        "subscriber_p50_ms": percentile(from_due, 0.5) * 1e3,
+                        "subscriber_p99_ms": percentile(from_due, 0.99) * 1e3,
+                        "subscriber_after_ack_p50_ms": percentile(from_ack, 0.5) * 1e3,
+                        "subscriber_after_ack_p99_ms": percentile(from_ack, 0.99) * 1e3,
+                    }
+                )
+            return out
+
+        result: dict = {}
+        # Ack latency on a fresh log (as in-process), with a live subscriber following.
+        fresh = start_event_log(
+            str(path.with_suffix(".paced.duckdb")), name="bench-eventlog-paced", projector=None
+        )
+        appenders = [Appender.remote(fresh, f"ray{i}") for i in range(4)]
+        subscriber = Subscriber.remote(fresh)
+        ray.get([a.warm.remote() for a in appenders] + [subscriber.ready.remote()])
+        result["paced"] = paced(fresh, appenders, "p", subscriber)
+        stop_event_log(fresh)
+        ray.kill(subscriber)
 
         handle = start_event_log(str(path), name="bench-eventlog", projector=None)
         appenders = [Appender.remote(handle, f"ray{i}") for i in range(4)]
@@ -275,27 +368,19 @@ def through_actor(path: Path, n: int, call_size: int, rate: int, seconds: float)
         after = ray.get(handle.info.remote())
         events = after["max_seq"] - before["max_seq"]
         calls = [x for part in lat for x in part]
-        result = {
-            "events_per_s": events / elapsed,
-            "actor_cpu_us_per_event": (after["cpu_s"] - before["cpu_s"]) / events * 1e6,
-            "events": events,
-            "call_size": call_size,
-            "events_per_batch": events / max(1, after["batches"] - before["batches"]),
-            "call_p50_ms": percentile(calls, 0.5) * 1e3,
-            "call_p99_ms": percentile(calls, 0.99) * 1e3,
-        }
-        paced_size = 25
-        lat = ray.get([a.paced.remote(rate / 4, seconds, paced_size) for a in appenders])
-        acks = [x for part in lat for x in part]
         result.update(
             {
-                "paced_offered_events_per_s": rate,
-                "paced_call_size": paced_size,
-                "ack_p50_ms": percentile(acks, 0.5) * 1e3,
-                "ack_p99_ms": percentile(acks, 0.99) * 1e3,
-                "ack_max_ms": max(acks) * 1e3,
+                "events_per_s": events / elapsed,
+                "actor_cpu_us_per_event": (after["cpu_s"] - before["cpu_s"]) / events * 1e6,
+                "events": events,
+                "call_size": call_size,
+                "events_per_batch": events / max(1, after["batches"] - before["batches"]),
+                "call_p50_ms": percentile(calls, 0.5) * 1e3,
+                "call_p99_ms": percentile(calls, 0.99) * 1e3,
             }
         )
+        # The same paced load straight after the throughput run, on its log.
+        result["paced_after_throughput"] = paced(handle, appenders, "q")
         stop_event_log(handle)
         return result
     finally:
@@ -439,10 +524,21 @@ def main() -> int:
                 f"{1e6 / actor['actor_cpu_us_per_event']:,.0f} events/s); "
                 f"call p50 {actor['call_p50_ms']:.1f} ms, p99 {actor['call_p99_ms']:.1f} ms"
             )
+            fresh, flood = actor["paced"], actor["paced_after_throughput"]
             print(
-                f"through the actor, ack latency at 10,000 events/s offered (4 processes, calls of "
-                f"{actor['paced_call_size']}): p50 {actor['ack_p50_ms']:.1f} ms, p99 "
-                f"{actor['ack_p99_ms']:.1f} ms (target <= 20), max {actor['ack_max_ms']:.1f} ms"
+                f"through the actor, ack latency at 10,000 events/s offered on a fresh log "
+                f"(4 processes, calls of {fresh['call_size']}): p50 {fresh['ack_p50_ms']:.1f} ms, "
+                f"p99 {fresh['ack_p99_ms']:.1f} ms (target <= 20), max {fresh['ack_max_ms']:.1f} ms; "
+                f"a live subscriber (long-poll, own process) got each event "
+                f"p50 {fresh['subscriber_p50_ms']:.1f} ms, p99 {fresh['subscriber_p99_ms']:.1f} ms "
+                f"after it was due, p50 {fresh['subscriber_after_ack_p50_ms']:.1f} ms, "
+                f"p99 {fresh['subscriber_after_ack_p99_ms']:.1f} ms after its appender's ack "
+                f"({fresh['subscriber_events']:,} events)"
+            )
+            print(
+                f"through the actor, the same load right after the throughput run: "
+                f"ack p50 {flood['ack_p50_ms']:.1f} ms, p99 {flood['ack_p99_ms']:.1f} ms, "
+                f"max {flood['ack_max_ms']:.1f} ms"
             )
 
         mem = memory(d / "memory.duckdb", mem_events)

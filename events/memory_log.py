@@ -37,31 +37,37 @@ def _check_keys(keys: Sequence[str], count: int) -> None:
 def encode_append(events: Sequence[AgentEvent], keys: Sequence[str]) -> list[bytes]:
     """Encode the events of one append, refusing the whole append if one cannot be encoded."""
     _check_keys(keys, len(events))
-    blobs = []
-    for i, event in enumerate(events):
+    try:
+        return list(map(encode, events))  # the usual good case, without a Python loop
+    except (TypeError, msgspec.EncodeError):
+        pass
+    for i, event in enumerate(events):  # find the bad one, to name it
         try:
-            blobs.append(encode(event))
+            encode(event)
         except (TypeError, msgspec.EncodeError) as exc:
             raise MalformedEvent(
                 f"event {i} (key {keys[i]!r}) is not an encodable event "
                 f"({type(event).__name__}): {exc}; nothing of this append was written"
             ) from None
-    return blobs
+    raise AssertionError("unreachable: an event failed to encode, then encoded")
 
 
 def decode_append(blobs: Sequence[bytes], keys: Sequence[str]) -> list[AgentEvent]:
     """Validate the encoded events of one append by decoding them; refuse the whole append
     if one is malformed (unknown kind, newer schema version, bad fields)."""
     _check_keys(keys, len(blobs))
-    events = []
-    for i, blob in enumerate(blobs):
+    try:
+        return list(map(decode, blobs))  # the usual good case, without a Python loop
+    except DecodeError:
+        pass
+    for i, blob in enumerate(blobs):  # find the bad one, to name it
         try:
-            events.append(decode(blob))
+            decode(blob)
         except DecodeError as exc:
             raise MalformedEvent(
                 f"event {i} (key {keys[i]!r}) is malformed: {exc}; nothing of this append was written"
             ) from None
-    return events
+    raise AssertionError("unreachable: an event failed to decode, then decoded")
 
 
 # --- the reference log ------------------------------------------------------------------------
