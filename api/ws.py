@@ -16,7 +16,8 @@ pace its client reads.
 A client that reconnects and subscribes with ``after`` = the last ``seq`` it saw misses
 nothing and sees nothing twice. A client that does not read fast enough is disconnected
 (close code 1013 and a reason) instead of slowing the others: each connection has a bounded
-send queue.
+send queue; what does not fit waits, up to a bound, for the client to read, and a client that
+reads nothing for a while (``SLOW_AFTER_S``) is cut off.
 
 Frame types are msgspec Structs (one tagged union per direction, ``tag_field="type"``); their
 JSON Schema, with the events', is ``schema_document()`` (``GET /api/schema``).
@@ -27,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -48,7 +50,8 @@ SLOW_AFTER_S = 10.0  # a catch-up waiting this long for the client to read: the 
 CLOSE_WAIT_S = 30.0  # how long a close frame may wait for a full socket to drain
 RECENT_RUNS = 50
 CATCH_UP_PAGE = 1000
-PENDING_MAX = 100_000  # live records held for a subscription still catching up
+DISPATCH_PART = 256  # live records fanned out in one go
+PENDING_MAX = 100_000  # live frames held for a subscription catching up or behind
 
 Short = Annotated[str, msgspec.Meta(max_length=200)]
 RunIdText = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
@@ -192,46 +195,53 @@ def schema_document() -> dict[str, Any]:
 
 
 class Listener:
-    """One subscription of one connection: catch-up records first, live ones buffered until
-    the catch-up is done, every record at most once and in ``seq`` order."""
+    """One subscription of one connection: catch-up records first, live ones held until the
+    catch-up is done, every record at most once and in ``seq`` order.
+
+    Live frames go straight to the connection's send queue while they fit. Frames that come
+    while the subscription catches up, or a live burst bigger than the room left in the
+    queue (a poll answer after a stall of the log can hold thousands of records), are held
+    here and handed over at the pace the client reads (``Connection._follow``), rather than
+    overflowing the queue and cutting off a client that is reading."""
 
     def __init__(self, conn: Connection, run_id: str | None, after: int):
         self.conn = conn
         self.run_id = run_id
         self.last = after
         self.live = False
-        self.pending: list[Record] = []
+        self.held: deque[tuple[int, str]] = deque()  # (seq, encoded frame), in seq order
+        self.behind = asyncio.Event()  # set when a live burst did not fit
 
     def deliver(self, records) -> None:
+        """Records read from the log by this subscription's catch-up."""
         for rec in records:
             if rec.seq <= self.last:
                 continue  # already sent (the catch-up and the live feed overlap)
             self.last = rec.seq
             self.conn.offer(EventFrame(sub=self.run_id, seq=rec.seq, run_id=rec.event.run_id, event=rec.event))
 
-    def feed(self, records, encoded: dict) -> None:
-        """Live records from the hub (already filtered to this subscription)."""
-        if not self.live:
-            self.pending.extend(records)
-            if len(self.pending) > PENDING_MAX:
-                self.conn.close_soon(SLOW_CLOSE, "slow consumer: reconnect and subscribe from your last seq")
+    def feed(self, frames: list[tuple[int, str]]) -> None:
+        """Live frames from the hub (``(seq, text)``, already for this subscription)."""
+        if self.live and self.conn.has_room(len(frames)):
+            self.send(frames)
             return
-        for rec in records:
-            if rec.seq <= self.last:
+        self.held.extend(frames)
+        if self.live:
+            self.live = False
+            self.behind.set()
+        if len(self.held) > PENDING_MAX:
+            self.conn.close_soon(SLOW_CLOSE, "slow consumer: reconnect and subscribe from your last seq")
+
+    def send(self, frames) -> None:
+        for seq, data in frames:
+            if seq <= self.last:
                 continue
-            self.last = rec.seq
-            key = (rec.seq, self.run_id)
-            data = encoded.get(key)
-            if data is None:  # encode once for every listener of the same subscription
-                data = encoded[key] = _encoder.encode(
-                    EventFrame(sub=self.run_id, seq=rec.seq, run_id=rec.event.run_id, event=rec.event)
-                ).decode()
+            self.last = seq
             self.conn.offer_encoded(data)
 
-    def go_live(self) -> None:
-        pending, self.pending = self.pending, []
-        self.deliver(pending)
-        self.live = True
+    def take(self, n: int) -> list[tuple[int, str]]:
+        held = self.held
+        return [held.popleft() for _ in range(min(n, len(held)))]
 
 
 class Hub:
@@ -275,7 +285,12 @@ class Hub:
         while True:
             try:
                 async for batch in self.backend.subscribe(None, self.position):
-                    self._dispatch(batch)
+                    # A big answer (after a stall of the log) goes out in parts, letting the
+                    # senders write between them rather than holding the loop for all of it.
+                    for i in range(0, len(batch), DISPATCH_PART):
+                        if i:
+                            await asyncio.sleep(0)
+                        self._dispatch(batch[i : i + DISPATCH_PART])
                     delay = 0.1
             except asyncio.CancelledError:
                 raise
@@ -291,18 +306,28 @@ class Hub:
         if not fresh:
             return
         self.position = fresh[-1].seq
-        encoded: dict = {}
         everyone = self.by_run.get(None)
         if everyone:
+            frames = _event_frames(None, fresh)
             for listener in list(everyone):
-                listener.feed(fresh, encoded)
+                listener.feed(frames)
         by_run: dict[str, list[Record]] = {}
         for rec in fresh:
             if rec.event.run_id in self.by_run:
                 by_run.setdefault(rec.event.run_id, []).append(rec)
         for run_id, records in by_run.items():
+            frames = _event_frames(run_id, records)
             for listener in list(self.by_run.get(run_id, ())):
-                listener.feed(records, encoded)
+                listener.feed(frames)
+
+
+def _event_frames(sub: str | None, records: list[Record]) -> list[tuple[int, str]]:
+    """Each record's ``event`` frame for subscription ``sub``, encoded once for all its
+    listeners."""
+    return [
+        (rec.seq, _encoder.encode(EventFrame(sub=sub, seq=rec.seq, run_id=rec.event.run_id, event=rec.event)).decode())
+        for rec in records
+    ]
 
 
 def _field(row, name):
@@ -339,6 +364,9 @@ class Connection:
             self.queue.put_nowait(data)
         except asyncio.QueueFull:
             self.close_soon(SLOW_CLOSE, "slow consumer: reconnect and subscribe from your last seq")
+
+    def has_room(self, n: int) -> bool:
+        return self.queue.qsize() + n <= self.queue.maxsize
 
     async def room(self, n: int) -> None:
         """Wait until ``n`` frames fit in the send queue; a client that does not read for
@@ -473,14 +501,23 @@ class Connection:
             while not self.closing:
                 page = await run_in_threadpool(self.backend.events, run_id, last, size)
                 # The catch-up is pulled, so it waits for the client to read (the live feed,
-                # pushed, never waits: a client that falls behind it is disconnected).
+                # pushed, never waits: frames that do not fit are held by the listener).
                 await self.room(len(page))
                 listener.deliver(page)
                 if len(page) < size:
                     break
                 last = page[-1].seq
-            listener.go_live()
-            await asyncio.Future()  # the hub feeds the listener until this task is cancelled
+            while not self.closing:
+                # What the live feed left with the listener goes out as the client reads;
+                # then the listener is live until a burst does not fit.
+                while listener.held:
+                    await self.room(min(size, len(listener.held)))
+                    if self.closing:
+                        return
+                    listener.send(listener.take(size))
+                listener.live = True
+                listener.behind.clear()
+                await listener.behind.wait()
         finally:
             self.hub.remove(listener)
 

@@ -1,0 +1,65 @@
+"""The WebSocket's live fan-out against a real backend: clients following every run each get
+all of a burst of events, in order and once, when the log answers the live feed with more
+records at once than a connection's send queue holds (after a stall of the log, say). The
+frames that do not fit wait for the client to read; a client that reads is not cut off."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import websockets.sync.client as ws_sync
+
+import api.ws
+from actors.config import Settings
+from apitest_support import SCRIPT, Server, api_settings
+from events.types import OutputDelta
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def own_backend(ray_session, tmp_path_factory):
+    """A real Orchestrator with a log of its own: the burst below is not a run other tests
+    should see."""
+    from actors.service import Orchestrator
+
+    data = tmp_path_factory.mktemp("fanout-data")
+    orch = Orchestrator(Settings(data_dir=str(data), engine="scripted"), engine="scripted", script=SCRIPT)
+    yield orch
+    orch.close()
+
+
+def test_a_live_burst_bigger_than_the_send_queue_reaches_every_reading_client(own_backend, repos_root):
+    burst = 3 * api.ws.QUEUE_FRAMES
+    with Server(own_backend, api_settings(own_backend, repos_root)) as server:
+        clients = [ws_sync.connect(server.ws_url) for _ in range(4)]
+        try:
+            for ws in clients:
+                ws.send(json.dumps({"type": "subscribe", "run_id": None}))
+            for ws in clients:
+                assert json.loads(ws.recv(30))["type"] == "snapshot"
+            now = time.time()
+            events = [
+                OutputDelta(run_id="burst", ts=now, step_id="s1", text=f"w{i} ", offset=4 * i, tokens=1)
+                for i in range(burst)
+            ]
+            # One append: one commit, which the live feed reads in one answer.
+            seqs = own_backend.log.append(events, [f"burst-{i}" for i in range(burst)])
+
+            def read(ws) -> list[int]:
+                got = []
+                while not got or got[-1] < seqs[-1]:
+                    frame = json.loads(ws.recv(30))  # a client cut off raises ConnectionClosed
+                    if frame["type"] == "event":
+                        got.append(frame["seq"])
+                return got
+
+            with ThreadPoolExecutor(len(clients)) as pool:
+                for got in pool.map(read, clients):
+                    assert got == seqs
+        finally:
+            for ws in clients:
+                ws.close()
