@@ -4,14 +4,18 @@
 script streams it (nothing cut, nothing twice), one outcome per decision, and returns the
 pickups it saw. ``pickups(events)`` describes every time a step was picked up again after
 having been started: where it continued and how much committed text was generated again.
+``kill_points(events)`` says, for every resume of a run, where the kill had left it.
+``check_log_copy(data_dir, work, acknowledged)`` checks a copy of a killed server's log file.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 from conductor.state import fold
 from events.types import (
@@ -21,7 +25,11 @@ from events.types import (
     ReportRendered,
     RunFinished,
     StepFinished,
+    RunResumed,
+    StepQueued,
     StepStarted,
+    ToolCalled,
+    ToolResult,
     ValidatorVerdict,
 )
 from durability_script import expected_output, expected_text, marker
@@ -82,6 +90,59 @@ def pickups(records) -> list[Pickup]:
     return out
 
 
+def kill_points(records) -> list[tuple[int, set[str]]]:
+    """For every ``run_resumed`` of a run (its seq), where the kill had left the run, judged
+    from what it had committed before: what each unfinished step was doing, and whether a
+    decision (evidence check, report, finish) was pending between two commits."""
+    out: list[tuple[int, set[str]]] = []
+    last: dict[str, object] = {}  # step -> its last step event
+    finished: set[str] = set()
+    checked: set[str] = set()
+    verdict = rendered = False
+    for rec in records:
+        ev = rec.event
+        if isinstance(ev, RunResumed):
+            where: set[str] = set()
+            for step_id, e in last.items():
+                validator = "validator" in step_id
+                if step_id in finished:
+                    if step_id not in checked:
+                        where.add("step finished, evidence not yet checked")
+                    elif validator and not verdict:
+                        where.add("validator finished, verdicts not applied")
+                elif isinstance(e, OutputDelta):
+                    if validator:
+                        where.add("validator streaming")
+                    else:
+                        where.add("streaming a tool call" if e.turn == 0 else "mid-stream")
+                elif isinstance(e, ToolCalled):
+                    where.add("between a tool call and its result")
+                elif isinstance(e, ToolResult):
+                    where.add("after a tool result, before the next turn")
+                elif isinstance(e, StepStarted):
+                    where.add("step started, nothing streamed")
+                elif isinstance(e, StepQueued):
+                    where.add("step queued, not started")
+            if verdict and not rendered:
+                where.add("verdicts applied, report not rendered")
+            elif rendered:
+                where.add("report rendered, run not finished")
+            out.append((rec.seq, where))
+        elif isinstance(ev, StepQueued | StepStarted | OutputDelta | ToolCalled | ToolResult | StepFinished):
+            last[ev.step_id] = ev
+            if isinstance(ev, StepFinished):
+                finished.add(ev.step_id)
+        elif isinstance(ev, StepFailed):
+            last.pop(ev.step_id, None)
+        elif isinstance(ev, EvidenceChecked):
+            checked.add(ev.step_id)
+        elif isinstance(ev, ValidatorVerdict):
+            verdict = True
+        elif isinstance(ev, ReportRendered):
+            rendered = True
+    return out
+
+
 def check_finished_run(records, report_md: str | None = None) -> list[Pickup]:
     events = [r.event for r in records]
     state = fold(events)
@@ -127,3 +188,35 @@ def wait_until(predicate, what: str, timeout: float = 90.0):
             return value
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
+
+
+def check_log_copy(data_dir: Path, work: Path, acknowledged: dict[int, dict]) -> int:
+    """On a copy of the log file (and its write-ahead log) left by a killed server: every
+    acknowledged event is there unchanged, seqs are dense, keys unique, and the projections
+    equal a rebuild of the log. Returns the number of events."""
+    import duckdb
+
+    from projections import rebuild
+    from tests.projections.projection_scenarios import tables
+
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    for name in ("events.duckdb", "events.duckdb.wal"):
+        if (data_dir / name).exists():
+            shutil.copy(data_dir / name, work / name)
+    con = duckdb.connect(str(work / "events.duckdb"))  # replays the write-ahead log
+    try:
+        rows = con.execute("SELECT seq, key, body FROM events ORDER BY seq").fetchall()
+        assert [r[0] for r in rows] == list(range(1, len(rows) + 1)), "seqs are not dense"
+        assert len({r[1] for r in rows}) == len(rows), "a key was written twice"
+        bodies = {seq: body for seq, _, body in rows}
+        for seq, event in acknowledged.items():
+            assert seq in bodies, f"acknowledged seq {seq} ({event['kind']}) was lost"
+            assert json.loads(bodies[seq]) == event, f"acknowledged seq {seq} changed"
+        live = tables(con)
+        rebuild(con)
+        assert tables(con) == live, "the projections differ from a rebuild of the log"
+        return len(rows)
+    finally:
+        con.close()

@@ -10,6 +10,11 @@ outside the session is touched (other Ray instances on the machine keep running)
 ``kill(whole=False)`` kills the serve process alone, as ``kill -9 <pid>`` would; its Ray then
 goes down on its own (the GCS and raylet share the server's fate, the workers follow them).
 
+``kill(aim="commit")`` aims the kill at a commit of the event log: it watches the threads of
+the process that holds the DuckDB file and sends SIGKILL the moment one of them is inside the
+write or ``fdatasync`` of the write-ahead log (a commit's durable part, milliseconds long), that
+process first, then the rest of the instance.
+
 ``Watcher`` is a client that follows every run's committed events through the REST events
 endpoint across restarts: what it saw is what the server acknowledged.
 
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -49,9 +55,63 @@ def session_pids(sid: int) -> list[int]:
     return pids
 
 
-def kill_session(sid: int, timeout: float = 30.0) -> None:
-    """SIGKILL every process of session ``sid`` until none is left."""
+# The system calls by which DuckDB makes a commit durable: the write-ahead log's write and
+# fdatasync (the checkpoint's pwrite64/fsync of the database file count as well).
+COMMIT_SYSCALLS = {
+    "x86_64": {1: "write", 18: "pwrite64", 74: "fsync", 75: "fdatasync"},
+    "aarch64": {64: "write", 68: "pwrite64", 82: "fsync", 83: "fdatasync"},
+}.get(platform.machine(), {})
+
+
+def open_by(pids: list[int], paths: set[str]) -> int | None:
+    """The first of ``pids`` that has one of ``paths`` open."""
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in paths:
+                    return pid
+            except OSError:
+                continue
+    return None
+
+
+def in_commit(pid: int, paths: set[str]) -> str:
+    """What a thread of ``pid`` is doing to one of ``paths`` right now ("fdatasync", ...), or
+    "" when none is inside such a system call. Reads ``/proc/<pid>/task/<tid>/syscall``."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return ""
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/syscall") as fh:
+                fields = fh.read().split()
+        except OSError:
+            continue
+        # "nr arg0 ...": a thread in a system call; "running" or "-1 ..." otherwise.
+        name = COMMIT_SYSCALLS.get(int(fields[0])) if fields and fields[0].isdigit() else None
+        if name is None:
+            continue
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{int(fields[1], 16)}") in paths:
+                return name
+        except (OSError, ValueError, IndexError):
+            continue
+    return ""
+
+
+def kill_session(sid: int, timeout: float = 30.0, first: int | None = None) -> None:
+    """SIGKILL every process of session ``sid`` until none is left (``first`` before the rest)."""
     deadline = time.monotonic() + timeout
+    if first is not None:
+        try:
+            os.kill(first, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     while pids := session_pids(sid):
         for pid in pids:
             try:
@@ -124,6 +184,28 @@ class Server:
             self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(30)
 
+    def log_files(self) -> set[str]:
+        base = os.path.realpath(self.data_dir / "events.duckdb")
+        return {base, base + ".wal"}
+
+    def kill_in_commit(self, timeout: float = 10.0) -> str:
+        """SIGKILL the whole instance while its event log is inside a commit's write or
+        fdatasync (that process first). Returns the system call it was seen in, or "" when
+        none was seen within ``timeout`` (the instance is killed then all the same)."""
+        assert self.proc is not None
+        files = self.log_files()
+        deadline = time.monotonic() + timeout
+        writer, seen = None, ""
+        while time.monotonic() < deadline:
+            if writer is None:
+                writer = open_by(session_pids(self.proc.pid), files)
+            if writer is not None and (seen := in_commit(writer, files)):
+                break
+            time.sleep(0.0005)
+        kill_session(self.proc.pid, first=writer)
+        self.proc.wait(30)
+        return seen
+
     def stop(self, timeout: float = 120.0) -> int:
         """SIGTERM (a graceful stop); the exit code."""
         assert self.proc is not None
@@ -173,15 +255,24 @@ class Server:
         return httpx.Client(base_url=self.url, timeout=timeout)
 
 
+ENDED = ("run_finished", "run_failed", "run_cancelled")
+
+
 class Watcher(threading.Thread):
-    """A client following every run's committed events over REST, across restarts."""
+    """A client following every run's committed events over REST, across restarts.
+
+    A run seen to end is asked again only about once a second (a report sent later still
+    shows), so a long list of finished runs does not slow the watch on the live ones.
+    """
 
     def __init__(self, server: Server):
         super().__init__(daemon=True)
         self.server = server
         self.runs: list[str] = []
         self.seen: dict[int, tuple[float, str, dict]] = {}  # seq -> (when, run, event)
+        self.cycles = 0  # passes over the runs that got an answer for every run asked
         self._last: dict[str, int] = {}
+        self._ended: dict[str, float] = {}  # run -> when it was last asked, once it ended
         self._lock = threading.Lock()
         self._halt = threading.Event()
 
@@ -193,19 +284,31 @@ class Watcher(threading.Thread):
                     client.close()
                 url = self.server.url
                 client = httpx.Client(base_url=url, timeout=5)
+            complete = True
             for run_id in list(self.runs):
+                asked = self._ended.get(run_id)
+                if asked is not None and time.monotonic() - asked < 1.0:
+                    continue
                 try:
                     resp = client.get(f"api/runs/{run_id}/events", params={"after": self._last.get(run_id, 0), "limit": 5000})
                     if resp.status_code != 200:
+                        complete = False
                         continue
                     page = resp.json()
                 except (httpx.HTTPError, ValueError):
+                    complete = False
                     continue  # the server is down, restarting, or died while answering
                 now = time.monotonic()
                 with self._lock:
                     for rec in page["records"]:
                         self.seen[rec["seq"]] = (now, run_id, rec["event"])
+                        if rec["event"]["kind"] in ENDED:
+                            self._ended[run_id] = now
                     self._last[run_id] = page["last_seq"]
+                    if run_id in self._ended:
+                        self._ended[run_id] = now
+            if complete:
+                self.cycles += 1
             time.sleep(0.03)
         if client is not None:
             client.close()
@@ -213,6 +316,13 @@ class Watcher(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
         self.join(10)
+
+    def caught_up(self, timeout: float = 30.0) -> None:
+        """Wait until two whole passes have been answered since the call (the second began
+        after it): the watcher then holds everything committed before the call."""
+        target, deadline = self.cycles + 2, time.monotonic() + timeout
+        while self.cycles < target and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def since(self, t0: float) -> list[dict]:
         with self._lock:
@@ -223,6 +333,31 @@ class Watcher(threading.Thread):
         with self._lock:
             times = [when for when, _, ev in self.seen.values() if when >= t0 and predicate(ev)]
         return min(times, default=None)
+
+    def resumed(self, t0: float) -> dict[str, int]:
+        """The runs a server started at ``t0`` resumed: run -> seq of its ``run_resumed``."""
+        out: dict[str, int] = {}
+        with self._lock:
+            for seq, (when, run, ev) in self.seen.items():
+                if when >= t0 and ev["kind"] == "run_resumed":
+                    out[run] = max(seq, out.get(run, 0))
+        return out
+
+    def first_resumed_token(self, t0: float) -> float | None:
+        """When the first text streamed by a run after its resume by the server started at
+        ``t0`` was seen: text committed before the kill and seen late does not count."""
+        resumed = self.resumed(t0)
+        with self._lock:
+            times = [
+                when
+                for seq, (when, run, ev) in self.seen.items()
+                if run in resumed and seq > resumed[run] and ev["kind"] == "output_delta" and ev.get("text")
+            ]
+        return min(times, default=None)
+
+    def ended(self) -> set[str]:
+        with self._lock:
+            return set(self._ended)
 
     def acknowledged(self) -> dict[int, dict]:
         with self._lock:
