@@ -92,6 +92,18 @@ def test_append_read_poll_query_through_the_actor(actor_log):
     assert client.call_reader(_count_events) == 5
 
 
+def test_polls_near_the_head_and_far_behind_it_agree_with_read(actor_log):
+    _, handle = actor_log
+    client = LogClient(handle)
+    for c in range(6):  # more than a poll answers from memory on the actor's loop
+        client.append(*batch(f"r{c % 2}", "s", c * 500, 500))
+    for after, run_id in ((0, None), (0, "r1"), (2990, None), (2990, "r0"), (3000, None)):
+        timeout = 0.1 if after == 3000 else 10.0
+        polled = ray.get(handle.poll.remote(after, run_id, timeout))
+        assert polled == ray.get(handle.read.remote(after, run_id))[: len(polled)]
+        assert len(polled) == (0 if after == 3000 else len(client.read(after, run_id=run_id)))
+
+
 def _count_events(cur) -> int:
     return cur.execute("SELECT count(*) FROM events").fetchall()[0][0]
 

@@ -76,6 +76,19 @@ def test_reads_from_the_table_and_from_the_recent_tail_agree(tmp_path, monkeypat
         )
 
 
+def test_read_recent_encoded_answers_from_the_tail_or_not_at_all(tmp_path, monkeypatch):
+    import events.duckdb_log as module
+
+    monkeypatch.setattr(module, "RECENT_RECORDS", 50)
+    with DuckDBLog(tmp_path / "events.duckdb") as log:
+        for c in range(20):
+            log.append(*batch(f"r{c % 3}", "s", c * 10, 10))
+        assert log.read_recent_encoded(100) is None  # seq 101 left the tail: ask the table
+        assert log.read_recent_encoded(160, run_id="r1") == log.read_encoded(160, run_id="r1")
+        assert log.read_recent_encoded(190, limit=3) == log.read_encoded(190, limit=3)
+        assert log.read_recent_encoded(200) == []
+
+
 def test_second_process_gets_log_locked_naming_the_holder(tmp_path):
     path = tmp_path / "events.duckdb"
     with DuckDBLog(path) as log:
@@ -128,6 +141,14 @@ def test_buffer_pool_is_bounded_and_a_bad_limit_is_refused(tmp_path):
         assert log.query("SELECT current_setting('memory_limit')").rows == [("61.0 MiB",)]
     with DuckDBLog(path) as log:  # bounded by default
         assert log.query("SELECT current_setting('memory_limit')").rows == [("244.1 MiB",)]
+
+
+def test_duckdbs_own_checkpoint_threshold_is_set_and_a_bad_one_refused(tmp_path):
+    path = tmp_path / "events.duckdb"
+    with pytest.raises(ValueError, match="checkpoint_threshold 'often' should look like"):
+        DuckDBLog(path, checkpoint_threshold="often")
+    with DuckDBLog(path, checkpoint_threshold="8MB") as log:
+        assert log.query("SELECT current_setting('checkpoint_threshold')").rows == [("7.6 MiB",)]
 
 
 def test_an_idle_writer_checkpoints_after_a_burst(tmp_path):
