@@ -42,7 +42,7 @@ import numpy as np
 import pyarrow as pa
 
 from events.codec import decode
-from events.errors import LogClosed, LogLocked
+from events.errors import EventError, LogClosed, LogLocked
 from events.log import EventLog, Projector, Record
 from events.memory_log import decode_append, encode_append
 from events.subscription import DEFAULT_BUFFER, Hub, HubSubscription
@@ -266,6 +266,7 @@ class DuckDBLog(EventLog):
                 f"SET checkpoint_threshold = '{_size(checkpoint_threshold, 'checkpoint_threshold')}'"
             )
             self._con.execute(_DDL)
+            _check_no_table_named_like_the_batch(self._con)
             if projector is not None:
                 projector.setup(self._con)
             self._seq = self._con.execute("SELECT coalesce(max(seq), 0) FROM events").fetchall()[0][
@@ -729,15 +730,32 @@ class DuckDBLog(EventLog):
 _KIND = {t: t.__struct_config__.tag for t in AgentEvent.__args__}  # type: ignore[attr-defined]
 
 
-def _insert(con: duckdb.DuckDBPyConnection, eventlog_batch: pa.Table) -> None:
+def _insert(con: duckdb.DuckDBPyConnection, eventlog_arrow_batch: pa.Table) -> None:
     """Insert an Arrow batch into ``events`` in one call into DuckDB.
 
     The statement reads the local variable by its name (DuckDB's replacement scan of the
-    calling frame). ``con.from_arrow(batch).insert_into`` does the same through DuckDB's
-    Python relation layer, which cost 0.2-1 ms more CPU a commit here (measured, batches of
-    10-1000): the writer's time under the GIL, paid on every commit.
+    calling frame; ``_check_no_table_named_like_the_batch`` makes sure no table shadows it).
+    ``con.from_arrow(batch).insert_into`` does the same through DuckDB's Python relation
+    layer, which cost 0.2-1 ms more CPU a commit here (measured, batches of 10-1000): the
+    writer's time under the GIL, paid on every commit.
     """
-    con.execute("INSERT INTO events SELECT * FROM eventlog_batch")
+    con.execute(f"INSERT INTO events SELECT * FROM {_BATCH_NAME}")
+
+
+_BATCH_NAME = "eventlog_arrow_batch"
+
+
+def _check_no_table_named_like_the_batch(con: duckdb.DuckDBPyConnection) -> None:
+    found = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE table_name = ? "
+        "UNION ALL SELECT count(*) FROM duckdb_views() WHERE view_name = ?",
+        [_BATCH_NAME, _BATCH_NAME],
+    ).fetchall()
+    if any(n for (n,) in found):
+        raise EventError(
+            f"the database holds a table or view named {_BATCH_NAME!r}, which the event log's "
+            "inserts would read instead of their own rows; rename or drop it"
+        )
 
 
 def _settle(future: concurrent.futures.Future[Any], fn: Any) -> None:

@@ -143,6 +143,20 @@ def test_buffer_pool_is_bounded_and_a_bad_limit_is_refused(tmp_path):
         assert log.query("SELECT current_setting('memory_limit')").rows == [("244.1 MiB",)]
 
 
+def test_a_table_that_would_shadow_the_insert_batch_is_refused(tmp_path):
+    from events.errors import EventError
+
+    path = tmp_path / "events.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE eventlog_arrow_batch AS SELECT 1 AS x")
+    con.close()
+    with pytest.raises(EventError, match="named 'eventlog_arrow_batch'"):
+        DuckDBLog(path)
+    with DuckDBLog(tmp_path / "other.duckdb") as log:  # the usual case: the insert reads its rows
+        assert log.append(*batch("r", "s", 0, 3)) == [1, 2, 3]
+        assert log.query("SELECT count(*) FROM events").rows == [(3,)]
+
+
 def test_duckdbs_own_checkpoint_threshold_is_set_and_a_bad_one_refused(tmp_path):
     path = tmp_path / "events.duckdb"
     with pytest.raises(ValueError, match="checkpoint_threshold 'often' should look like"):
