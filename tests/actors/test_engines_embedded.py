@@ -35,7 +35,10 @@ def test_it_answers_as_llama_cpp_does_with_the_same_usage(model_path):
     from llama_cpp import Llama
 
     deltas = run(EmbeddedEngine(), lambda e: collect(e, ChatRequest(messages=QUESTION, max_tokens=32)))
-    direct = Llama(model_path=str(model_path), n_ctx=2048, n_threads=2, verbose=False)
+    # llama-cpp evaluating the prompt in the same batches as the engine does.
+    direct = Llama(
+        model_path=str(model_path), n_ctx=2048, n_threads=2, n_batch=embedded.PROMPT_CHUNK, verbose=False
+    )
     try:
         ref = direct.create_chat_completion(messages=QUESTION, max_tokens=32, temperature=0.0)
     finally:
@@ -58,6 +61,63 @@ def test_the_same_request_gives_the_same_text_whatever_ran_before():
 
     first, again = run(EmbeddedEngine(), body)
     assert first == again
+
+
+def text_of(deltas):
+    return "".join(d.text for d in deltas)
+
+
+def test_prompts_that_start_alike_reuse_the_context_and_answer_as_a_fresh_context_would():
+    follow_up = [
+        *QUESTION,
+        {"role": "assistant", "content": "Rivers carry water from the hills to the sea."},
+        {"role": "user", "content": "Now one sentence about lakes."},
+    ]
+    asks = [
+        QUESTION,
+        QUESTION,  # the same prompt again
+        [{"role": "user", "content": "Describe what a unit test is for."}],  # the same preamble
+        QUESTION,
+        follow_up,  # a next turn: the earlier conversation is there already
+    ]
+    requests = [ChatRequest(messages=m, max_tokens=24) for m in asks]
+
+    async def one_after_another(engine):
+        texts, reused = [], []
+        for req in requests:
+            before = engine.prompt_tokens_reused
+            texts.append(text_of(await collect(engine, req)))
+            reused.append(engine.prompt_tokens_reused - before)
+        return texts, reused, [engine.prompt(r)[0] for r in requests]
+
+    texts, reused, prompts = run(EmbeddedEngine(), one_after_another)
+    fresh = [run(EmbeddedEngine(), lambda e, r=r: collect(e, r)) for r in requests]
+    assert texts == [text_of(f) for f in fresh]
+    # Every whole chunk a prompt shares with the one before it (its last token is always
+    # evaluated again, for the logits to sample from).
+    chunk = embedded.PROMPT_CHUNK
+    for i in range(1, len(prompts)):
+        prev, this = prompts[i - 1], prompts[i]
+        shared = next((k for k, (a, b) in enumerate(zip(prev, this[:-1])) if a != b), None)
+        shared = min(len(prev), len(this) - 1) if shared is None else shared
+        assert reused[i] == shared // chunk * chunk, (i, reused, shared)
+    assert reused[0] == 0 and reused[1] >= 2 * chunk and reused[4] >= 2 * chunk
+
+
+def test_a_stream_ends_as_soon_as_its_answer_does_and_text_between_is_batched(monkeypatch):
+    # Text held back for up to 30 s between deltas: the end must not wait for that.
+    monkeypatch.setattr(embedded, "HAND_ON_EVERY", 30.0)
+
+    async def body(engine):
+        start = time.monotonic()
+        deltas = await collect(engine, ChatRequest(messages=QUESTION, max_tokens=12))
+        return deltas, time.monotonic() - start
+
+    deltas, took = run(EmbeddedEngine(), body)
+    assert took < 20.0, f"the stream took {took:.1f}s: its end waited for the hand-on interval"
+    text = [d for d in deltas if d.text]
+    assert len(text) <= 2  # the first token at once, the rest together
+    assert sum(d.tokens for d in deltas) == deltas[-1].usage.completion_tokens == 12
 
 
 def test_a_stream_left_early_stops_generating_within_a_second():
