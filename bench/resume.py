@@ -122,17 +122,20 @@ def bench(engine: str, args: argparse.Namespace) -> dict:
         up = time.monotonic()
         for trial in range(args.trials):
             # Keep IN_FLIGHT runs going, so that every kill lands in the middle of some work.
+            target = targets[trial % len(targets)]
             with server.client() as c:
                 ended = watcher.ended()
-                while len([r for r in watcher.runs if r not in ended]) < IN_FLIGHT:
-                    resp = c.post("api/runs", json={"flow": "code-review", "repo": str(repo), "text": f"trial {trial}"})
+                live = len([r for r in watcher.runs if r not in ended])
+                # A fresh run when aiming at a tool call (resumed runs are past theirs) or a
+                # commit (its analysts stream for a while, so commits flow).
+                for n in range(max(IN_FLIGHT - live, 1 if target in ("tool", "commit") else 0)):
+                    resp = c.post("api/runs", json={"flow": "code-review", "repo": str(repo), "text": f"trial {trial}.{n}"})
                     resp.raise_for_status()
                     watcher.runs.append(resp.json()["run_id"])
-            target = targets[trial % len(targets)]
-            moment = wait_moment(target, watcher, up, rng, wait)
+            # A commit is aimed at while something streams now, so that commits flow.
+            moment = wait_moment(target, watcher, time.monotonic() if target == "commit" else up, rng, wait)
             if target == "commit":
-                seen = server.kill_in_commit()
-                moment += f" (in {seen})" if seen else " (no commit seen in 10 s)"
+                moment += f" ({server.kill_in_commit()})"
             else:
                 server.kill(whole=not args.serve_only)
             aimed.append(moment)

@@ -5,7 +5,8 @@ script streams it (nothing cut, nothing twice), one outcome per decision, and re
 pickups it saw. ``pickups(events)`` describes every time a step was picked up again after
 having been started: where it continued and how much committed text was generated again.
 ``kill_points(events)`` says, for every resume of a run, where the kill had left it.
-``check_log_copy(data_dir, work, acknowledged)`` checks a copy of a killed server's log file.
+``check_log_copy(data_dir, work, acknowledged)`` checks a copy of a killed server's log file
+(``copy_log`` and ``check_log``, for a caller that checks while the server restarts).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from events.types import (
     StepQueued,
     StepStarted,
     ToolCalled,
+    ToolDenied,
     ToolResult,
     ValidatorVerdict,
 )
@@ -157,6 +159,13 @@ def check_finished_run(records, report_md: str | None = None) -> list[Pickup]:
         if isinstance(e, StepFinished | EvidenceChecked | ValidatorVerdict | ReportRendered | RunFinished)
     )
     assert set(once.values()) == {1}, f"a decision was recorded twice: {once}"
+    # A tool call, and its outcome, show once per attempt, however often the step was picked up.
+    calls = Counter(
+        (type(e).__name__ == "ToolCalled", e.step_id, e.attempt, e.call_id)
+        for e in events
+        if isinstance(e, ToolCalled | ToolResult | ToolDenied)
+    )
+    assert all(n == 1 for n in calls.values()), f"a tool call or its outcome was recorded twice: {calls}"
     if report_md is not None:
         for st in state.steps.values():
             if st.persona != "adversarial-validator":
@@ -190,21 +199,26 @@ def wait_until(predicate, what: str, timeout: float = 90.0):
         time.sleep(0.05)
 
 
-def check_log_copy(data_dir: Path, work: Path, acknowledged: dict[int, dict]) -> int:
-    """On a copy of the log file (and its write-ahead log) left by a killed server: every
-    acknowledged event is there unchanged, seqs are dense, keys unique, and the projections
-    equal a rebuild of the log. Returns the number of events."""
-    import duckdb
-
-    from projections import rebuild
-    from tests.projections.projection_scenarios import tables
-
+def copy_log(data_dir: Path, work: Path) -> Path:
+    """Copy the log file and its write-ahead log, as a killed server left them, into ``work``."""
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
     for name in ("events.duckdb", "events.duckdb.wal"):
         if (data_dir / name).exists():
             shutil.copy(data_dir / name, work / name)
+    return work
+
+
+def check_log(work: Path, acknowledged: dict[int, dict]) -> int:
+    """On a copy made by ``copy_log``: every acknowledged event is there unchanged, seqs are
+    dense, keys unique, and the projections equal a rebuild of the log. Returns the number of
+    events."""
+    import duckdb
+
+    from projections import rebuild
+    from tests.projections.projection_scenarios import tables
+
     con = duckdb.connect(str(work / "events.duckdb"))  # replays the write-ahead log
     try:
         rows = con.execute("SELECT seq, key, body FROM events ORDER BY seq").fetchall()
@@ -220,3 +234,8 @@ def check_log_copy(data_dir: Path, work: Path, acknowledged: dict[int, dict]) ->
         return len(rows)
     finally:
         con.close()
+
+
+def check_log_copy(data_dir: Path, work: Path, acknowledged: dict[int, dict]) -> int:
+    """``copy_log`` then ``check_log``."""
+    return check_log(copy_log(data_dir, work), acknowledged)

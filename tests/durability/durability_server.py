@@ -190,8 +190,9 @@ class Server:
 
     def kill_in_commit(self, timeout: float = 10.0) -> str:
         """SIGKILL the whole instance while its event log is inside a commit's write or
-        fdatasync (that process first). Returns the system call it was seen in, or "" when
-        none was seen within ``timeout`` (the instance is killed then all the same)."""
+        fdatasync (that process first). Returns the system call it was seen in, or why none
+        was seen within ``timeout`` ("no commit", "no log process"): the instance is killed
+        then all the same."""
         assert self.proc is not None
         files = self.log_files()
         deadline = time.monotonic() + timeout
@@ -204,7 +205,7 @@ class Server:
             time.sleep(0.0005)
         kill_session(self.proc.pid, first=writer)
         self.proc.wait(30)
-        return seen
+        return seen or ("no commit" if writer else "no log process")
 
     def stop(self, timeout: float = 120.0) -> int:
         """SIGTERM (a graceful stop); the exit code."""

@@ -2,127 +2,95 @@
 
 A real ``serve`` process (its own local Ray, the scripted model streaming slowly, tool calls,
 the validator) runs code reviews while a client follows every run's committed events through
-the REST events endpoint, as the pane does; what that client saw is what was acknowledged.
-Each trial launches a run, waits for a moment (an analyst streaming its answer, a tool call,
-the validator streaming, or a random delay), then kills the server: usually the whole instance
-(every process of its session, see ``durability_server``), every third time the serve process
-alone. After each whole kill, a copy of the data directory's DuckDB file is checked: every
-acknowledged event is there unchanged, seqs are dense, keys unique, and the projections equal
-a rebuild. Then ``serve`` starts again on the same directory (its stale ``server.json`` and
-the file left by the dead process must not stop it) and resumes the runs.
+the REST events endpoint, as the pane does; what that client saw is what was acknowledged. Each
+trial keeps two runs going (a fresh one when it aims at a tool call or a commit), waits for a
+moment (an analyst streaming its answer then a random wait, a tool call, the validator
+streaming then a random wait, the event log inside a commit's write or fdatasync, or a random
+delay), then kills the server: usually the whole instance (every process of its session, see
+``durability_server``), three times in ten the serve process alone. After each whole kill, a
+copy of the data directory's DuckDB file is checked (while ``serve`` starts again): every
+acknowledged event is there unchanged, seqs are dense, keys unique, and the projections equal a
+rebuild. ``serve`` starts again on the same directory (its stale ``server.json`` and the file
+left by the dead process must not stop it) and resumes the runs.
 
-At the end every run has finished with each step's text exactly as streamed once, the report
-holds each step's summary once, and a report sent to chat before the last kill is not sent
-again when asked again after it.
+At the end every run has finished with each step's text exactly as streamed once, each tool
+call and outcome recorded once, the report holds each step's summary once, the kills did land
+mid-stream, in the validator and in a commit, and a report sent to chat before a later kill is
+not sent again when asked again after it.
 """
 
 from __future__ import annotations
 
 import json
 import random
-import shutil
 import time
 from collections import Counter
-from pathlib import Path
+from concurrent.futures import Future, ThreadPoolExecutor
 
-import duckdb
 import pytest
 
-from durability_checks import check_finished_run
+from durability_checks import check_finished_run, check_log, copy_log, kill_points
 from durability_script import make_repo, script
-from durability_server import Server, Watcher
+from durability_server import COMMIT_SYSCALLS, Server, Watcher
 from events.duckdb_log import DuckDBLog
-from events.types import OutputDelta, RunResumed, StepFinished, StepStarted, ToolCalled, ToolResult
-from projections import rebuild
-from tests.projections.projection_scenarios import tables
 
 pytestmark = [pytest.mark.slow]
 
-TRIALS = 10
-TARGETS = ("stream", "tool", "validator", "random")
+# (what the kill aims at, whether it kills the whole instance): ten kills, three of the serve
+# process alone; a commit can only be aimed at by killing the instance.
+PLAN = (
+    ("stream", True),
+    ("tool", True),
+    ("validator", False),
+    ("commit", True),
+    ("random", True),
+    ("stream", False),
+    ("validator", True),
+    ("commit", True),
+    ("tool", False),
+    ("random", True),
+)
+LIVE = 2  # runs kept going at each kill
+WAIT = 30.0  # seconds to wait for an aimed-at moment before killing anyway
 
 
 def kill_moment(target: str, watcher: Watcher, since: float, rng: random.Random) -> str:
-    """Wait for the moment named by ``target``; what the kill actually hit is judged later."""
+    """Wait for the moment named by ``target`` (events seen after ``since``); what the kill
+    actually hit is judged later, from the log."""
     if target == "random":
         time.sleep(rng.uniform(0.2, 3.0))
         return target
-    deadline = time.monotonic() + 15
+
+    def wanted(ev: dict) -> bool:
+        kind, validator = ev["kind"], "validator" in ev.get("step_id", "")
+        if target == "tool":
+            return kind == "tool_called"
+        if kind != "output_delta":
+            return False
+        if target == "stream":
+            return not validator and ev.get("turn") == 1
+        return validator or target == "commit"  # commit: anything streaming, commits flow
+
+    deadline = time.monotonic() + WAIT
     while time.monotonic() < deadline:
-        for ev in watcher.since(since):
-            kind, step = ev["kind"], ev.get("step_id", "")
-            if target == "tool" and kind == "tool_called":
-                return target
-            if target == "stream" and kind == "output_delta" and ev.get("turn") == 1:
-                time.sleep(rng.uniform(0.0, 0.4))
-                return target
-            if target == "validator" and kind == "output_delta" and "validator" in step:
-                time.sleep(rng.uniform(0.0, 0.3))
-                return target
+        if watcher.first(since, wanted) is not None:
+            time.sleep({"stream": rng.uniform(0.0, 0.4), "validator": rng.uniform(0.0, 0.3)}.get(target, 0.0))
+            return target
         time.sleep(0.02)
-    return f"{target} (not seen in 15 s: killed anyway)"
+    return f"{target} (not seen in {WAIT:g} s: killed anyway)"
 
 
-def check_file(data_dir: Path, work: Path, acknowledged: dict[int, dict]) -> int:
-    """On a copy of the log file: acknowledged events unchanged, dense seqs, unique keys,
-    projections equal to a rebuild. Returns the number of events."""
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir()
-    for name in ("events.duckdb", "events.duckdb.wal"):
-        if (data_dir / name).exists():
-            shutil.copy(data_dir / name, work / name)
-    con = duckdb.connect(str(work / "events.duckdb"))  # replays the write-ahead log
-    try:
-        rows = con.execute("SELECT seq, key, body FROM events ORDER BY seq").fetchall()
-        assert [r[0] for r in rows] == list(range(1, len(rows) + 1)), "seqs are not dense"
-        assert len({r[1] for r in rows}) == len(rows), "a key was written twice"
-        bodies = {seq: body for seq, _, body in rows}
-        for seq, event in acknowledged.items():
-            assert seq in bodies, f"acknowledged seq {seq} ({event['kind']}) was lost"
-            assert json.loads(bodies[seq]) == event, f"acknowledged seq {seq} changed"
-        live = tables(con)
-        rebuild(con)
-        assert tables(con) == live, "the projections differ from a rebuild of the log"
-        return len(rows)
-    finally:
-        con.close()
-
-
-def hit(records, resumed_seq: int, run_id: str) -> set[str]:
-    """Where a kill left one run: judged from what it had committed before its resume."""
-    last: dict[str, object] = {}
-    finished: set[str] = set()
-    for rec in records:
-        if rec.seq >= resumed_seq:
-            break
-        ev = rec.event
-        if getattr(ev, "step_id", None) and isinstance(ev, StepStarted | OutputDelta | ToolCalled | ToolResult | StepFinished):
-            last[ev.step_id] = ev
-            if isinstance(ev, StepFinished):
-                finished.add(ev.step_id)
-    out = set()
-    for step_id, ev in last.items():
-        if step_id in finished:
-            continue
-        if isinstance(ev, OutputDelta):
-            out.add("validator streaming" if "validator" in step_id else "mid-stream")
-        elif isinstance(ev, ToolCalled):
-            out.add("between a tool call and its result")
-        elif isinstance(ev, ToolResult):
-            out.add("after a tool result, before the next turn")
-        elif isinstance(ev, StepStarted):
-            out.add("step started, nothing streamed")
-    return out
+def status(client, run_id: str) -> str:
+    return client.get(f"api/runs/{run_id}").json()["run"]["status"]
 
 
 def wait_finished(client, runs: list[str], timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
     for run_id in runs:
-        while (status := client.get(f"api/runs/{run_id}").json()["run"]["status"]) not in ("finished", "failed", "cancelled"):
+        while (st := status(client, run_id)) not in ("finished", "failed", "cancelled"):
             assert time.monotonic() < deadline, f"{run_id} never finished"
-            time.sleep(0.2)
-        assert status == "finished", f"{run_id} ended {status}"
+            time.sleep(0.1)
+        assert st == "finished", f"{run_id} ended {st}"
 
 
 @pytest.mark.timeout(1200)
@@ -133,33 +101,50 @@ def test_crash_loop_every_run_finishes_and_nothing_acknowledged_is_lost(tmp_path
     script_file.write_text(json.dumps(script(tokens_per_s=40, validator_tokens_per_s=2)))
     server = Server(tmp_path / "data", script=script_file, env={"ORCH_REPO_ROOTS": str(tmp_path / "repos")})
     watcher = Watcher(server)
+    checker = ThreadPoolExecutor(max_workers=1)
+    checks: list[Future] = []
     started = time.monotonic()
     restarts: list[float] = []
     aimed: list[str] = []
+    first = None  # the answer to the send
     try:
         server.start()
         watcher.start()
-        for trial in range(TRIALS):
-            up = time.monotonic()
+        up = time.monotonic()
+        for trial, (target, whole) in enumerate(PLAN):
+            last = trial == len(PLAN) - 1
             with server.client() as c:
-                if trial < TRIALS - 1:
-                    resp = c.post("api/runs", json={"flow": "code-review", "repo": str(repo), "text": f"trial {trial}"})
+                ended = watcher.ended()
+                live = [r for r in watcher.runs if r not in ended]
+                # A fresh run when aiming at a tool call (resumed runs are past theirs) or a
+                # commit (its four analysts stream for seconds, so commits flow).
+                for n in range(max(LIVE - len(live), 1 if target in ("tool", "commit") else 0)):
+                    resp = c.post("api/runs", json={"flow": "code-review", "repo": str(repo), "text": f"trial {trial}.{n}"})
                     assert resp.status_code == 201, resp.text
                     watcher.runs.append(resp.json()["run_id"])
-                else:  # before the last kill, send the first run's report to chat
+                # Send the first run's report to chat once it is done, with a kill still to come.
+                if first is None and (watcher.runs[0] in ended or last):
                     wait_finished(c, watcher.runs[:1])
                     first = c.post(f"api/runs/{watcher.runs[0]}/send", json={"request_id": "crash-loop-send"}).json()
                     assert first["repeated"] is False and first["seq"] > 0
-            aimed.append(kill_moment(TARGETS[trial % len(TARGETS)], watcher, up, rng))
-            whole = trial % 3 != 2
-            server.kill(whole=whole)
-            if whole:  # nothing of that instance is left: the file can be read as it was left
-                check_file(server.data_dir, tmp_path / "check", watcher.acknowledged())
+            # A commit is aimed at while something streams now, so that commits flow.
+            moment = kill_moment(target, watcher, time.monotonic() if target == "commit" else up, rng)
+            if target == "commit":
+                moment += f" ({server.kill_in_commit()})"
+            else:
+                server.kill(whole=whole)
+            aimed.append(moment)
+            if whole:  # nothing of that instance is left: its file is checked as it was left
+                work = copy_log(server.data_dir, tmp_path / f"check-{trial}")
+                checks.append(checker.submit(check_log, work, watcher.acknowledged()))
             t0 = time.monotonic()
             server.start()
-            restarts.append(time.monotonic() - t0)
-            print(f"trial {trial}: aimed at {aimed[-1]}, {'whole instance' if whole else 'serve process'} killed, "
+            up = time.monotonic()
+            restarts.append(up - t0)
+            print(f"trial {trial}: aimed at {moment}, {'whole instance' if whole else 'serve process'} killed, "
                   f"serving again after {restarts[-1]:.1f}s", flush=True)
+        for check in checks:
+            check.result()  # raises what a check of a killed server's file found
 
         with server.client() as c:
             # Asked again after the kill, the same request is answered from the log: no second send.
@@ -167,29 +152,32 @@ def test_crash_loop_every_run_finishes_and_nothing_acknowledged_is_lost(tmp_path
             assert again["repeated"] is True and again["seq"] == first["seq"]
             wait_finished(c, watcher.runs)
             reports = {r: c.get(f"api/runs/{r}/report", params={"format": "md"}).text for r in watcher.runs}
-        time.sleep(0.3)  # let the watcher see the last events
+        watcher.caught_up()  # it has seen the last events
         watcher.stop()
         assert server.stop() == 0  # a graceful stop after all that
         server.wait_gone()
 
         # The whole log, as the last server left it.
-        check_file(server.data_dir, tmp_path / "check", watcher.acknowledged())
+        work = copy_log(server.data_dir, tmp_path / "check")
+        check_log(work, watcher.acknowledged())
         coverage: Counter[str] = Counter()
-        with DuckDBLog(str(tmp_path / "check" / "events.duckdb")) as log:
+        with DuckDBLog(str(work / "events.duckdb")) as log:
             for run_id in watcher.runs:
                 recs = log.read(0, run_id=run_id)
                 check_finished_run(recs, reports[run_id])
-                for rec in recs:
-                    if isinstance(rec.event, RunResumed):
-                        coverage.update(hit(recs, rec.seq, run_id))
+                for _, where in kill_points(recs):
+                    coverage.update(where)
             sent = [r for r in log.read(0, run_id=watcher.runs[0]) if r.event.__struct_config__.tag == "report_sent"]
             assert len(sent) == 1  # sent once, though asked twice across a kill
     finally:
         watcher.stop()
         server.cleanup()
+        checker.shutdown(wait=True, cancel_futures=True)
     took = time.monotonic() - started
-    print(f"\ncrash loop: {TRIALS} kills aimed at {Counter(aimed)}; they left runs {dict(coverage)}; "
-          f"restart to serving p50 {sorted(restarts)[len(restarts) // 2]:.1f}s, max {max(restarts):.1f}s; "
-          f"total {took:.0f}s")
+    print(f"\ncrash loop: {len(PLAN)} kills aimed at {aimed}; {len(watcher.runs)} runs; they left runs "
+          f"{dict(coverage)}; restart to serving p50 {sorted(restarts)[len(restarts) // 2]:.1f}s, "
+          f"max {max(restarts):.1f}s; total {took:.0f}s")
     # The kills did land mid-stream and in the validator, not only between steps.
     assert coverage["mid-stream"] >= 3 and coverage["validator streaming"] >= 1, coverage
+    if COMMIT_SYSCALLS:  # /proc names the system calls on this machine: a kill hit a commit
+        assert any(a.endswith(("(write)", "(fdatasync)", "(fsync)", "(pwrite64)")) for a in aimed), aimed
