@@ -531,7 +531,8 @@ def main() -> int:
             print(
                 f"through the actor, ack latency at 10,000 events/s offered on a fresh log "
                 f"(4 processes, calls of {fresh['call_size']}): p50 {fresh['ack_p50_ms']:.1f} ms, "
-                f"p99 {fresh['ack_p99_ms']:.1f} ms (target <= 20), max {fresh['ack_max_ms']:.1f} ms "
+                f"p99 {fresh['ack_p99_ms']:.1f} ms (target <= 20), "
+                f"max {fresh['ack_max_ms']:.1f} ms "
                 f"({fresh['actor_cpu_us_per_event']:.0f} us of the actor's CPU per event, its "
                 f"subscriber's polls included); "
                 f"a live subscriber (long-poll, own process) got each event "

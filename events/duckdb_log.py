@@ -19,7 +19,8 @@ the middle of a commit, waits for ``CHECKPOINT_THRESHOLD`` of write-ahead log: a
 ~110,000 events (11 s at 10,000 events/s) never meets one. The gap is longer than a model's
 usual pause before its first token, so a checkpoint seldom starts just as a stream resumes.
 Sustained load still meets DuckDB's checkpoint: at 10,000 events/s, a stall every ~11 s of
-~150 ms (~300 ms on a busy machine; 124 ms of CPU, measured). DuckDB's buffer pool is bounded, so the writer's memory does not grow with the log.
+~150 ms (~300 ms on a busy machine; 124 ms of CPU, measured). DuckDB's buffer pool is bounded,
+so the writer's memory does not grow with the log.
 """
 
 from __future__ import annotations
@@ -262,9 +263,8 @@ class DuckDBLog(EventLog):
         try:
             if memory_limit and self._ident != ":memory:":
                 self._con.execute(f"SET memory_limit = '{_size(memory_limit, 'memory_limit')}'")
-            self._con.execute(
-                f"SET checkpoint_threshold = '{_size(checkpoint_threshold, 'checkpoint_threshold')}'"
-            )
+            threshold = _size(checkpoint_threshold, "checkpoint_threshold")
+            self._con.execute(f"SET checkpoint_threshold = '{threshold}'")
             self._con.execute(_DDL)
             _check_no_table_named_like_the_batch(self._con)
             if projector is not None:
