@@ -6,8 +6,10 @@ whole instance: every process of its session, see ``tests/durability/durability_
 and times it. A client follows the committed events over REST throughout, as the pane does.
 The kill moments come in turn:
 
-    stream     an analyst streaming its answer (then 0-0.4 s more)
-    tool-call  an analyst streaming its tool call (then 0-0.15 s more)
+    stream     an analyst streaming its answer (then 0-0.4 s more; with a real model, any of
+               its turns)
+    tool-call  an analyst streaming its tool call (then 0-0.15 s more; scripted engine only,
+               a real model's first turn may be a tool call or the answer)
     tool       as soon as a tool call is seen committed (its result may or may not be)
     commit     the event log inside a commit's write-ahead-log write or fdatasync, seen in
                /proc (whole-instance kills only)
@@ -18,7 +20,8 @@ Where each kill actually left each run is judged afterwards from the log and pri
 
 Printed per engine: time from restart to serving and to the first resumed token (p50/p99; a
 resumed token is text a resumed run streamed after its ``run_resumed``, never text committed
-before the kill and seen late), how many committed tokens each resumed step generated again
+before the kill and seen late), beside the reference time from launch to the first token of a
+fresh run on the same server lives, how many committed tokens each resumed step generated again
 (target 0 for engines that continue a partial answer), runs lost (target 0), acknowledged
 events missing from the log, and steps whose text ended up cut or doubled (scripted engine
 only). Each engine ends with one JSON line.
@@ -61,9 +64,11 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, max(0, round(p / 100 * (len(values) - 1))))]
 
 
-def wait_moment(target: str, watcher: Watcher, since: float, rng: random.Random, timeout: float) -> str:
-    """Wait for the moment named by ``target`` (events seen after ``since``); returns what
-    was aimed at. The kill itself is the caller's."""
+def wait_moment(target: str, watcher: Watcher, since: float, rng: random.Random, timeout: float, turns: bool,
+                top_up=lambda: None) -> str:
+    """Wait for the moment named by ``target`` (events seen after ``since``), calling
+    ``top_up`` now and then (runs may end meanwhile); returns what was aimed at. The kill
+    itself is the caller's."""
     if target == "random":
         time.sleep(rng.uniform(0.2, 3.0))
         return target
@@ -76,18 +81,22 @@ def wait_moment(target: str, watcher: Watcher, since: float, rng: random.Random,
             return False
         if target == "validator":
             return validator
-        if target == "stream":
-            return not validator and ev.get("turn", 0) >= 1
+        if target == "stream":  # the answer after the tool call, when the script has one
+            return not validator and (ev.get("turn", 0) >= 1 or not turns)
         if target == "tool-call":
             return not validator and ev.get("turn", 0) == 0
         return True  # commit: anything streaming, so commits are flowing
 
     deadline = time.monotonic() + timeout
+    topped = time.monotonic()
     while time.monotonic() < deadline:
         if watcher.first(since, wanted) is not None:
             time.sleep({"stream": rng.uniform(0, 0.4), "tool-call": rng.uniform(0, 0.15),
                         "validator": rng.uniform(0, 0.3)}.get(target, 0.0))
             return target
+        if time.monotonic() - topped > 0.5:
+            top_up()
+            topped = time.monotonic()
         time.sleep(0.01)
     return f"{target} (not seen in {timeout:g} s: killed anyway)"
 
@@ -106,7 +115,9 @@ def bench(engine: str, args: argparse.Namespace) -> dict:
     else:
         env["ORCH_STEP_MAX_TOKENS"] = str(args.max_tokens)
     wait = 60.0 if engine == "scripted" else 240.0
-    targets = [t for t in TARGETS if not (args.serve_only and t == "commit")]
+    # A model's first turn may be a tool call or its answer: "tool-call" is the script's.
+    targets = [t for t in TARGETS if not (args.serve_only and t == "commit") and (engine == "scripted" or t != "tool-call")]
+    launched: dict[str, float] = {}
     server = Server(work / "data", engine=engine, script=script_file, env=env)
     watcher = Watcher(server)
     to_serving: list[float] = []
@@ -120,20 +131,28 @@ def bench(engine: str, args: argparse.Namespace) -> dict:
         server.start()
         watcher.start()
         up = time.monotonic()
-        for trial in range(args.trials):
-            # Keep IN_FLIGHT runs going, so that every kill lands in the middle of some work.
-            target = targets[trial % len(targets)]
+
+        def top_up(fresh: int = 0) -> None:
+            """Keep IN_FLIGHT runs going, so that every kill lands in the middle of some work;
+            ``fresh`` more at least."""
+            ended = watcher.ended()
+            live = len([r for r in watcher.runs if r not in ended])
             with server.client() as c:
-                ended = watcher.ended()
-                live = len([r for r in watcher.runs if r not in ended])
-                # A fresh run when aiming at a tool call (resumed runs are past theirs) or a
-                # commit (its analysts stream for a while, so commits flow).
-                for n in range(max(IN_FLIGHT - live, 1 if target in ("tool", "commit") else 0)):
-                    resp = c.post("api/runs", json={"flow": "code-review", "repo": str(repo), "text": f"trial {trial}.{n}"})
+                for _ in range(max(IN_FLIGHT - live, fresh)):
+                    t = time.monotonic()
+                    resp = c.post("api/runs", json={"flow": "code-review", "repo": str(repo), "text": f"run {len(launched)}"})
                     resp.raise_for_status()
                     watcher.runs.append(resp.json()["run_id"])
+                    launched[watcher.runs[-1]] = t
+
+        for trial in range(args.trials):
+            target = targets[trial % len(targets)]
+            # A fresh run when aiming at a tool call (resumed runs are past theirs) or a
+            # commit (its analysts stream for a while, so commits flow).
+            top_up(1 if target in ("tool", "commit") else 0)
             # A commit is aimed at while something streams now, so that commits flow.
-            moment = wait_moment(target, watcher, time.monotonic() if target == "commit" else up, rng, wait)
+            moment = wait_moment(target, watcher, time.monotonic() if target == "commit" else up, rng, wait,
+                                 turns=engine == "scripted", top_up=top_up)
             if target == "commit":
                 moment += f" ({server.kill_in_commit()})"
             else:
@@ -185,6 +204,21 @@ def bench(engine: str, args: argparse.Namespace) -> dict:
     from events.duckdb_log import DuckDBLog
 
     acknowledged = watcher.acknowledged()
+    # The reference: launch -> first token of a fresh run on a live server (runs whose first
+    # token came only after a kill are left out), same server lives, same load.
+    to_first: list[float] = []
+    firsts: dict[str, tuple[int, float] | None] = {}
+    for seq in sorted(watcher.seen):
+        when, run, ev = watcher.seen[seq]
+        if run in firsts:
+            continue
+        if ev["kind"] == "run_resumed":
+            firsts[run] = None
+        elif ev["kind"] == "output_delta" and ev.get("text"):
+            firsts[run] = (seq, when)
+    for run, t in launched.items():
+        if firsts.get(run):
+            to_first.append(firsts[run][1] - t)
     try:
         check_log_copy(server.data_dir, work / "check", acknowledged)
         file_check = "ok"
@@ -227,6 +261,8 @@ def bench(engine: str, args: argparse.Namespace) -> dict:
     print(f"  restart -> first resumed token: p50 {pct(to_token, 50):6.2f} s   p99 {pct(to_token, 99):6.2f} s"
           f"   ({len(to_token)} restarts; {nothing_left} had nothing left to stream; "
           f"{no_token} streamed nothing within {TOKEN_WAIT:g} s)")
+    print(f"  reference, launch -> first token of a fresh run: p50 {pct(to_first, 50):6.2f} s   "
+          f"p99 {pct(to_first, 99):6.2f} s   ({len(to_first)} runs)")
     print(f"  regenerated tokens per resumed step: mean {mean:.2f}, max {max(regenerated, default=0)} "
           f"over {len(regenerated)} steps killed after streaming ({new_attempts} restarted as a new attempt; "
           f"{bad_continues} continuations not at the committed text)")
@@ -250,6 +286,8 @@ def bench(engine: str, args: argparse.Namespace) -> dict:
         "restart_to_first_token_p50_s": round(pct(to_token, 50), 3),
         "restart_to_first_token_p99_s": round(pct(to_token, 99), 3),
         "restarts_timed": len(to_token),
+        "launch_to_first_token_p50_s": round(pct(to_first, 50), 3),
+        "launch_to_first_token_p99_s": round(pct(to_first, 99), 3),
         "restarts_without_token": no_token,
         "resumed_steps": len(regenerated),
         "regenerated_tokens_mean": round(mean, 3),

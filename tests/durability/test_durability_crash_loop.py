@@ -54,9 +54,10 @@ LIVE = 2  # runs kept going at each kill
 WAIT = 30.0  # seconds to wait for an aimed-at moment before killing anyway
 
 
-def kill_moment(target: str, watcher: Watcher, since: float, rng: random.Random) -> str:
-    """Wait for the moment named by ``target`` (events seen after ``since``); what the kill
-    actually hit is judged later, from the log."""
+def kill_moment(target: str, watcher: Watcher, since: float, rng: random.Random, top_up) -> str:
+    """Wait for the moment named by ``target`` (events seen after ``since``), calling
+    ``top_up`` now and then (runs may end meanwhile); what the kill actually hit is judged
+    later, from the log."""
     if target == "random":
         time.sleep(rng.uniform(0.2, 3.0))
         return target
@@ -72,10 +73,14 @@ def kill_moment(target: str, watcher: Watcher, since: float, rng: random.Random)
         return validator or target == "commit"  # commit: anything streaming, commits flow
 
     deadline = time.monotonic() + WAIT
+    topped = time.monotonic()
     while time.monotonic() < deadline:
         if watcher.first(since, wanted) is not None:
             time.sleep({"stream": rng.uniform(0.0, 0.4), "validator": rng.uniform(0.0, 0.3)}.get(target, 0.0))
             return target
+        if time.monotonic() - topped > 0.5:
+            top_up()
+            topped = time.monotonic()
         time.sleep(0.02)
     return f"{target} (not seen in {WAIT:g} s: killed anyway)"
 
@@ -111,24 +116,30 @@ def test_crash_loop_every_run_finishes_and_nothing_acknowledged_is_lost(tmp_path
         server.start()
         watcher.start()
         up = time.monotonic()
-        for trial, (target, whole) in enumerate(PLAN):
-            last = trial == len(PLAN) - 1
+
+        def top_up(fresh: int = 0) -> None:
+            """Keep LIVE runs going, so that every kill lands in some work; ``fresh`` more at least."""
+            ended = watcher.ended()
+            live = [r for r in watcher.runs if r not in ended]
             with server.client() as c:
-                ended = watcher.ended()
-                live = [r for r in watcher.runs if r not in ended]
-                # A fresh run when aiming at a tool call (resumed runs are past theirs) or a
-                # commit (its four analysts stream for seconds, so commits flow).
-                for n in range(max(LIVE - len(live), 1 if target in ("tool", "commit") else 0)):
-                    resp = c.post("api/runs", json={"flow": "code-review", "repo": str(repo), "text": f"trial {trial}.{n}"})
+                for _ in range(max(LIVE - len(live), fresh)):
+                    resp = c.post("api/runs", json={"flow": "code-review", "repo": str(repo), "text": f"run {len(watcher.runs)}"})
                     assert resp.status_code == 201, resp.text
                     watcher.runs.append(resp.json()["run_id"])
+
+        for trial, (target, whole) in enumerate(PLAN):
+            last = trial == len(PLAN) - 1
+            # A fresh run when aiming at a tool call (resumed runs are past theirs) or a commit
+            # (its four analysts stream for seconds, so commits flow).
+            top_up(1 if target in ("tool", "commit") else 0)
+            with server.client() as c:
                 # Send the first run's report to chat once it is done, with a kill still to come.
-                if first is None and (watcher.runs[0] in ended or last):
+                if first is None and (watcher.runs[0] in watcher.ended() or last):
                     wait_finished(c, watcher.runs[:1])
                     first = c.post(f"api/runs/{watcher.runs[0]}/send", json={"request_id": "crash-loop-send"}).json()
                     assert first["repeated"] is False and first["seq"] > 0
             # A commit is aimed at while something streams now, so that commits flow.
-            moment = kill_moment(target, watcher, time.monotonic() if target == "commit" else up, rng)
+            moment = kill_moment(target, watcher, time.monotonic() if target == "commit" else up, rng, top_up)
             if target == "commit":
                 moment += f" ({server.kill_in_commit()})"
             else:
