@@ -37,6 +37,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -319,6 +320,8 @@ def main() -> int:
     engines = [e.strip() for e in args.engine.split(",") if e.strip()]
     if not engines or set(engines) - {"scripted", "embedded"}:
         ap.error("--engine takes scripted, embedded, or both comma-separated")
+    # A SIGTERM still runs the cleanup that kills every server this bench started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     failed = False
     for engine in engines:
         r = bench(engine, args)
