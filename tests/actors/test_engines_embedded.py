@@ -35,10 +35,7 @@ def test_it_answers_as_llama_cpp_does_with_the_same_usage(model_path):
     from llama_cpp import Llama
 
     deltas = run(EmbeddedEngine(), lambda e: collect(e, ChatRequest(messages=QUESTION, max_tokens=32)))
-    # llama-cpp evaluating the prompt in the same batches as the engine does.
-    direct = Llama(
-        model_path=str(model_path), n_ctx=2048, n_threads=2, n_batch=embedded.PROMPT_CHUNK, verbose=False
-    )
+    direct = Llama(model_path=str(model_path), n_ctx=2048, n_threads=2, verbose=False)
     try:
         ref = direct.create_chat_completion(messages=QUESTION, max_tokens=32, temperature=0.0)
     finally:
@@ -93,15 +90,38 @@ def test_prompts_that_start_alike_reuse_the_context_and_answer_as_a_fresh_contex
     texts, reused, prompts = run(EmbeddedEngine(), one_after_another)
     fresh = [run(EmbeddedEngine(), lambda e, r=r: collect(e, r)) for r in requests]
     assert texts == [text_of(f) for f in fresh]
-    # Every whole chunk a prompt shares with the one before it (its last token is always
-    # evaluated again, for the logits to sample from).
-    chunk = embedded.PROMPT_CHUNK
+    # All a prompt shares with the one before it, but its last two tokens (evaluated again so
+    # that the last is not alone).
     for i in range(1, len(prompts)):
-        prev, this = prompts[i - 1], prompts[i]
-        shared = next((k for k, (a, b) in enumerate(zip(prev, this[:-1])) if a != b), None)
-        shared = min(len(prev), len(this) - 1) if shared is None else shared
-        assert reused[i] == shared // chunk * chunk, (i, reused, shared)
-    assert reused[0] == 0 and reused[1] >= 2 * chunk and reused[4] >= 2 * chunk
+        prev, this = prompts[i - 1], prompts[i][:-2]
+        shared = next((k for k, (a, b) in enumerate(zip(prev, this)) if a != b), None)
+        assert reused[i] == (min(len(prev), len(this)) if shared is None else shared), (i, reused)
+    assert reused[0] == 0 and reused[1] == len(prompts[1]) - 2
+    assert reused[4] == len(prompts[3])  # the whole earlier turn
+
+
+def test_llama_cpp_computes_a_position_alike_in_any_batch_of_two_or_more(model_path):
+    # What the engine's reuse of a cached prompt rests on: the logits after a prompt are the
+    # same however it was cut into batches, as long as no batch holds a single token.
+    import numpy as np
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(model_path), n_ctx=2048, n_threads=2, verbose=False)
+    try:
+        text = "def add(a, b):\n    return a - b\n# is this right? " * 60
+        tokens = llm.tokenize(text.encode("utf-8"))[:700]  # over one 512-token ubatch
+
+        def logits(cuts):
+            llm.reset()
+            for lo, hi in zip([0, *cuts], [*cuts, len(tokens)], strict=True):
+                llm.eval(tokens[lo:hi])
+            return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).copy()
+
+        whole = logits([])
+        for cuts in ([2], [37, 39, 100], [511, 513], [300, 698], list(range(5, 690, 17))):
+            assert np.array_equal(logits(cuts), whole), cuts
+    finally:
+        llm.close()
 
 
 def test_a_stream_ends_as_soon_as_its_answer_does_and_text_between_is_batched(monkeypatch):
