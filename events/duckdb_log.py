@@ -605,6 +605,9 @@ class DuckDBLog(EventLog):
                     con.rollback()
                 except duckdb.Error:  # the failed statement may have ended the transaction
                     pass
+                rollback = getattr(self._projector, "rollback", None)
+                if rollback is not None:
+                    rollback()
                 raise
         self.batches += 1
         self._seq = seqs[-1]

@@ -32,6 +32,11 @@ class Projector(Protocol):
     def apply(self, con: Any, records: Sequence[Record]) -> None:
         """Fold a committed batch into the derived tables, on the batch's transaction."""
 
+    def rollback(self) -> None:
+        """The transaction of the last ``apply`` was rolled back: forget what it folded.
+
+        Optional: a projector without it must tell for itself (say, from a tracking row)."""
+
 
 class Subscription(abc.ABC):
     """Committed records in ``seq`` order: the catch-up from a ``seq``, then live.

@@ -28,7 +28,6 @@ SELECT {key},
   sum(steps_failed) AS failed_steps,
   sum(tokens_in) AS tokens_in,
   sum(tokens_out) AS tokens_out,
-  sum(streamed_tokens) AS streamed_tokens,
   sum(findings) AS findings
 FROM flow_runs
 GROUP BY {key}
@@ -47,7 +46,6 @@ SELECT persona,
   round(max(ended_ts - started_ts), 3) AS max_duration_s,
   sum(tokens_in) AS tokens_in,
   sum(tokens_out) AS tokens_out,
-  sum(streamed_tokens) AS streamed_tokens,
   sum(tool_calls) AS tool_calls,
   sum(tools_denied) AS tools_denied,
   sum(findings) AS findings

@@ -45,7 +45,6 @@ IN_FLIGHT = ("queued", "running")
 _SUMMED = (
     "tokens_in",
     "tokens_out",
-    "streamed_tokens",
     "tool_calls",
     "tools_denied",
     "findings",
@@ -63,7 +62,7 @@ Steps = dict[str, dict[str, StepRow]]  # run_id -> step_id -> row
 def fold_run(row: RunRow | None, event: AgentEvent, seq: int) -> RunRow:
     """The run row after one of its events (run-level columns; step sums are ``tally``'s)."""
     run = row if row is not None else RunRow(run_id=event.run_id)
-    seen = {"events": run.events + 1, "last_seq": seq}
+    seen = {"last_seq": seq}
     match event:
         case RunRequested():
             return replace(
@@ -115,10 +114,6 @@ def fold_step(row: StepRow | None, event: AgentEvent, seq: int) -> StepRow:
     """The step row after one event naming its ``step_id``."""
     step = row if row is not None else StepRow(run_id=event.run_id, step_id=event.step_id)
     match event:
-        case OutputDelta():
-            return replace(
-                step, streamed_tokens=step.streamed_tokens + event.tokens, last_seq=seq
-            )
         case StepQueued():
             return replace(
                 step,
@@ -243,28 +238,12 @@ def _counts(step: StepRow | None, statuses: tuple[str, ...] | None) -> int:
     return 1 if statuses is None or step.status in statuses else 0
 
 
-def fold(runs: Runs, steps: Steps, record: Record) -> tuple[str, ...]:
-    """Fold one record into the tables held as dicts; return the step ids it changed."""
+def fold(runs: Runs, steps: Steps, record: Record) -> tuple[str, ...] | None:
+    """Fold one record into the tables held as dicts; return the step ids it changed, or None
+    if it changed no row at all."""
     event, seq = record.event, record.seq
     if type(event) is OutputDelta:
-        # The bulk of the log. For rows that exist this is exactly the generic path below
-        # (fold_run's default, fold_step's delta case, and tally, whose only moved sum is
-        # streamed_tokens) in two replaces.
-        run = runs.get(event.run_id)
-        run_steps = steps.get(event.run_id)
-        step = run_steps.get(event.step_id) if run_steps is not None else None
-        if run is not None and step is not None:
-            tokens = event.tokens
-            runs[event.run_id] = replace(
-                run,
-                streamed_tokens=run.streamed_tokens + tokens,
-                events=run.events + 1,
-                last_seq=seq,
-            )
-            run_steps[event.step_id] = replace(
-                step, streamed_tokens=step.streamed_tokens + tokens, last_seq=seq
-            )
-            return (event.step_id,)
+        return None  # streamed text changes no row (see ``projections.rows``)
     run = fold_run(runs.get(event.run_id), event, seq)
     run_steps = steps.setdefault(event.run_id, {})
     match event:

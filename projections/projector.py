@@ -5,11 +5,12 @@ changed and moves the tracking row (the last applied ``seq``), all in the log's 
 the tables and the log cannot disagree after a crash. A ``seq`` at or below the tracking row
 is skipped: applying a batch twice changes nothing (eventsourcing's tracking records).
 
-Rows of recently active runs stay in memory between batches, so a batch of output deltas costs
-a fold per event and three statements, with no reads. The memory is trusted only while the
-tracking row still holds the ``seq`` this projector last wrote: the conditional update of that
-row is also the check, and a mismatch (a batch rolled back after ``apply``, another writer)
-drops the memory and reloads from the tables.
+Output deltas change no row (see ``projections.rows``): a batch of nothing else costs no
+statement at all. Rows of recently active runs stay in memory between batches, so a batch that
+does change rows costs its upserts and the tracking row's update, with no reads. The memory is
+trusted only while the tracking row still holds the ``seq`` this projector last wrote (the
+conditional update of that row is also the check) and the log has not rolled back a batch
+since (``rollback``); otherwise it is dropped and reloaded from the tables.
 
 ``rebuild`` folds the whole log from ``seq`` 0 into fresh tables with the same fold.
 """
@@ -83,55 +84,45 @@ class Projector:
         self._forget(None)
 
     def apply(self, con: Any, records: Sequence[Record]) -> None:
-        """Fold a committed batch into the tables, on the caller's transaction."""
+        """Fold a committed batch into the tables, on the caller's transaction.
+
+        A batch that changes no row (output deltas only: most batches while agents stream)
+        writes nothing, not even the tracking row: folding those events again after a restart
+        changes nothing either.
+        """
         if not records:
             return
         top = max(r.seq for r in records)
-        if self._seen is None or not self._claim(con, self._seen, max(top, self._seen)):
+        seen = self._seen
+        if seen is not None and all(
+            type(r.event) is OutputDelta for r in records if r.seq > seen
+        ):
+            self._seen = max(top, seen)
+            return
+        if seen is None or not self._claim(con, self._written, max(top, seen)):
             # The memory cannot be trusted: start again from what the tables hold.
             self._forget(None)
-            current = self._position(con)
-            self._claim(con, current, max(top, current))
-            self._seen = current
-        fresh = [r for r in records if r.seq > self._seen]
-        self._seen = max(top, self._seen)
-        if not fresh:
-            return
-        self._load(con, {r.event.run_id for r in fresh})
-        # Rows a batch changed only through output deltas get a narrow update of the columns
-        # a delta moves; every other changed row is written whole.
-        wide_runs: set[str] = set()
-        wide_steps: set[tuple[str, str]] = set()
-        narrow_runs: set[str] = set()
-        narrow_steps: set[tuple[str, str]] = set()
+            seen = self._position(con)
+            self._claim(con, seen, max(top, seen))
+        fresh = [r for r in records if r.seq > seen]
+        self._seen = self._written = max(top, seen)
+        touched_runs: set[str] = set()
+        touched_steps: set[tuple[str, str]] = set()
+        self._load(con, {r.event.run_id for r in fresh if type(r.event) is not OutputDelta})
         runs, steps = self._runs, self._steps
         for record in fresh:
-            event = record.event
-            run_id = event.run_id
-            if type(event) is OutputDelta:
-                key = (run_id, event.step_id)
-                if run_id not in runs:
-                    wide_runs.add(run_id)
-                elif run_id not in wide_runs:
-                    narrow_runs.add(run_id)
-                if event.step_id not in steps.get(run_id, ()):
-                    wide_steps.add(key)
-                elif key not in wide_steps:
-                    narrow_steps.add(key)
-                fold(runs, steps, record)
-            else:
-                wide_runs.add(run_id)
-                wide_steps.update((run_id, s) for s in fold(runs, steps, record))
-        narrow_runs -= wide_runs
-        narrow_steps -= wide_steps
-        _upsert(con, RUNS_TABLE, RunRow, [runs[r] for r in sorted(wide_runs)])
-        _upsert(con, STEPS_TABLE, StepRow, [steps[r][s] for r, s in sorted(wide_steps)])
-        _update_streamed(
-            con,
-            [runs[r] for r in sorted(narrow_runs)],
-            [steps[r][s] for r, s in sorted(narrow_steps)],
-        )
+            touched = fold(runs, steps, record)
+            if touched is not None:
+                run_id = record.event.run_id
+                touched_runs.add(run_id)
+                touched_steps.update((run_id, s) for s in touched)
+        _upsert(con, RUNS_TABLE, RunRow, [runs[r] for r in sorted(touched_runs)])
+        _upsert(con, STEPS_TABLE, StepRow, [steps[r][s] for r, s in sorted(touched_steps)])
         self._evict()
+
+    def rollback(self) -> None:
+        """The log rolled back the transaction of the last ``apply``: forget it all."""
+        self._forget(None)
 
     # --- rebuild -----------------------------------------------------------------------------
 
@@ -148,7 +139,8 @@ class Projector:
         self._runs: Runs = {}
         self._steps: Steps = {}
         self._known: set[str] = set()  # run ids whose rows (or absence) are in memory
-        self._seen: int | None = seen
+        self._seen: int | None = seen  # the last seq folded
+        self._written: int | None = seen  # the last seq written to the tracking row
 
     def _claim(self, con: Any, expected: int, new: int) -> bool:
         """Move the tracking row from ``expected`` to ``new``; False if it did not hold it."""
@@ -292,36 +284,6 @@ def _upsert(con: Any, table: str, row_type: type, rows: Iterable[Any]) -> None:
     appender = con.appender(table)
     appender.append_rows([astuple(r) for r in rows])
     appender.flush()
-
-
-def _update_streamed(con: Any, runs: list[RunRow], steps: list[StepRow]) -> None:
-    """Write the columns an output delta moves (see ``fold.fold``), for existing rows."""
-    if runs:
-        con.execute(
-            f"UPDATE {RUNS_TABLE} AS t SET streamed_tokens = b.streamed_tokens, "
-            "events = b.events, last_seq = b.last_seq FROM (SELECT unnest(?) AS run_id, "
-            "unnest(?) AS streamed_tokens, unnest(?) AS events, unnest(?) AS last_seq) AS b "
-            "WHERE t.run_id = b.run_id",
-            [
-                [r.run_id for r in runs],
-                [r.streamed_tokens for r in runs],
-                [r.events for r in runs],
-                [r.last_seq for r in runs],
-            ],
-        )
-    if steps:
-        con.execute(
-            f"UPDATE {STEPS_TABLE} AS t SET streamed_tokens = b.streamed_tokens, "
-            "last_seq = b.last_seq FROM (SELECT unnest(?) AS run_id, unnest(?) AS step_id, "
-            "unnest(?) AS streamed_tokens, unnest(?) AS last_seq) AS b "
-            "WHERE t.run_id = b.run_id AND t.step_id = b.step_id",
-            [
-                [s.run_id for s in steps],
-                [s.step_id for s in steps],
-                [s.streamed_tokens for s in steps],
-                [s.last_seq for s in steps],
-            ],
-        )
 
 
 def _tables_exist(con: Any) -> bool:

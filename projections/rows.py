@@ -6,6 +6,12 @@ maps each raw severity string to a count): the mapping to report levels belongs 
 conductor, and a projection must not lose what the agent said.
 
 Timestamps are the events' ``ts`` (seconds since the epoch, as floats); NULL until they happen.
+
+Output deltas, the bulk of the log, change no row: a step's streamed text and its token count
+while it streams are the events' to tell (the WebSocket, ``GET /api/runs/{id}/events``), and its
+usage is counted when it ends. A row therefore moves a handful of times in a step's life, and a
+commit of streamed text writes only the log's own table (an UPDATE here costs DuckDB ~1.5 ms of
+the one writer's time, several times what inserting the events costs).
 """
 
 from __future__ import annotations
@@ -47,7 +53,6 @@ class RunRow(msgspec.Struct, frozen=True, kw_only=True):
     steps_running: int = 0  # queued or running
     tokens_in: int = 0
     tokens_out: int = 0
-    streamed_tokens: int = 0
     tool_calls: int = 0
     tools_denied: int = 0
     findings: int = 0
@@ -57,8 +62,7 @@ class RunRow(msgspec.Struct, frozen=True, kw_only=True):
     confirmed: int = 0
     partially_refuted: int = 0
     refuted: int = 0
-    events: int = 0
-    last_seq: int = 0
+    last_seq: int = 0  # the last event that changed this row
 
 
 class StepRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -79,7 +83,6 @@ class StepRow(msgspec.Struct, frozen=True, kw_only=True):
     ended_ts: float | None = None  # the latest attempt ended (NULL while one is in flight)
     tokens_in: int = 0
     tokens_out: int = 0
-    streamed_tokens: int = 0
     tool_calls: int = 0
     tools_denied: int = 0
     findings: int = 0
@@ -92,7 +95,7 @@ class StepRow(msgspec.Struct, frozen=True, kw_only=True):
     refuted: int = 0
     error: str = ""
     retryable: bool = False
-    last_seq: int = 0
+    last_seq: int = 0  # the last event that changed this row
 
 
 LOG_TABLE = "events"  # the log's own table (events.duckdb_log): seq, run_id, step_id, kind, body

@@ -154,13 +154,16 @@ class FakeBackend:
 
     def _row(self, run_id: str) -> dict:
         st = self.state(run_id)
-        last = max(r.seq for r in self.log.records if r.event.run_id == run_id)
+        # As the projection: the last event that changed the row (streamed text changes none).
+        last = max(
+            r.seq for r in self.log.records if r.event.run_id == run_id and r.event.__struct_config__.tag != "output_delta"
+        )
         return {
             "run_id": run_id, "flow": st.request.flow, "repository": st.request.repo, "status": st.status,
             "band": st.plan.band if st.plan else "", "band_reason": st.plan.band_reason if st.plan else "",
             "commit": st.plan.commit if st.plan else "", "model": st.plan.model if st.plan else "",
             "created_ts": st.created_ts, "ended_ts": st.ended_ts, "steps_total": len(st.steps),
-            "last_seq": last, "events": st.events, "request_text": st.request.text,
+            "last_seq": last, "request_text": st.request.text,
         }
 
     def runs(self, *, flow=None, status=None, repo=None, since=None, until=None, text=None, limit=50, offset=0):

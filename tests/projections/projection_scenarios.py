@@ -246,7 +246,7 @@ def sums_disagree(con: Any) -> list[tuple]:
             count(*) FILTER (status = 'finished') AS fin,
             count(*) FILTER (status = 'failed') AS fail,
             count(*) FILTER (status IN ('queued', 'running')) AS active,
-            sum(tokens_in) AS ti, sum(tokens_out) AS tout, sum(streamed_tokens) AS st,
+            sum(tokens_in) AS ti, sum(tokens_out) AS tout,
             sum(tool_calls) AS tc, sum(tools_denied) AS td, sum(findings) AS f,
             sum(evidence_verified) AS ev, sum(evidence_unverified) AS eu,
             sum(confirmed) AS c, sum(partially_refuted) AS p, sum(refuted) AS r
@@ -254,12 +254,12 @@ def sums_disagree(con: Any) -> list[tuple]:
         )
         SELECT r.run_id FROM flow_runs r LEFT JOIN s USING (run_id)
         WHERE (r.steps_total, r.steps_finished, r.steps_failed, r.steps_running, r.tokens_in,
-               r.tokens_out, r.streamed_tokens, r.tool_calls, r.tools_denied, r.findings,
+               r.tokens_out, r.tool_calls, r.tools_denied, r.findings,
                r.evidence_verified, r.evidence_unverified, r.confirmed, r.partially_refuted,
                r.refuted)
           IS DISTINCT FROM
               (coalesce(s.n, 0), coalesce(s.fin, 0), coalesce(s.fail, 0), coalesce(s.active, 0),
-               coalesce(s.ti, 0), coalesce(s.tout, 0), coalesce(s.st, 0), coalesce(s.tc, 0),
+               coalesce(s.ti, 0), coalesce(s.tout, 0), coalesce(s.tc, 0),
                coalesce(s.td, 0), coalesce(s.f, 0), coalesce(s.ev, 0), coalesce(s.eu, 0),
                coalesce(s.c, 0), coalesce(s.p, 0), coalesce(s.r, 0))
         """

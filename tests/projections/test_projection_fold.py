@@ -24,7 +24,7 @@ from events.types import (
     ValidatorVerdict,
     Verdict,
 )
-from projections.fold import fold, fold_all, fold_run, fold_step, tally
+from projections.fold import fold, fold_all
 from projections.rows import RunRow, StepRow
 
 R = "run-1"
@@ -63,7 +63,7 @@ def test_a_run_from_request_to_plan():
     assert (run.commit, run.model, run.engine) == ("abc123", "smollm2", "embedded")
     assert (run.created_ts, run.planned_ts, run.started_ts) == (1.0, 2.0, None)
     assert "crashes on empty input" in run.request_text and "check the parser" in run.request_text
-    assert (run.steps_total, run.steps_running, run.last_seq, run.events) == (2, 0, 2, 2)
+    assert (run.steps_total, run.steps_running, run.last_seq) == (2, 0, 2)
     rows = steps[R]
     assert [(s.step_id, s.position, s.persona, s.wave, s.role, s.status) for s in rows.values()] == [
         ("a", 0, "junior-developer", 0, "discovery", "planned"),
@@ -100,11 +100,11 @@ def test_a_retried_step_keeps_its_first_start_and_counts_the_failure():
     step, run = steps[R]["a"], runs[R]
     assert (step.status, step.attempt, step.started_ts, step.queued_ts, step.ended_ts) == (
         "finished", 2, 4.0, 6.0, 8.0)
-    assert (step.streamed_tokens, step.tokens_in, step.tokens_out) == (5, 120, 40)
+    assert (step.tokens_in, step.tokens_out, step.last_seq) == (120, 40, 10)
     assert step.findings_by_severity == {"CRIT": 1, "WARN": 2}
     assert (run.steps_finished, run.steps_failed, run.steps_running) == (1, 0, 0)
     assert (run.findings, run.findings_by_severity) == (3, {"CRIT": 1, "WARN": 2})
-    assert (run.started_ts, run.streamed_tokens, run.last_seq, run.events) == (4.0, 5, 10, 10)
+    assert (run.started_ts, run.last_seq) == (4.0, 10)
 
 
 def test_a_step_that_finishes_again_replaces_its_findings_in_the_run():
@@ -173,26 +173,31 @@ def test_a_cancelled_run_stays_cancelled_when_late_events_arrive():
 def test_events_of_an_unplanned_step_or_unknown_run_make_rows_instead_of_failing():
     # A projection error would abort the log's batch, so the fold never raises on a gap.
     runs, steps = fold_all(records(
-        OutputDelta(run_id="ghost", ts=1.0, step_id="x", text="hi", offset=0, tokens=4),
+        StepStarted(run_id="ghost", ts=1.0, step_id="x"),
         StepQueued(run_id="ghost", ts=2.0, step_id="y", persona="risk-analyst", phase="risk"),
     ))
-    assert runs["ghost"].steps_total == 2 and runs["ghost"].streamed_tokens == 4
-    assert steps["ghost"]["x"].position == -1
+    assert runs["ghost"].steps_total == 2
+    assert (steps["ghost"]["x"].position, steps["ghost"]["x"].status) == (-1, "running")
     assert (steps["ghost"]["y"].persona, steps["ghost"]["y"].status) == ("risk-analyst", "queued")
 
 
-def test_the_delta_shortcut_is_the_generic_fold():
+def test_streamed_text_changes_no_row():
+    # Output deltas are most of the log: they move no row, so a commit of streamed text
+    # writes nothing beside the log's own table.
     runs, steps = fold_all(records(
         plan(("a", "junior-developer", 0, "discovery")),
         StepStarted(run_id=R, ts=3.0, step_id="a"),
     ))
-    delta = OutputDelta(run_id=R, ts=4.0, step_id="a", text="abc", offset=0, tokens=7)
-    before_run, before_step = runs[R], steps[R]["a"]
-    after_step = fold_step(before_step, delta, 3)
-    expected_run = tally(fold_run(before_run, delta, 3), before_step, after_step)
-    fold(runs, steps, Record(3, delta))
-    assert steps[R]["a"] == after_step
-    assert runs[R] == expected_run
+    before = (dict(runs), {r: dict(s) for r, s in steps.items()})
+    for seq, delta in enumerate(
+        (
+            OutputDelta(run_id=R, ts=4.0, step_id="a", text="abc", offset=0, tokens=7),
+            OutputDelta(run_id="ghost", ts=4.0, step_id="x", text="hi", offset=0, tokens=1),
+        ),
+        start=3,
+    ):
+        assert fold(runs, steps, Record(seq, delta)) is None
+    assert (runs, steps) == before
 
 
 def test_rows_are_frozen_values():
