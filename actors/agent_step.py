@@ -18,7 +18,7 @@ from typing import Any
 
 import ray
 
-from actors.runtime import Names
+from actors.runtime import Names, freeze_heap
 from actors.step_runner import ModelPort, StepOutcome, StepSpec, run_step
 
 # Snapshots kept open per agent between steps (their file lists and read caches).
@@ -39,6 +39,12 @@ class AgentStep:
         node = ray.get_runtime_context().get_node_id()
         # On the head the data directory is right here; elsewhere it is not (no shared disk).
         self.on_head = not names.head_node or names.head_node == node
+        # What every step needs, imported now rather than by the first step.
+        import actors.model  # noqa: F401
+        import actors.tools  # noqa: F401
+        import conductor.findings  # noqa: F401
+
+        freeze_heap()
 
     async def run(self, spec: StepSpec, model_app: str, model: ModelPort) -> StepOutcome:
         from actors.model import stream_chat, model_handle

@@ -29,6 +29,7 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from actors.runtime import freeze_heap
 from events.codec import decode
 from events.errors import EventError, LogClosed, LogLocked
 from events.log import EventLog, Projector, Record, Subscription
@@ -90,6 +91,7 @@ class EventLogActor:
                 time.sleep(0.2)
         self._readers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="eventlog-read")
         self._changed: asyncio.Event | None = None
+        freeze_heap()
 
     async def _blocking(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """The one way this actor runs a blocking DuckDB call: on a reader thread, off the loop."""

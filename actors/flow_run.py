@@ -23,7 +23,7 @@ from typing import Any
 import ray
 
 from actors.config import Settings
-from actors.runtime import Names
+from actors.runtime import Names, freeze_heap
 from actors.step_runner import ModelPort, StepOutcome, StepSpec
 from conductor.advance import ApplyVerdicts, CheckEvidence, Dispatch, Finish, Render, advance
 from conductor.state import RunState, apply, fold
@@ -78,6 +78,7 @@ class FlowRun:
         self._load_personas()
         self._log()
         self._pool()
+        freeze_heap()
 
     async def start(self, model: ModelPort) -> None:
         if self._task is None:

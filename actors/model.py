@@ -22,6 +22,7 @@ import msgspec
 from actors.config import Settings
 from actors.engines import guarded, make_engine, select_engine
 from actors.engines.base import ChatRequest, Delta, EngineError, backoff
+from actors.runtime import freeze_heap
 
 # Replica lost or not yet reachable before the first delta: retry this many times.
 CONNECT_ATTEMPTS = 3
@@ -50,6 +51,7 @@ class ModelServer:
 
     def __init__(self, settings: Settings, engine: str, script: Any = None, llm: Any = None):
         self._engine = guarded(make_engine(engine, settings, script, llm_handle=llm), settings)
+        freeze_heap()
 
     def capabilities(self) -> Capabilities:
         e = self._engine

@@ -111,13 +111,16 @@ class Orchestrator:
             self._give_back(run_id, actor)
             raise
         self._runs[run_id] = actor
-        self._replenish()
+        self._replenish_after(actor)
         return run_id
 
     # --- the spare supervisor ---------------------------------------------------------------
     # Creating an actor (a process) takes 0.3-1 s here; a launch would wait that long before
     # its first step. So the next run's supervisor is made ahead, named for the run id it
-    # will serve, and warms up (imports, personas, handles) while nobody waits on it.
+    # will serve, and warms up (imports, personas, handles) while nobody waits on it. Making
+    # one costs ~0.9 s of CPU, so it is not made while the run just launched starts (on two
+    # cores that slowed the run's first wave by a third) but once that run has ended: a launch
+    # right behind another one makes its own supervisor.
 
     def _new_spare(self) -> tuple[str, Any]:
         run_id = new_run_id()
@@ -134,6 +137,19 @@ class Orchestrator:
         with self._spare_lock:
             if self._spare is None and not self._closed:
                 self._spare = self._new_spare()
+
+    def _replenish_after(self, actor: Any) -> None:
+        def wait_then_replenish() -> None:
+            try:
+                ray.get(actor.wait.remote())
+            except Exception:  # the run's actor is gone: its run is over one way or another
+                pass
+            try:
+                self._replenish()
+            except Exception:  # shutting down: the next launch makes its own supervisor
+                pass
+
+        threading.Thread(target=wait_then_replenish, name="spare-supervisor", daemon=True).start()
 
     def _give_back(self, run_id: str, actor: Any) -> None:
         """After a failed launch its supervisor stays the spare, unless the launch had begun
