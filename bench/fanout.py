@@ -103,6 +103,8 @@ async def run_orchestrator(stub: StubServer, repo: Path, data_dir: Path, agents:
         t0 = time.time()
         run_id = await loop.run_in_executor(None, orch.launch, request)
         latencies: list[float] = []
+        to_write: list[float] = []  # stub send -> the step's write of the delta
+        write_to_sub: list[float] = []  # the step's write -> subscriber receipt
         async for records in orch.subscribe(run_id, 0):
             now = time.time()
             done = False
@@ -110,7 +112,10 @@ async def run_orchestrator(stub: StubServer, repo: Path, data_dir: Path, agents:
                 ev = rec.event
                 kind = ev.__struct_config__.tag
                 if kind == "output_delta":
-                    latencies += [now - ts for ts in stamps(ev.text)]
+                    sent = stamps(ev.text)
+                    latencies += [now - ts for ts in sent]
+                    to_write += [ev.ts - ts for ts in sent]
+                    write_to_sub += [now - ev.ts] * len(sent)
                 if kind in ("run_finished", "run_failed", "run_cancelled"):
                     done = True
             if done:
@@ -129,6 +134,8 @@ async def run_orchestrator(stub: StubServer, repo: Path, data_dir: Path, agents:
             "waves": [[st.step.persona for st in state.steps.values() if st.step.wave == w] for w in waves],
             "wall_s": wall,
             "latencies": latencies,
+            "to_write": to_write,
+            "write_to_sub": write_to_sub,
             "step_overheads": step_overheads,
         }
     finally:
@@ -222,6 +229,11 @@ def main() -> None:
         "token_to_subscriber_p50_ms": round(pct(lat, 50) * 1000, 1),
         "token_to_subscriber_p99_ms": round(pct(lat, 99) * 1000, 1),
         "tokens_measured": len(lat),
+        # Where a token's latency goes: to the step's write of its delta, then to the subscriber.
+        "token_to_write_p50_ms": round(pct(ours["to_write"], 50) * 1000, 1),
+        "token_to_write_p99_ms": round(pct(ours["to_write"], 99) * 1000, 1),
+        "write_to_subscriber_p50_ms": round(pct(ours["write_to_sub"], 50) * 1000, 1),
+        "write_to_subscriber_p99_ms": round(pct(ours["write_to_sub"], 99) * 1000, 1),
     }
     print(f"agents {figures['agents']} in {figures['waves']} waves (status {ours['status']})")
     print(f"ideal critical path        {ideal:8.3f} s")
@@ -232,6 +244,14 @@ def main() -> None:
     print(
         f"token -> subscriber        p50 {figures['token_to_subscriber_p50_ms']:.1f} ms   "
         f"p99 {figures['token_to_subscriber_p99_ms']:.1f} ms   (target p99 <= 50 ms, {len(lat)} tokens)"
+    )
+    print(
+        f"  of which stub -> step write  p50 {figures['token_to_write_p50_ms']:.1f} ms   "
+        f"p99 {figures['token_to_write_p99_ms']:.1f} ms"
+    )
+    print(
+        f"  step write -> subscriber     p50 {figures['write_to_subscriber_p50_ms']:.1f} ms   "
+        f"p99 {figures['write_to_subscriber_p99_ms']:.1f} ms"
     )
     print(json.dumps(figures))
 
