@@ -19,7 +19,7 @@ from typing import Any
 import ray
 
 from actors.runtime import Names, freeze_heap
-from actors.step_runner import ModelPort, StepOutcome, StepSpec, run_step
+from actors.step_runner import AgentWriter, ModelPort, StepOutcome, StepSpec, run_step
 
 # Snapshots kept open per agent between steps (their file lists and read caches).
 _SNAPSHOTS_KEPT = 16
@@ -36,6 +36,7 @@ class AgentStep:
         self._users: dict[_Key, int] = {}  # steps running now on each snapshot
         self._server = None
         self._handles: dict[str, Any] = {}
+        self._writers: dict[float, AgentWriter] = {}
         node = ray.get_runtime_context().get_node_id()
         # On the head the data directory is right here; elsewhere it is not (no shared disk).
         self.on_head = not names.head_node or names.head_node == node
@@ -57,6 +58,11 @@ class AgentStep:
         async def read_step(run_id: str, step_id: str):
             return await log.read_async(0, run_id=run_id, step_id=step_id)
 
+        # One writer for all the steps this agent runs (by coalescing window): one call to
+        # the log at a time for all of them.
+        writer = self._writers.get(spec.flush_seconds)
+        if writer is None:
+            writer = self._writers[spec.flush_seconds] = AgentWriter(log.append_async, spec.flush_seconds)
         tools, release = self._tools(spec)
         try:
             return await run_step(
@@ -66,6 +72,7 @@ class AgentStep:
                 stream=lambda req: stream_chat(handle, req),
                 model=model,
                 tools=tools,
+                writer=writer,
             )
         finally:
             release()

@@ -16,6 +16,7 @@ after a crash or a dead agent is the same code path as starting it:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -56,7 +57,8 @@ class StepSpec(msgspec.Struct, frozen=True, kw_only=True):
     repo: str
     commit: str
     work_dir: str
-    # Coalescing of output deltas: flush after this long or this many characters.
+    # Streamed text: the agent's writer appends it at most this often (the first text after a
+    # pause at once), and a step waits for its text to be written once this much is pending.
     flush_seconds: float = 0.02
     flush_chars: int = 512
 
@@ -141,7 +143,7 @@ def _call_key(tool: str, args: Any) -> str:
 
 
 class _Writer:
-    """Appends a step's events with deterministic idempotency keys.
+    """The idempotency keys of one pickup of one step's attempt, and its writes.
 
     A key names the attempt, the pickup (how many agents had started this attempt before)
     and the event's place in that pickup, so an append retried after the log actor restarts
@@ -149,98 +151,187 @@ class _Writer:
     one written by the agent that picked the step up after it.
     """
 
-    def __init__(self, append: Append, spec: StepSpec, attempt: int, pickup: int):
-        self._append = append
+    def __init__(self, agent: AgentWriter, spec: StepSpec, attempt: int, pickup: int):
+        self.agent = agent
         self._prefix = f"{spec.run_id}/{spec.step_id}/{attempt}/{pickup}/"
         self._n = 0
+        # Why an append holding this step's text failed: its later writes fail too, so a
+        # step never ends as if its text had been written.
+        self.failed: BaseException | None = None
+
+    def key(self) -> str:
+        self._n += 1
+        return f"{self._prefix}{self._n - 1}"
 
     async def write(self, *events: AgentEvent) -> list[int]:
-        keys = []
-        for _ in events:
-            keys.append(f"{self._prefix}{self._n}")
-            self._n += 1
-        return await self._append(list(events), keys)
+        """Append ``events`` (after any text this step has pending) and wait for the commit."""
+        self.check()
+        return await self.agent.write(self, list(events))
+
+    def check(self) -> None:
+        """Raise why a write of this step's text failed, if one did."""
+        if self.failed is not None:
+            raise self.failed
+
+
+class AgentWriter:
+    """Writes the events of every step one agent runs, in as few appends as it can.
+
+    Each append is a call to the log (a Ray call costs ~1 ms of CPU at each end, then a
+    commit), so an agent has one in flight at a time for all its steps. Events a step waits on
+    (it started, called a tool, ended) go in the next append as soon as the one in flight
+    returns; streamed text goes at most every ``window`` seconds (the first text after a
+    quiet spell at once), each step's text gathered since the last append as one
+    ``OutputDelta``. An agent streaming a dozen steps makes about 1/``window`` calls a second,
+    not a dozen times that. A step's pending text goes before its other events in an append,
+    so its events keep their order; and a step waits on its own writes, so nothing it streams
+    later can overtake them.
+    """
+
+    def __init__(self, append: Append, window: float = 0.02):
+        self._append = append
+        self._window = window
+        self._texts: dict[_Coalescer, None] = {}  # steps with text pending, in arrival order
+        self._waiting: list[tuple[_Writer, list[AgentEvent], asyncio.Future[list[int]]]] = []
+        self._task: asyncio.Task | None = None
+        self._wake: asyncio.Event | None = None
+        self._last = float("-inf")  # loop time the last append of text began
+
+    async def write(self, step: _Writer, events: list[AgentEvent]) -> list[int]:
+        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((step, events, future))
+        self._kick()
+        return await future
+
+    def text_pending(self, coalescer: _Coalescer) -> None:
+        self._texts[coalescer] = None
+        self._kick()
+
+    def forget(self, coalescer: _Coalescer) -> None:
+        self._texts.pop(coalescer, None)
+
+    def _kick(self) -> None:
+        if self._task is None or self._task.done():
+            self._wake = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        else:
+            self._wake.set()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._waiting or self._texts:
+            wait = self._last + self._window - loop.time()
+            if not self._waiting and wait > 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()  # a step waits on a write: go now
+                continue
+            events: list[AgentEvent] = []
+            keys: list[str] = []
+            texts = [c for c in self._texts if c.has_text()]
+            self._texts.clear()
+            for coalescer in texts:
+                events.append(coalescer.take())
+                keys.append(coalescer.step.key())
+            waiting, taken, self._waiting = [], self._waiting, []
+            for step, evs, future in taken:
+                if step.failed is not None:  # its text was lost: it must not go on as if not
+                    _settle(future, step.failed)
+                    continue
+                waiting.append((step, evs, future))
+                events.extend(evs)
+                keys.extend(step.key() for _ in evs)
+            if not events:
+                for _, _, future in waiting:
+                    _settle(future, [])
+                continue
+            if texts:
+                self._last = loop.time()
+            try:
+                seqs = await self._append(events, keys)
+            except Exception as exc:  # every step with events in it hears of it
+                for coalescer in texts:
+                    coalescer.step.failed = exc
+                for _, _, future in waiting:
+                    _settle(future, exc)
+                continue
+            at = len(texts)
+            for _, evs, future in waiting:
+                _settle(future, seqs[at : at + len(evs)])
+                at += len(evs)
+
+
+def _settle(future: asyncio.Future, result: Any) -> None:
+    if future.done():  # the step stopped waiting (it was cancelled)
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
 
 
 class _Coalescer:
-    """Gathers streamed text and writes it as few, prompt ``OutputDelta`` events.
-
-    Writing never holds up reading the stream: text that comes while a write is committing is
-    gathered and goes out in the next one, and a write starts at most every ``flush_seconds``
-    (the first text after a quiet spell goes at once). One write at a time, so the events keep
-    the order of the text. A write that failed is raised by the next ``add`` or ``flush``.
+    """A step's streamed text, gathered until its agent's writer takes it as one
+    ``OutputDelta`` (see ``AgentWriter``). Reading the stream never waits on a write, unless
+    ``flush_chars`` of text are pending: then the step waits for them to be committed. A
+    failed write of its text is raised by the step's next ``add``, ``flush`` or write.
     """
 
-    def __init__(self, writer: _Writer, spec: StepSpec, attempt: int, offset: int, turn: int):
-        self._w, self._spec, self._attempt = writer, spec, attempt
-        self.offset = offset  # where the next flushed chunk starts in the attempt's text
+    def __init__(self, step: _Writer, spec: StepSpec, attempt: int, offset: int, turn: int):
+        self.step, self._spec, self._attempt = step, spec, attempt
+        self.offset = offset  # where the next chunk starts in the attempt's text
         self.turn = turn
         self._buf: list[str] = []
         self._chars = 0
         self._tokens = 0
-        self._last = -spec.flush_seconds  # loop time of the last write's start
-        self._lock = asyncio.Lock()
-        self._task: asyncio.Task | None = None
+        self._ts = 0.0  # when the newest pending text came
 
     async def add(self, text: str, tokens: int) -> None:
         if not text and not tokens:
             return
-        self._raise_failure()
+        self.step.check()
         self._buf.append(text)
         self._chars += len(text)
         self._tokens += tokens
+        self._ts = time.time()
         if self._chars >= self._spec.flush_chars:
             await self.flush()  # a long run of text: write it now, and let reading wait on it
-        elif self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._write_soon())
+        else:
+            self.step.agent.text_pending(self)
 
     async def flush(self) -> None:
         """Write everything gathered so far and wait for it to be committed."""
-        if self._task is not None:
-            await asyncio.wait([self._task])
-        self._raise_failure()
-        await self._write()
+        if self.has_text():
+            self.step.agent.text_pending(self)
+            await self.step.write()  # an empty write: it goes after this step's pending text
+        self.step.check()
 
     def close(self) -> None:
-        """Drop a pending write (the step is being cancelled)."""
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
+        """Drop the pending text (the step is being cancelled)."""
+        self.step.agent.forget(self)
+        self._buf, self._chars, self._tokens = [], 0, 0
 
-    async def _write_soon(self) -> None:
-        loop = asyncio.get_running_loop()
-        wait = self._last + self._spec.flush_seconds - loop.time()
-        if wait > 0:
-            await asyncio.sleep(wait)
-        await self._write()
+    def has_text(self) -> bool:
+        return bool(self._buf)
 
-    async def _write(self) -> None:
-        async with self._lock:
-            text = "".join(self._buf)
-            tokens = self._tokens
-            if not text and not tokens:
-                return
-            self._buf, self._chars, self._tokens = [], 0, 0
-            self._last = asyncio.get_running_loop().time()
-            offset = self.offset
-            self.offset += len(text)
-            await self._w.write(
-                OutputDelta(
-                    run_id=self._spec.run_id,
-                    ts=time.time(),
-                    step_id=self._spec.step_id,
-                    attempt=self._attempt,
-                    text=text,
-                    offset=offset,
-                    turn=self.turn,
-                    tokens=tokens,
-                )
-            )
-
-    def _raise_failure(self) -> None:
-        task = self._task
-        if task is not None and task.done() and not task.cancelled() and task.exception() is not None:
-            self._task = None
-            raise task.exception()
+    def take(self) -> OutputDelta:
+        """The text gathered so far as one event, stamped with when its newest part came
+        (the writer calls this)."""
+        text = "".join(self._buf)
+        delta = OutputDelta(
+            run_id=self._spec.run_id,
+            ts=self._ts,
+            step_id=self._spec.step_id,
+            attempt=self._attempt,
+            text=text,
+            offset=self.offset,
+            turn=self.turn,
+            tokens=self._tokens,
+        )
+        self.offset += len(text)
+        self._buf, self._chars, self._tokens = [], 0, 0
+        return delta
 
 
 class ModelPort(msgspec.Struct, frozen=True, kw_only=True):
@@ -258,8 +349,13 @@ async def run_step(
     stream: Callable[[Any], AsyncIterator[Any]],
     model: ModelPort,
     tools: Any,
+    writer: AgentWriter | None = None,
 ) -> StepOutcome:
-    """Run (or pick up again) one attempt of a step; every fact goes to the log first."""
+    """Run (or pick up again) one attempt of a step; every fact goes to the log first.
+
+    ``writer`` is the agent's, shared by the steps it runs; without one the step writes
+    through ``append`` on its own.
+    """
     from actors.engines.base import ChatRequest, EngineError
     from actors.tools import TOOL_SPECS, call_schema, outcome_event
     from conductor.findings import parse_output
@@ -281,7 +377,8 @@ async def run_step(
             done = _Committed(attempt=attempt, started=done.started)
     earlier = _earlier_outcomes(records, attempt)
     keep = done.text
-    writer = _Writer(append, spec, attempt, done.started)
+    agent = writer if writer is not None else AgentWriter(append, spec.flush_seconds)
+    writer = _Writer(agent, spec, attempt, done.started)
     await writer.write(
         StepStarted(
             run_id=spec.run_id,
@@ -345,7 +442,8 @@ async def run_step(
                 if delta.usage is not None:
                     tokens_in += delta.usage.prompt_tokens
                     tokens_out += delta.usage.completion_tokens
-            await coalescer.flush()
+            # The turn's last text goes in the same append as what the step writes next.
+            writer.check()
             partial = ""
             wanted = _wanted_call(text, calls, native_tools, turn)
             if wanted is None or turn + 1 >= spec.turn_limit:
@@ -391,10 +489,11 @@ async def run_step(
         coalescer.close()
         raise
     except EngineError as exc:
-        await coalescer.flush()
+        # The text streamed before the error goes first, in the same append.
         await writer.write(_failed(spec, attempt, str(exc), exc.retryable))
         return StepOutcome(step_id=spec.step_id, attempt=attempt, status="failed", error=str(exc))
     except Exception as exc:  # a failed step never takes its run down
+        writer.failed = None  # (a failed write of its text, say): record the failure itself
         await writer.write(_failed(spec, attempt, f"{type(exc).__name__}: {exc}", False))
         return StepOutcome(step_id=spec.step_id, attempt=attempt, status="failed", error=str(exc))
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 
+import msgspec
+
 from actors.engines.base import Delta, Usage
-from actors.step_runner import ModelPort, StepSpec, run_step
+from actors.step_runner import AgentWriter, ModelPort, StepSpec, run_step
 from events.memory_log import InMemoryLog
 from events.types import OutputDelta, StepFinished
 
@@ -100,3 +102,57 @@ def test_text_after_a_quiet_spell_is_written_without_waiting_for_more():
     assert outcome.status == "finished"
     deltas = [r.event for r in log.read(0) if isinstance(r.event, OutputDelta)]
     assert deltas[0].text == ANSWER[:10]
+
+
+def test_steps_of_one_agent_share_its_appends_and_each_keeps_its_order():
+    # An agent running several steps makes one call to the log at a time for all of them:
+    # each append carries every step's text gathered since the last one.
+    log = InMemoryLog()
+    calls: list[list] = []
+
+    async def append(events, keys):
+        calls.append(list(events))
+        await asyncio.sleep(0.003)  # a commit takes a while
+        return log.append(events, keys)
+
+    async def read_step(run_id, step_id):
+        return log.read(0, run_id=run_id, step_id=step_id)
+
+    pieces = [ANSWER[i : i + 4] for i in range(0, len(ANSWER), 4)]
+
+    async def stream(request):
+        for piece in pieces:
+            await asyncio.sleep(0.001)
+            yield Delta(text=piece, tokens=1)
+        yield Delta(finish_reason="stop")
+
+    steps = [f"w1-step-{i}" for i in range(6)]
+
+    async def main():
+        writer = AgentWriter(append, window=0.02)
+        return await asyncio.gather(*(
+            run_step(
+                msgspec.structs.replace(spec(), step_id=step), append=append, read_step=read_step,
+                stream=stream, model=ModelPort(supports_tools=False, supports_continue=True),
+                tools=None, writer=writer,
+            )
+            for step in steps
+        ))
+
+    outcomes = asyncio.run(main())
+    assert [o.status for o in outcomes] == ["finished"] * len(steps)
+    for step in steps:
+        events = [r.event for r in log.read(0, step_id=step)]
+        kinds = [type(e).__name__ for e in events]
+        # Started, its text, finished: in that order.
+        assert kinds[0] == "StepStarted" and kinds[-1] == "StepFinished"
+        assert set(kinds[1:-1]) == {"OutputDelta"}
+        assert "".join(e.text for e in events[1:-1]) == ANSWER
+        assert [e.offset for e in events[1:-1]] == [
+            sum(len(e.text) for e in events[1:i]) for i in range(1, len(events) - 1)
+        ]
+    text_calls = [c for c in calls if any(isinstance(e, OutputDelta) for e in c)]
+    # Each step streamed ~0.1 s: at one append of text per 20 ms, a handful for all six
+    # steps together (a writer per step would make six times as many).
+    assert len(text_calls) <= 12
+    assert max(sum(isinstance(e, OutputDelta) for e in c) for c in text_calls) >= 4
