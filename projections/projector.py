@@ -36,6 +36,8 @@ from projections.rows import (
     TABLES,
     RunRow,
     StepRow,
+    column_types,
+    columns,
     ddl,
     from_db,
 )
@@ -106,18 +108,28 @@ class Projector:
             self._claim(con, seen, max(top, seen))
         fresh = [r for r in records if r.seq > seen]
         self._seen = self._written = max(top, seen)
-        touched_runs: set[str] = set()
-        touched_steps: set[tuple[str, str]] = set()
         self._load(con, {r.event.run_id for r in fresh if type(r.event) is not OutputDelta})
         runs, steps = self._runs, self._steps
+        # The rows as the tables hold them now (None: not there yet), taken before a record
+        # of the batch first changes them.
+        old_runs: dict[str, RunRow | None] = {}
+        old_steps: dict[tuple[str, str], StepRow | None] = {}
         for record in fresh:
-            touched = fold(runs, steps, record)
-            if touched is not None:
-                run_id = record.event.run_id
-                touched_runs.add(run_id)
-                touched_steps.update((run_id, s) for s in touched)
-        _upsert(con, RUNS_TABLE, RunRow, [runs[r] for r in sorted(touched_runs)])
-        _upsert(con, STEPS_TABLE, StepRow, [steps[r][s] for r, s in sorted(touched_steps)])
+            run_id = record.event.run_id
+            if type(record.event) is OutputDelta:
+                continue
+            if run_id not in old_runs:
+                old_runs[run_id] = runs.get(run_id)
+                for step_id, row in steps.get(run_id, {}).items():
+                    old_steps[(run_id, step_id)] = row
+            for step_id in fold(runs, steps, record) or ():
+                old_steps.setdefault((run_id, step_id), None)
+        _write_changes(con, RUNS_TABLE, {(r,): (old, runs[r]) for r, old in old_runs.items()})
+        _write_changes(
+            con,
+            STEPS_TABLE,
+            {key: (old, steps[key[0]][key[1]]) for key, old in old_steps.items()},
+        )
         self._evict()
 
     def rollback(self) -> None:
@@ -281,6 +293,60 @@ def _upsert(con: Any, table: str, row_type: type, rows: Iterable[Any]) -> None:
         + " AND ".join(f"{table}.{k} = b.{k}" for k in key),
         [[getattr(r, k) for r in rows] for k in key],
     )
+    appender = con.appender(table)
+    appender.append_rows([astuple(r) for r in rows])
+    appender.flush()
+
+
+def _write_changes(con: Any, table: str, rows: dict[tuple[str, ...], tuple[Any, Any]]) -> None:
+    """Bring ``table`` from each row's old value to its new one (old None: a new row).
+
+    DuckDB stores columns: rewriting a whole row costs several times an UPDATE of the few
+    columns an event moves (measured: ~11 ms against ~3 ms a commit for a run and a step),
+    so new rows are inserted and changed ones get the columns that changed, one statement
+    for each set of rows whose changed columns are the same.
+    """
+    row_type, key = TABLES[table]
+    fields = [c for c in columns(row_type) if c not in key]
+    new_rows = [new for old, new in rows.values() if old is None]
+    if new_rows:
+        _insert_rows(con, table, row_type, new_rows)
+    by_columns: dict[tuple[str, ...], list[Any]] = {}
+    for old, new in rows.values():
+        if old is not None and old != new:
+            changed = tuple(c for c in fields if getattr(old, c) != getattr(new, c))
+            by_columns.setdefault(changed, []).append(new)
+    sql_types = column_types(row_type)
+    for changed, group in by_columns.items():
+        if len(group) == 1:  # a point update: half the cost of the join below
+            (row,) = group
+            con.execute(
+                f"UPDATE {table} SET "
+                + ", ".join(f"{c} = ?::{sql_types[c]}" for c in changed)
+                + " WHERE "
+                + " AND ".join(f"{k} = ?" for k in key),
+                [*(_param(getattr(row, c)) for c in changed), *(getattr(row, k) for k in key)],
+            )
+            continue
+        names = [*key, *changed]
+        source = ", ".join(f"unnest(?::{sql_types[c]}[]) AS {c}" for c in names)
+        con.execute(
+            f"UPDATE {table} SET "
+            + ", ".join(f"{c} = b.{c}" for c in changed)
+            + f" FROM (SELECT {source}) AS b WHERE "
+            + " AND ".join(f"{table}.{k} = b.{k}" for k in key),
+            [[_param(getattr(r, c)) for r in group] for c in names],
+        )
+
+
+def _param(value: Any) -> Any:
+    # A Python dict goes to DuckDB as a STRUCT; a MAP is given as its keys and values.
+    if isinstance(value, dict):
+        return {"key": list(value), "value": list(value.values())}
+    return value
+
+
+def _insert_rows(con: Any, table: str, row_type: type, rows: list[Any]) -> None:
     appender = con.appender(table)
     appender.append_rows([astuple(r) for r in rows])
     appender.flush()

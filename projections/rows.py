@@ -130,6 +130,13 @@ def _sql_type(tp: Any) -> tuple[str, bool]:
     raise TypeError(f"no column type for {tp!r}")
 
 
+@functools.cache
+def column_types(row_type: type[msgspec.Struct]) -> dict[str, str]:
+    """Each column's DuckDB type."""
+    hints = get_type_hints(row_type)
+    return {name: _sql_type(hints[name])[0] for name in columns(row_type)}
+
+
 def ddl(table: str) -> str:
     """``CREATE TABLE`` for one projection table, from its row Struct."""
     row_type, key = TABLES[table]
