@@ -52,6 +52,7 @@ class Orchestrator:
         self._closed = False
         self._spare_lock = threading.Lock()
         self._spare: tuple[str, Any] | None = None
+        self._spare_warm = None  # the spare's warm-up call
         self._replenish()  # the first run's supervisor, made now
 
     # --- launching --------------------------------------------------------------------------
@@ -125,8 +126,22 @@ class Orchestrator:
     def _new_spare(self) -> tuple[str, Any]:
         run_id = new_run_id()
         actor = self._create_run(run_id)
-        actor.warm.remote()  # not waited for
+        self._spare_warm = actor.warm.remote()  # not waited for
         return run_id, actor
+
+    def settle(self, timeout: float = 60.0) -> None:
+        """Wait until the next launch will find its supervisor made and warm: after start-up,
+        or once the runs launched before have ended (benchmarks time launches from here)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._spare_lock:
+                spare, warm = self._spare, self._spare_warm
+            if spare is not None:
+                ray.get(warm, timeout=max(0.0, deadline - time.monotonic()))
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError("no spare supervisor was made in time")
+            time.sleep(0.02)
 
     def _take_spare(self) -> tuple[str, Any]:
         with self._spare_lock:

@@ -20,8 +20,14 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 
-def make_app(*, first_token_s: float, tokens: int, tokens_per_s: float) -> Starlette:
+def make_app(
+    *, first_token_s: float, tokens: int, tokens_per_s: float, arrivals: list[float] | None = None
+) -> Starlette:
+    """``arrivals`` gets the wall-clock time each chat request arrived."""
+
     async def completions(request: Request):
+        if arrivals is not None:
+            arrivals.append(time.time())
         body = await request.json()
         model = body.get("model", "stub")
 
@@ -80,11 +86,14 @@ class StubServer:
 
     def __init__(self, *, first_token_s: float = 0.2, tokens: int = 40, tokens_per_s: float = 100.0):
         self.first_token_s, self.tokens, self.tokens_per_s = first_token_s, tokens, tokens_per_s
+        self.arrivals: list[float] = []  # when each chat request arrived
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         config = uvicorn.Config(
-            make_app(first_token_s=first_token_s, tokens=tokens, tokens_per_s=tokens_per_s),
+            make_app(
+                first_token_s=first_token_s, tokens=tokens, tokens_per_s=tokens_per_s, arrivals=self.arrivals
+            ),
             host="127.0.0.1",
             port=self.port,
             log_level="warning",
