@@ -155,17 +155,48 @@ class _Writer:
         self.agent = agent
         self._prefix = f"{spec.run_id}/{spec.step_id}/{attempt}/{pickup}/"
         self._n = 0
-        # Why an append holding this step's text failed: its later writes fail too, so a
-        # step never ends as if its text had been written.
+        # Why an append holding this step's start or text failed: its later writes fail
+        # too, so a step never ends as if they had been written.
         self.failed: BaseException | None = None
+        self._start: asyncio.Future | None = None  # the step's start, while being written
+        self._held: list[_Coalescer] = []  # text that waits for the start to be written
+
+    def start(self, event: AgentEvent) -> None:
+        """Write the step's start without waiting for it (the model is asked meanwhile). The
+        step's text waits until the start is committed; its other writes queue behind it."""
+        self._start = asyncio.ensure_future(self.agent.write(self, [event]))
+        self._start.add_done_callback(self._started)
+
+    def _started(self, future: asyncio.Future) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            self.failed = future.exception()
+            return
+        held, self._held = self._held, []
+        for coalescer in held:
+            if coalescer.has_text():
+                self.agent.text_pending(coalescer)
+
+    def text_ready(self, coalescer: _Coalescer) -> None:
+        if self._start is not None and not self._start.done():
+            if coalescer not in self._held:
+                self._held.append(coalescer)
+        else:
+            self.agent.text_pending(coalescer)
+
+    async def started(self) -> None:
+        """Wait until the step's start is committed (raising why not, if it failed)."""
+        if self._start is not None:
+            await asyncio.wait([self._start])
+        self.check()
 
     def key(self) -> str:
         self._n += 1
         return f"{self._prefix}{self._n - 1}"
 
     async def write(self, *events: AgentEvent) -> list[int]:
-        """Append ``events`` (after any text this step has pending) and wait for the commit."""
-        self.check()
+        """Append ``events`` (after the step's start and any text it has pending) and wait
+        for the commit."""
+        await self.started()  # then its held text is pending, and goes ahead of these
         return await self.agent.write(self, list(events))
 
     def check(self) -> None:
@@ -298,10 +329,11 @@ class _Coalescer:
         if self._chars >= self._spec.flush_chars:
             await self.flush()  # a long run of text: write it now, and let reading wait on it
         else:
-            self.step.agent.text_pending(self)
+            self.step.text_ready(self)
 
     async def flush(self) -> None:
         """Write everything gathered so far and wait for it to be committed."""
+        await self.step.started()  # the step's text never goes ahead of its start
         if self.has_text():
             self.step.agent.text_pending(self)
             await self.step.write()  # an empty write: it goes after this step's pending text
@@ -379,7 +411,9 @@ async def run_step(
     keep = done.text
     agent = writer if writer is not None else AgentWriter(append, spec.flush_seconds)
     writer = _Writer(agent, spec, attempt, done.started)
-    await writer.write(
+    # Not waited for: the model is asked while the start is committed (a commit less before
+    # each first token); the step's text and later events are written after it.
+    writer.start(
         StepStarted(
             run_id=spec.run_id,
             ts=time.time(),

@@ -11,7 +11,7 @@ import msgspec
 from actors.engines.base import Delta, Usage
 from actors.step_runner import AgentWriter, ModelPort, StepSpec, run_step
 from events.memory_log import InMemoryLog
-from events.types import OutputDelta, StepFinished
+from events.types import OutputDelta, StepFinished, StepStarted
 
 ANSWER = json.dumps({"final": {"summary": "word " * 60, "findings": []}})
 
@@ -156,3 +156,39 @@ def test_steps_of_one_agent_share_its_appends_and_each_keeps_its_order():
     # steps together (a writer per step would make six times as many).
     assert len(text_calls) <= 12
     assert max(sum(isinstance(e, OutputDelta) for e in c) for c in text_calls) >= 4
+
+
+def test_the_model_is_asked_while_the_start_commits_and_nothing_overtakes_the_start():
+    # The step does not wait for its start to be committed before asking the model; its
+    # text and its end still reach the log after the start, even when the whole answer
+    # streams before that commit is done.
+    log = InMemoryLog()
+    start_held = asyncio.Event()
+    streamed = asyncio.Event()
+
+    async def append(events, keys):
+        if any(isinstance(e, StepStarted) for e in events):
+            start_held.set()
+            await asyncio.wait_for(streamed.wait(), 5.0)  # a slow commit
+        return log.append(events, keys)
+
+    async def read_step(run_id, step_id):
+        return log.read(0, run_id=run_id, step_id=step_id)
+
+    async def stream(request):
+        assert not log.read(0)  # asked before the start was committed
+        for i in range(0, len(ANSWER), 5):
+            yield Delta(text=ANSWER[i : i + 5], tokens=1)
+        streamed.set()
+        yield Delta(finish_reason="stop")
+
+    outcome = asyncio.run(
+        run_step(
+            spec(), append=append, read_step=read_step, stream=stream,
+            model=ModelPort(supports_tools=False, supports_continue=True), tools=None,
+        )
+    )
+    assert outcome.status == "finished"
+    events = [r.event for r in log.read(0)]
+    assert isinstance(events[0], StepStarted) and isinstance(events[-1], StepFinished)
+    assert "".join(e.text for e in events[1:-1]) == ANSWER
