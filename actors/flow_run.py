@@ -64,6 +64,8 @@ class FlowRun:
         self._personas = None
         self._last_seq = 0
         self._pickups: dict[tuple[str, int], int] = {}
+        self._folded = 0  # events of the round being carried out, folded before their append
+        self._skip: set[int] = set()  # seqs of events folded before the log handed them back
         self._lost: dict[str, str] = {}  # why a step's agent gave no outcome, last time
 
     async def warm(self) -> None:
@@ -192,11 +194,48 @@ class FlowRun:
     # --- carrying out decisions ---------------------------------------------------------------
 
     async def _carry_out(self, decisions: list) -> None:
-        """Carry out one round of decisions: their events go to the log in one append (one
-        commit, not one per step), then the dispatched steps start."""
+        """Carry out decisions until only waiting on agents is left: all their events go to
+        the log in one append (one commit, not one per decision), then the dispatched steps
+        start.
+
+        What a round writes is often all the next round needs (a checked wave lets the next
+        one start; the validator's verdicts let the report render, and the run end), so each
+        round's events are folded into the state at once and the conductor asked again. The
+        log confirms them when the append returns; if it fails, the state is folded afresh
+        from the log.
+        """
         events: list[AgentEvent] = []
         keys: list[str] = []
         starts: list[StepSpec] = []
+        while decisions:
+            done = len(events)
+            self._decide(decisions, events, keys, starts)
+            if starts or len(events) == done:
+                break  # steps to start: their ends come from agents
+            for event in events[done:]:
+                apply(self._state, event)
+            self._folded += len(events) - done
+            decisions = advance(self._state, resume=self._orphans())
+        if events:
+            try:
+                seqs = await self._append(events, keys)
+            except BaseException:
+                self._forget_state()
+                raise
+            folded, self._folded = seqs[: self._folded], 0
+            if any(seq <= self._last_seq for seq in folded):
+                # The log had one already (a decision carried out twice): fold afresh.
+                self._forget_state()
+                await self._catch_up()
+            else:  # the log hands them back at the next catch-up: skipped then
+                self._skip.update(folded)
+        for spec in starts:
+            self._start_step(spec)
+
+    def _decide(
+        self, decisions: list, events: list[AgentEvent], keys: list[str], starts: list[StepSpec]
+    ) -> None:
+        """The events (and keys) of one round of decisions, and the steps it starts."""
         for decision in decisions:
             match decision:
                 case Dispatch(step_id=step_id, attempt=attempt, resume=resume):
@@ -233,10 +272,6 @@ class FlowRun:
                 case Finish(failed_steps=failed):
                     events.append(RunFinished(run_id=self._run_id, ts=time.time(), failed_steps=failed))
                     keys.append(f"{self._run_id}/finished")
-        if events:
-            await self._append(events, keys)
-        for spec in starts:
-            self._start_step(spec)
 
     def _dispatch(
         self, step_id: str, attempt: int, resume: bool, events: list[AgentEvent], keys: list[str]
@@ -334,13 +369,20 @@ class FlowRun:
     async def _append(self, events: list[AgentEvent], keys: list[str]) -> list[int]:
         return await self._log().append_async(events, keys)
 
+    def _forget_state(self) -> None:
+        self._state, self._last_seq, self._folded, self._skip = None, 0, 0, set()
+
     async def _catch_up(self) -> None:
         records = await self._log().read_async(self._last_seq, run_id=self._run_id)
         if self._state is None:
             self._state = fold((r.event for r in records), run_id=self._run_id)
         else:
+            skip = self._skip
             for rec in records:
-                apply(self._state, rec.event)
+                if rec.seq in skip:
+                    skip.discard(rec.seq)  # folded when it was decided
+                else:
+                    apply(self._state, rec.event)
         if records:
             self._last_seq = records[-1].seq
 
