@@ -14,7 +14,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
@@ -26,11 +26,15 @@ from actors.runtime import freeze_heap
 
 # Replica lost or not yet reachable before the first delta: retry this many times.
 CONNECT_ATTEMPTS = 3
-# Text deltas arriving within this window leave the replica as one: every item of a Serve
-# stream is a Ray object (a fraction of a millisecond of CPU on each side), and at 100 tokens/s
-# per stream a dozen streams would otherwise spend a core on that alone. The first delta after
-# a quiet spell leaves at once, so a window adds at most its length to a token's latency.
-MERGE_S = 0.02
+# Text deltas arriving within a window leave the replica as one: every item of a Serve stream
+# is a Ray object (a fraction of a millisecond of CPU on each side), and at 100 tokens/s per
+# stream a dozen streams would otherwise spend a core on that alone. The window grows with the
+# streams the replica serves, so its items stay near ITEMS_PER_S a second whatever their
+# number: a lone stream waits MERGE_MIN_S, a dozen MERGE_MAX_S. The first delta after a quiet
+# spell leaves at once, so a window adds at most its length to a token's latency.
+ITEMS_PER_S = 500
+MERGE_MIN_S = 0.005
+MERGE_MAX_S = 0.02
 
 
 class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
@@ -66,9 +70,12 @@ class ModelServer:
     def load(self) -> Load:
         return Load(active=self._engine.active, waiting=self._engine.waiting)
 
+    def _window(self) -> float:
+        return min(MERGE_MAX_S, max(MERGE_MIN_S, self._engine.active / ITEMS_PER_S))
+
     async def stream(self, request: ChatRequest | bytes) -> AsyncIterator[Delta]:
         req = request if isinstance(request, ChatRequest) else decode_request(request)
-        async with contextlib.aclosing(merged(self._engine.stream(req), MERGE_S)) as deltas:
+        async with contextlib.aclosing(merged(self._engine.stream(req), self._window)) as deltas:
             async for delta in deltas:
                 yield delta
 
@@ -76,8 +83,11 @@ class ModelServer:
 _END = object()
 
 
-async def merged(deltas: AsyncIterator[Delta], window: float) -> AsyncIterator[Delta]:
-    """``deltas`` with the text-only ones that come within ``window`` of each other joined.
+async def merged(
+    deltas: AsyncIterator[Delta], window: float | Callable[[], float]
+) -> AsyncIterator[Delta]:
+    """``deltas`` with the text-only ones that come within ``window`` of each other joined
+    (``window`` may be a function, asked at each item: the window for now).
 
     A delta carrying tool calls, a finish reason or usage is passed on as it is, after the text
     gathered before it, so the order of everything is kept. The engine is read by a task of its
@@ -109,17 +119,19 @@ async def merged(deltas: AsyncIterator[Delta], window: float) -> AsyncIterator[D
 
     loop = asyncio.get_running_loop()
     task = loop.create_task(pump())
+    window_now = window if callable(window) else lambda: window
     try:
-        sent_at = -window
+        sent_at = float("-inf")
         pending: list[Delta] = []
         while True:
             await arrival(None)
             item = items.popleft()
             if item is not _END and not isinstance(item, BaseException) and _text_only(item):
                 pending.append(item)
+                span = window_now()
                 # Gather what else comes before this window is over, then send it as one.
                 while True:
-                    wait = sent_at + window - loop.time()
+                    wait = sent_at + span - loop.time()
                     if not items and (wait <= 0 or not await arrival(wait)):
                         break
                     if not _text_only_item(items[0]):

@@ -211,17 +211,19 @@ class AgentWriter:
     Each append is a call to the log (a Ray call costs ~1 ms of CPU at each end, then a
     commit), so an agent has one in flight at a time for all its steps. Events a step waits on
     (it started, called a tool, ended) go in the next append as soon as the one in flight
-    returns; streamed text goes at most every ``window`` seconds (the first text after a
-    quiet spell at once), each step's text gathered since the last append as one
-    ``OutputDelta``. An agent streaming a dozen steps makes about 1/``window`` calls a second,
-    not a dozen times that. A step's pending text goes before its other events in an append,
-    so its events keep their order; and a step waits on its own writes, so nothing it streams
-    later can overtake them.
+    returns; streamed text goes at most every window (the first text after a quiet spell at
+    once), each step's text gathered since the last append as one ``OutputDelta``. The window
+    is ``window / 4`` for a lone step and grows by as much for each step streaming beside it,
+    up to ``window``: an agent streaming a dozen steps makes about 1/``window`` calls a
+    second, not a dozen times that, and a lone stream's text waits little. A step's pending
+    text goes before its other events in an append, so its events keep their order; and a
+    step waits on its own writes, so nothing it streams later can overtake them.
     """
 
     def __init__(self, append: Append, window: float = 0.02):
         self._append = append
-        self._window = window
+        self._max_window = window
+        self.streaming = 0  # steps of this agent streaming now
         self._texts: dict[_Coalescer, None] = {}  # steps with text pending, in arrival order
         self._waiting: list[tuple[_Writer, list[AgentEvent], asyncio.Future[list[int]]]] = []
         self._task: asyncio.Task | None = None
@@ -251,7 +253,8 @@ class AgentWriter:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while self._waiting or self._texts:
-            wait = self._last + self._window - loop.time()
+            window = self._max_window * min(1.0, max(1, self.streaming) / 4)
+            wait = self._last + window - loop.time()
             if not self._waiting and wait > 0:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -456,6 +459,7 @@ async def run_step(
 
     tokens_in = tokens_out = 0
     coalescer = _Coalescer(writer, spec, attempt, len(keep), turn)
+    agent.streaming += 1
     try:
         while True:
             request = ChatRequest(
@@ -530,6 +534,8 @@ async def run_step(
         writer.failed = None  # (a failed write of its text, say): record the failure itself
         await writer.write(_failed(spec, attempt, f"{type(exc).__name__}: {exc}", False))
         return StepOutcome(step_id=spec.step_id, attempt=attempt, status="failed", error=str(exc))
+    finally:
+        agent.streaming -= 1
 
 
 def _failed(spec: StepSpec, attempt: int, error: str, retryable: bool) -> StepFailed:
