@@ -59,6 +59,30 @@ NODE = {"object_store_memory": 100 * 1024 * 1024}
 FAST_HEALTH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500, "health_check_failure_threshold": 3}
 
 
+
+def step_starts(events: list, step_id: str) -> list[dict]:
+    """Each start of ``step_id``: attempt, where it continued from, its node, and the length
+    of that attempt's text committed before it (deltas replace from their offset)."""
+    text: dict[int, str] = {}
+    starts = []
+    for e in events:
+        if getattr(e, "step_id", None) != step_id:
+            continue
+        tag = e.__struct_config__.tag
+        if tag == "output_delta":
+            text[e.attempt] = text.get(e.attempt, "")[: e.offset] + e.text
+        elif tag == "step_started":
+            starts.append(
+                {
+                    "attempt": e.attempt,
+                    "continued_from": e.continued_from,
+                    "node": e.worker.split("/")[0],
+                    "committed_before": len(text.get(e.attempt, "")),
+                }
+            )
+            text[e.attempt] = text.get(e.attempt, "")[: e.continued_from]
+    return starts
+
 def node_of(handle) -> str:
     """The node an actor runs on, asked of the actor itself."""
     return ray.get(handle.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()), timeout=30)
@@ -175,15 +199,9 @@ def main(scratch: Path) -> dict:
         state = orch.state(run_id)
         events = [r.event for r in orch.events(run_id, limit=100_000)]
         out["step_status"] = {s: st.status for s, st in state.steps.items()}
-        # How each step that was on the lost node carried on: every start it had, in order.
-        out["victim_step_starts"] = {
-            s: [
-                {"attempt": e.attempt, "continued_from": e.continued_from, "node": e.worker.split("/")[0]}
-                for e in events
-                if e.__struct_config__.tag == "step_started" and e.step_id == s
-            ]
-            for s in on_victim
-        }
+        # How each step that was on the lost node carried on: every start it had, in order,
+        # with how much of that attempt's text the log held when it started.
+        out["victim_step_starts"] = {s: step_starts(events, s) for s in on_victim}
         # Tool reads by agents on worker nodes went through the snapshot server on the head.
         starts = [e for e in events if e.__struct_config__.tag == "step_started"]
         remote_attempts = {(e.step_id, e.attempt) for e in starts if not e.worker.startswith(head[:8])}

@@ -103,10 +103,18 @@ def test_a_node_lost_mid_run_the_run_completes_on_the_others():
     for step, starts in got["victim_step_starts"].items():
         first, later = starts[0], starts[1:]
         assert first["node"] == got["victim"][:8], step
-        # Picked up on a live node: continued from its committed text, or a new attempt.
+        # Picked up on a live node: continued from all the text the log held of its attempt
+        # (none, for a step still waiting for its first token), or a new attempt.
         assert later, f"{step} was never picked up again"
         assert all(s["node"] != got["victim"][:8] for s in later), step
-        assert later[-1]["continued_from"] > 0 or later[-1]["attempt"] > first["attempt"], step
+        last = later[-1]
+        assert last["attempt"] > first["attempt"] or last["continued_from"] == last["committed_before"], step
+    # The lost node was chosen while a step on it streamed: that one kept its text.
+    assert any(
+        s["continued_from"] > 0 or s["attempt"] > starts[0]["attempt"]
+        for starts in got["victim_step_starts"].values()
+        for s in starts[1:]
+    )
     assert all(a["node"] != got["victim"] for a in got["agents_after"])
 
     # Agents off the head read the pinned (uncommitted) file through the snapshot server.
