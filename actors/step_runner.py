@@ -395,7 +395,9 @@ async def run_step(
     from actors.tools import TOOL_SPECS, call_schema, outcome_event
     from conductor.findings import parse_output
 
-    records = await read_step(spec.run_id, spec.step_id)
+    # A first attempt just queued has nothing in the log to pick up or replay: no read.
+    fresh = not spec.resume and spec.attempt == 1
+    records = [] if fresh else await read_step(spec.run_id, spec.step_id)
     attempt = spec.attempt
     done = _committed(records, attempt)
     if done.ended is not None:
