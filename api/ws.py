@@ -45,6 +45,7 @@ from projections.rows import RunRow, StepRow
 log = logging.getLogger("orchestrator.ws")
 
 QUEUE_FRAMES = 2048  # frames a client may lag behind before it is disconnected
+BATCH_FRAMES = 256  # frames one ``batch`` message carries at most
 SLOW_CLOSE = 1013  # "try again later": the client should reconnect and resubscribe
 SLOW_AFTER_S = 10.0  # a catch-up waiting this long for the client to read: the client is gone
 CLOSE_WAIT_S = 30.0  # how long a close frame may wait for a full socket to drain
@@ -165,9 +166,19 @@ class PongFrame(Frame, tag="pong", frozen=True, kw_only=True):
     ts: float
 
 
-ServerFrame = (
+SingleFrame = (
     SnapshotFrame | EventFrame | LaunchedFrame | AckFrame | ErrorFrame | HeartbeatFrame | PongFrame
 )
+
+
+class BatchFrame(Frame, tag="batch", frozen=True, kw_only=True):
+    """Several frames in one message, in order: what was queued for a client while its last
+    message went out (one WebSocket message costs both ends more than the JSON in it)."""
+
+    frames: list[SingleFrame]
+
+
+ServerFrame = SingleFrame | BatchFrame
 
 _decode_client = msgspec.json.Decoder(ClientFrame)
 _encoder = msgspec.json.Encoder()
@@ -390,8 +401,18 @@ class Connection:
         return task
 
     async def _sender(self) -> None:
+        queue = self.queue
         while True:
-            await self.ws.send_text(await self.queue.get())
+            first = await queue.get()
+            if queue.empty():
+                await self.ws.send_text(first)
+                continue
+            # Frames queued while the last message went out leave as one ``BatchFrame``
+            # (joined as text: each is encoded already).
+            frames = [first]
+            while not queue.empty() and len(frames) < BATCH_FRAMES:
+                frames.append(queue.get_nowait())
+            await self.ws.send_text('{"type":"batch","frames":[' + ",".join(frames) + "]}")
 
     async def _heartbeats(self) -> None:
         while True:

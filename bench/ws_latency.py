@@ -94,12 +94,19 @@ class _Frame(msgspec.Struct):
     event: _Event | None = None
 
 
+class _Message(msgspec.Struct):
+    type: str
+    seq: int = 0
+    event: _Event | None = None
+    frames: list[_Frame] = []
+
+
 async def subscribers(url: str, n: int, runs: int) -> None:
     """n connections following all runs; prints 'ready', then per connection the
     ``[seq, receive time]`` of every output delta, as JSON."""
     import websockets
 
-    decode = msgspec.json.Decoder(_Frame).decode  # only what is measured: little client CPU
+    decode = msgspec.json.Decoder(_Message).decode  # only what is measured: little client CPU
     received: list[list[tuple[int, float]]] = [[] for _ in range(n)]
     ready = 0
     all_ready = asyncio.Event()
@@ -112,21 +119,22 @@ async def subscribers(url: str, n: int, runs: int) -> None:
             ended = 0
             async for raw in ws:
                 now = time.time()
-                frame = decode(raw)
-                if frame.type == "snapshot":
-                    ready += 1
-                    if ready == n:
-                        all_ready.set()
-                    continue
-                if frame.event is None:
-                    continue
-                kind = frame.event.kind
-                if kind == "output_delta":
-                    got.append((frame.seq, now))
-                elif kind in ("run_finished", "run_failed", "run_cancelled"):
-                    ended += 1
-                    if ended == runs:
-                        return
+                message = decode(raw)
+                for frame in message.frames if message.type == "batch" else (message,):
+                    if frame.type == "snapshot":
+                        ready += 1
+                        if ready == n:
+                            all_ready.set()
+                        continue
+                    if frame.event is None:
+                        continue
+                    kind = frame.event.kind
+                    if kind == "output_delta":
+                        got.append((frame.seq, now))
+                    elif kind in ("run_finished", "run_failed", "run_cancelled"):
+                        ended += 1
+                        if ended == runs:
+                            return
 
     tasks = [asyncio.create_task(one(got)) for got in received]
     await all_ready.wait()

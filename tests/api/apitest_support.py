@@ -179,3 +179,9 @@ def error_of(resp: httpx.Response) -> tuple[int, str]:
 
 def dump(obj) -> str:
     return json.dumps(obj, indent=2, default=str)
+
+
+def recv_frames(ws, timeout: float) -> list[dict]:
+    """The frames of the next WebSocket message (a ``batch`` message holds several)."""
+    message = json.loads(ws.recv(timeout))
+    return message["frames"] if message["type"] == "batch" else [message]

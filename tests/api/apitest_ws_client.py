@@ -19,9 +19,11 @@ import websockets
 
 
 async def frames(ws, timeout: float = 60.0):
+    """Every frame, in order; a ``batch`` message carries several."""
     while True:
-        raw = await asyncio.wait_for(ws.recv(), timeout)
-        yield json.loads(raw)
+        message = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+        for frame in message["frames"] if message["type"] == "batch" else [message]:
+            yield frame
 
 
 async def main(url: str, repo: str, drop_after: int) -> dict:

@@ -20,7 +20,7 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 import api.ws
-from apitest_support import Server, api_settings, max_seq, settled_seq, wait_status
+from apitest_support import Server, api_settings, max_seq, recv_frames, settled_seq, wait_status
 from conductor.state import fold
 from events.codec import decode
 
@@ -90,21 +90,21 @@ def test_frames_match_the_published_schema_and_heartbeats_arrive(server):
     with ws_sync.connect(server.ws_url) as ws:
         ws.send(json.dumps({"type": "subscribe", "run_id": run_id, "after": 0}))
         ws.send(json.dumps({"type": "cancel", "run_id": "no-such-run"}))
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            frame = json.loads(ws.recv(30))
-            validator.validate(frame)
-            types.add(frame["type"])
-            if frame["type"] == "event":
-                kinds.add(frame["event"]["kind"])
-                if frame["event"]["kind"] == "run_finished":
-                    break
+        deadline, finished = time.monotonic() + 90, False
+        while time.monotonic() < deadline and not finished:
+            message = json.loads(ws.recv(30))
+            validator.validate(message)  # one frame, or a batch of them
+            for frame in message["frames"] if message["type"] == "batch" else [message]:
+                types.add(frame["type"])
+                if frame["type"] == "event":
+                    kinds.add(frame["event"]["kind"])
+                    finished = finished or frame["event"]["kind"] == "run_finished"
         time.sleep(0.6)
         ws.send(json.dumps({"type": "unsubscribe", "run_id": run_id}))
         for _ in range(5):
-            frame = json.loads(ws.recv(10))
-            validator.validate(frame)
-            types.add(frame["type"])
+            message = json.loads(ws.recv(10))
+            validator.validate(message)
+            types.update(f["type"] for f in (message["frames"] if message["type"] == "batch" else [message]))
     assert {"snapshot", "event", "error", "heartbeat", "ack"} <= types
     assert {"run_requested", "run_planned", "output_delta", "tool_called", "step_finished", "report_rendered"} <= kinds
     client_frame = jsonschema.Draft202012Validator({"$defs": schema["$defs"], "$ref": "#/$defs/ClientFrame"})
@@ -127,12 +127,20 @@ def test_bad_frames_get_errors_and_write_nothing(server, backend):
             ('{"type": "subscribe", "run_id": "nope"}', "not_found"),
         ]:
             ws.send(raw)
-            frame = json.loads(ws.recv(10))
-            assert frame["type"] == "error" and frame["code"] == code, (raw, frame)
+            frame = next_error(ws)
+            assert frame["code"] == code, (raw, frame)
             assert frame["message"]
         ws.send(b"\x00binary")
-        assert json.loads(ws.recv(10))["code"] == "bad_frame"
+        assert next_error(ws)["code"] == "bad_frame"
     assert max_seq(backend) == before
+
+
+def next_error(ws) -> dict:
+    """The next error frame (a heartbeat may come first)."""
+    while True:
+        for frame in recv_frames(ws, 10):
+            if frame["type"] == "error":
+                return frame
 
 
 class StalledClient:
@@ -206,12 +214,12 @@ def _stalled_client_is_cut_off(server) -> None:
             def receive_until(stop) -> None:
                 nonlocal last
                 while not stop():
-                    frame = json.loads(brisk.recv(30))
-                    if frame["type"] == "event":
-                        now = time.monotonic()
-                        gaps.append(now - last)
-                        last = now
-                        kinds.append(frame["event"]["kind"])
+                    for frame in recv_frames(brisk, 30):
+                        if frame["type"] == "event":
+                            now = time.monotonic()
+                            gaps.append(now - last)
+                            last = now
+                            kinds.append(frame["event"]["kind"])
 
             # The brisk client keeps receiving while the slow one sits on a full socket…
             receive_until(lambda: time.monotonic() - stalled_at > 3.0)

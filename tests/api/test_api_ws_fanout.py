@@ -14,7 +14,7 @@ import websockets.sync.client as ws_sync
 
 import api.ws
 from actors.config import Settings
-from apitest_support import SCRIPT, Server, api_settings
+from apitest_support import SCRIPT, Server, api_settings, recv_frames
 from events.types import OutputDelta
 
 pytestmark = pytest.mark.ray
@@ -49,17 +49,20 @@ def test_a_live_burst_bigger_than_the_send_queue_reaches_every_reading_client(ow
             # One append: one commit, which the live feed reads in one answer.
             seqs = own_backend.log.append(events, [f"burst-{i}" for i in range(burst)])
 
-            def read(ws) -> list[int]:
-                got = []
+            def read(ws) -> tuple[list[int], int]:
+                got, messages = [], 0
                 while not got or got[-1] < seqs[-1]:
-                    frame = json.loads(ws.recv(30))  # a client cut off raises ConnectionClosed
-                    if frame["type"] == "event":
-                        got.append(frame["seq"])
-                return got
+                    messages += 1
+                    for frame in recv_frames(ws, 30):  # a client cut off raises ConnectionClosed
+                        if frame["type"] == "event":
+                            got.append(frame["seq"])
+                return got, messages
 
             with ThreadPoolExecutor(len(clients)) as pool:
-                for got in pool.map(read, clients):
+                for got, messages in pool.map(read, clients):
                     assert got == seqs
+                    # What queued up while a message went out left together, in batches.
+                    assert messages < len(seqs) / 4
         finally:
             for ws in clients:
                 ws.close()

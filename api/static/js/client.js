@@ -186,7 +186,10 @@ class Socket {
     };
     ws.onmessage = (msg) => {
       this.lastFrame = Date.now();
-      this._frame(JSON.parse(msg.data));
+      const message = JSON.parse(msg.data);
+      // Frames queued while the server was sending arrive together, in order.
+      if (message.type === "batch") for (const frame of message.frames) this._frame(frame);
+      else this._frame(message);
     };
     ws.onclose = () => {
       if (this.ws !== ws) return;
