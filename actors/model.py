@@ -264,7 +264,7 @@ async def stream_chat(handle: Any, req: ChatRequest) -> AsyncIterator[Delta]:
     Failures arrive as ``EngineError``; a replica lost before the first delta is retried.
     Leaving the loop early cancels the request in the replica (the engine stops generating).
     """
-    streaming = handle.options(stream=True)
+    streaming = _streaming(handle)
     for attempt in range(CONNECT_ATTEMPTS):
         gen = streaming.stream.remote(req)
         yielded, done = False, False
@@ -284,11 +284,21 @@ async def stream_chat(handle: Any, req: ChatRequest) -> AsyncIterator[Delta]:
         await asyncio.sleep(backoff(attempt, 0.5, 4.0))
 
 
+def _streaming(handle: Any) -> Any:
+    # Straight to the replica over gRPC rather than through Ray's object store: each streamed
+    # item as a Ray object cost ~10 ms more per token on the fan-out benchmark (bench/fanout.py).
+    # A Ray from before the option (early 2026) keeps the object-store path.
+    try:
+        return handle.options(stream=True, _by_reference=False)
+    except TypeError:
+        return handle.options(stream=True)
+
+
 def _replica_lost(exc: BaseException) -> bool:
     from ray import exceptions as rx
 
     lost = (rx.RayActorError, rx.ActorUnavailableError)
-    return isinstance(exc, lost) and not isinstance(exc, rx.RayTaskError)
+    return (isinstance(exc, lost) and not isinstance(exc, rx.RayTaskError)) or _transport_failed(exc)
 
 
 def _engine_error(exc: BaseException) -> EngineError:
@@ -302,4 +312,15 @@ def _engine_error(exc: BaseException) -> EngineError:
         return EngineError("the model request was cancelled", retryable=True)
     transient = (rx.RayActorError, rx.ActorUnavailableError, rx.ObjectLostError, rx.GetTimeoutError)
     message = f"model deployment: {type(cause).__name__}: {cause}"
-    return EngineError(message, isinstance(exc, transient))
+    return EngineError(message, isinstance(exc, transient) or _transport_failed(exc))
+
+
+def _transport_failed(exc: BaseException) -> bool:
+    """A gRPC failure between the step and the replica: the request can be tried again.
+
+    Serve reports a lost replica as ``ActorUnavailableError``; other transport failures (a reset
+    connection, an internal error) come through as the raw gRPC error.
+    """
+    import grpc
+
+    return isinstance(exc, grpc.aio.AioRpcError)

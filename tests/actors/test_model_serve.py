@@ -115,3 +115,46 @@ def test_the_embedded_deployment_streams_real_tokens(embedded_model):
     assert isinstance(value["summary"], str) and len(value["summary"]) <= 40
     assert deltas[-1].usage.prompt_tokens > 0
     assert sum(d.tokens for d in deltas) == deltas[-1].usage.completion_tokens
+
+
+def test_a_replica_killed_mid_stream_ends_the_stream_with_a_retryable_error(ray_session, tmp_path):
+    # The stream runs over a direct connection to the replica: its loss must still read as
+    # "try again" (the step retries), never as a fatal failure or a stream that hangs.
+    import ray
+
+    from actors.config import Settings
+    from actors.model import start_model, stop_model
+    from tests.actors.conftest import SCRIPT
+
+    settings = Settings.load({}, data_dir=str(tmp_path), max_streams=2)
+    app = start_model(settings, engine="scripted", script=SCRIPT, name="test-replica-kill")
+    try:
+        (replica,) = [
+            a for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["name"].startswith("SERVE_REPLICA::test-replica-kill#")
+        ]  # fmt: skip
+
+        async def main():
+            got = []
+            with pytest.raises(EngineError) as info:
+                async for d in stream_chat(app.handle, ask("slow")):
+                    got.append(d.text)
+                    if len(got) == 3:
+                        ray.kill(ray.get_actor(replica["name"], namespace=replica["namespace"]))
+            return got, info.value
+
+        got, error = asyncio.run(asyncio.wait_for(main(), 30))
+        assert error.retryable and 3 <= len(got) < 400
+    finally:
+        stop_model(app.name)
+
+
+def test_a_transport_failure_under_the_stream_is_retryable_and_names_itself():
+    import grpc
+
+    from actors.model import _engine_error
+
+    reset = grpc.aio.AioRpcError(grpc.StatusCode.INTERNAL, grpc.aio.Metadata(), grpc.aio.Metadata(), "connection reset")
+    error = _engine_error(reset)
+    assert error.retryable and "connection reset" in str(error)
+    assert not _engine_error(ValueError("bad request")).retryable
