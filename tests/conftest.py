@@ -6,6 +6,14 @@ import os
 
 import pytest
 
+# Child processes (the CLI, crash harnesses, `serve`) and Ray's workers must run this tree's
+# code, not whichever checkout the environment's editable install points at (another clone
+# installing itself into the same interpreter re-points it): put this tree first for them too.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [_ROOT, *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != _ROOT)]
+)
+
 
 @pytest.fixture(scope="session")
 def ray_session():

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -100,7 +101,8 @@ def test_good_requests_pass(make_request, flow, fields):
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "api.cli", *args], capture_output=True, text=True,
-                          timeout=120, env={"COLUMNS": "160", "PATH": "/usr/bin:/bin"})
+                          timeout=120, env={"COLUMNS": "160", "PATH": "/usr/bin:/bin",
+                          "PYTHONPATH": os.environ["PYTHONPATH"]})
 
 
 def test_flows_command_json_lists_every_flow_with_its_inputs():
