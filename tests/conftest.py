@@ -10,9 +10,7 @@ import pytest
 # code, not whichever checkout the environment's editable install points at (another clone
 # installing itself into the same interpreter re-points it): put this tree first for them too.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    [_ROOT, *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != _ROOT)]
-)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")]))
 
 
 @pytest.fixture(scope="session")

@@ -100,9 +100,9 @@ def test_good_requests_pass(make_request, flow, fields):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {"COLUMNS": "160", "PATH": "/usr/bin:/bin", "PYTHONPATH": os.environ["PYTHONPATH"]}
     return subprocess.run([sys.executable, "-m", "api.cli", *args], capture_output=True, text=True,
-                          timeout=120, env={"COLUMNS": "160", "PATH": "/usr/bin:/bin",
-                          "PYTHONPATH": os.environ["PYTHONPATH"]})
+                          timeout=120, env=env)
 
 
 def test_flows_command_json_lists_every_flow_with_its_inputs():
