@@ -112,7 +112,7 @@ class EventLogActor:
         return self._changed
 
     async def append(self, blobs: list[bytes], keys: list[str]) -> list[int]:
-        return await self._log.append_encoded_async(blobs, keys)
+        return await asyncio.wrap_future(self._log.submit_encoded(blobs, keys))
 
     async def read(
         self,

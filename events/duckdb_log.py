@@ -3,9 +3,7 @@
 Appends queue up; one writer thread takes everything pending and commits it in ONE transaction
 (a DuckDB commit costs ~2 ms whatever it holds, so batching is the whole game). An idle writer
 commits a lone append at once; under load, batches grow by themselves. The projector folds each
-batch inside that same transaction (a batch it writes nothing for, such as streamed text only,
-needs no transaction beyond the insert's own); an append returns only after the commit. An
-asyncio appender's future is settled on its own loop, once per commit for all its appends.
+batch inside that same transaction; an append returns only after the commit.
 
 A batch goes in as one Arrow table (``INSERT`` from ``from_arrow``): building seven Arrow
 columns from the events measured faster here than handing the Appender one tuple per row.
@@ -107,30 +105,17 @@ class QueryResult(msgspec.Struct, frozen=True):
 
 
 class _Append:
-    """One append call waiting in the queue. Its future is a thread's (``loop`` None) or an
-    asyncio future of ``loop``, which the writer settles from its own thread through that loop."""
+    __slots__ = ("blobs", "keys", "events", "future")
 
-    __slots__ = ("blobs", "keys", "events", "future", "loop")
-
-    def __init__(
-        self,
-        blobs: Sequence[bytes],
-        keys: Sequence[str],
-        events: list[AgentEvent],
-        loop: asyncio.AbstractEventLoop | None = None,
-    ):
+    def __init__(self, blobs: Sequence[bytes], keys: Sequence[str], events: list[AgentEvent]):
         self.blobs = blobs
         self.keys = keys
         self.events = events
-        self.loop = loop
-        self.future: concurrent.futures.Future[list[int]] | asyncio.Future[list[int]] = (
-            concurrent.futures.Future() if loop is None else loop.create_future()
-        )
+        self.future: concurrent.futures.Future[list[int]] = concurrent.futures.Future()
 
 
 class _Checkpoint:
     __slots__ = ("future",)
-    loop = None  # always a thread's future
 
     def __init__(self) -> None:
         self.future: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -320,11 +305,7 @@ class DuckDBLog(EventLog):
 
     async def append_async(self, events: Sequence[AgentEvent], keys: Sequence[str]) -> list[int]:
         """``append`` for an asyncio caller: awaits the commit without holding a thread."""
-        return await self.append_encoded_async(encode_append(events, keys), keys)
-
-    async def append_encoded_async(self, blobs: Sequence[bytes], keys: Sequence[str]) -> list[int]:
-        """``append_encoded`` for an asyncio caller."""
-        return await self._submit(blobs, keys, asyncio.get_running_loop())
+        return await asyncio.wrap_future(self.submit_encoded(encode_append(events, keys), keys))
 
     def submit_encoded(
         self, blobs: Sequence[bytes], keys: Sequence[str]
@@ -333,14 +314,9 @@ class DuckDBLog(EventLog):
 
         A malformed event raises ``MalformedEvent`` here, before anything is queued.
         """
-        return self._submit(blobs, keys, None)  # type: ignore[return-value]
-
-    def _submit(
-        self, blobs: Sequence[bytes], keys: Sequence[str], loop: asyncio.AbstractEventLoop | None
-    ) -> concurrent.futures.Future[list[int]] | asyncio.Future[list[int]]:
         blobs = [blob if type(blob) is bytes else bytes(blob) for blob in blobs]
         events = decode_append(blobs, keys)
-        item = _Append(blobs, keys, events, loop)
+        item = _Append(blobs, keys, events)
         with self._cv:
             if self._closing:
                 raise LogClosed(f"event log {self.path} is closed")
@@ -484,8 +460,8 @@ class DuckDBLog(EventLog):
             with self._cv:
                 self._closing = True
                 pending, self._queue = list(self._queue), deque()
-            failure = LogClosed(f"the writer of event log {self.path} failed: {exc!r}")
-            _answer([(item, failure) for item in pending])
+            for item in pending:
+                _fail(item.future, LogClosed(f"the writer of event log {self.path} failed: {exc!r}"))
 
     def _write_loop(self) -> None:
         dirty = False  # committed since the last checkpoint
@@ -550,13 +526,14 @@ class DuckDBLog(EventLog):
             results = self._write(group)
         except Exception as exc:
             if len(group) == 1:
-                _answer([(group[0], exc)])
+                _fail(group[0].future, exc)
                 return
             # One bad append (say, a projector error) must not sink the others: retry alone.
             for item in group:
                 self._commit_group([item])
             return
-        _answer(list(zip(group, results)))
+        for item, seqs in zip(group, results):
+            _deliver(item.future, seqs)
 
     def _write(self, group: list[_Append]) -> list[list[int]]:
         """Commit one group in one transaction; return each append's seqs."""
@@ -613,16 +590,10 @@ class DuckDBLog(EventLog):
         # DuckDB refuses an Arrow scan while an earlier result (say, the projector's last
         # SELECT) is unfinished on the connection: finish it first.
         con.complete()
-        skips = getattr(self._projector, "skips", None)
-        if self._projector is None or (skips is not None and skips(records)):
+        if self._projector is None:
             # One statement is one transaction: fewer calls into DuckDB, each of which gives
-            # up the GIL and must win it back from the appenders' threads. Most batches while
-            # agents stream change no projected row: the projector only took note of them.
-            try:
-                _insert(con, batch)
-            except BaseException:
-                self._forget_batch()
-                raise
+            # up the GIL and must win it back from the appenders' threads.
+            _insert(con, batch)
         else:
             con.begin()
             try:
@@ -634,7 +605,9 @@ class DuckDBLog(EventLog):
                     con.rollback()
                 except duckdb.Error:  # the failed statement may have ended the transaction
                     pass
-                self._forget_batch()
+                rollback = getattr(self._projector, "rollback", None)
+                if rollback is not None:
+                    rollback()
                 raise
         self.batches += 1
         self._seq = seqs[-1]
@@ -646,12 +619,6 @@ class DuckDBLog(EventLog):
         self._remember(first, fresh_events, fresh_blobs)
         self._hub.publish(seqs[-1], records or (lambda: list(map(Record, seqs, fresh_events))))
         return results
-
-    def _forget_batch(self) -> None:
-        """The batch did not commit: the projector must forget what it noted of it."""
-        rollback = getattr(self._projector, "rollback", None)
-        if rollback is not None:
-            rollback()
 
     def _known(self, keys: list[str], hashes: list[int]) -> tuple[dict[str, int], set[str]]:
         """Which of these keys the log already holds (with their seqs), and which new keys
@@ -799,35 +766,6 @@ def _settle(future: concurrent.futures.Future[Any], fn: Any) -> None:
         _deliver(future, fn())
     except Exception as exc:
         _fail(future, exc)
-
-
-def _answer(answers: list[tuple[Any, Any]]) -> None:
-    """Settle each item's future with its result (or exception), from the writer thread.
-
-    A thread's future is settled here; the asyncio futures of one loop are settled in one
-    callback on that loop: one wake-up of the loop per commit, not one per append.
-    """
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, Any]]] = {}
-    for item, result in answers:
-        if item.loop is None:
-            (_fail if isinstance(result, BaseException) else _deliver)(item.future, result)
-        else:
-            by_loop.setdefault(item.loop, []).append((item.future, result))
-    for loop, settled in by_loop.items():
-        try:
-            loop.call_soon_threadsafe(_settle_on_loop, settled)
-        except RuntimeError:  # the loop is closed: nobody is waiting any more
-            pass
-
-
-def _settle_on_loop(settled: list[tuple[asyncio.Future[Any], Any]]) -> None:
-    for future, result in settled:
-        if future.done():  # its waiter was cancelled: what was committed stays committed
-            continue
-        if isinstance(result, BaseException):
-            future.set_exception(result)
-        else:
-            future.set_result(result)
 
 
 # An appender may stop waiting (its task was cancelled, which cancels the future): what was

@@ -37,13 +37,6 @@ class Projector(Protocol):
 
         Optional: a projector without it must tell for itself (say, from a tracking row)."""
 
-    def skips(self, records: Sequence[Record]) -> bool:
-        """If ``apply`` would write nothing for this batch, take note of it and return True:
-        the log then commits the batch in its insert's own transaction, without ``apply``
-        (and calls ``rollback`` if that insert fails).
-
-        Optional: without it every batch gets a transaction around the insert and ``apply``."""
-
 
 class Subscription(abc.ABC):
     """Committed records in ``seq`` order: the catch-up from a ``seq``, then live.

@@ -94,10 +94,13 @@ class Projector:
         """
         if not records:
             return
-        if self.skips(records):
-            return
         top = max(r.seq for r in records)
         seen = self._seen
+        if seen is not None and all(
+            type(r.event) is OutputDelta for r in records if r.seq > seen
+        ):
+            self._seen = max(top, seen)
+            return
         if seen is None or not self._claim(con, self._written, max(top, seen)):
             # The memory cannot be trusted: start again from what the tables hold.
             self._forget(None)
@@ -128,17 +131,6 @@ class Projector:
             {key: (old, steps[key[0]][key[1]]) for key, old in old_steps.items()},
         )
         self._evict()
-
-    def skips(self, records: Sequence[Record]) -> bool:
-        """Take note of a batch that changes no row (output deltas only, with the memory
-        trusted) and say so; False, noting nothing, for any other batch."""
-        seen = self._seen
-        if not records or seen is None:
-            return False
-        if any(type(r.event) is not OutputDelta for r in records if r.seq > seen):
-            return False
-        self._seen = max(max(r.seq for r in records), seen)
-        return True
 
     def rollback(self) -> None:
         """The log rolled back the transaction of the last ``apply``: forget it all."""

@@ -212,19 +212,12 @@ def test_a_rolled_back_batch_is_forgotten_when_its_seqs_are_reused(path):
         con.close()
 
 
-def poisoned(records):
-    return any(getattr(r.event, "text", None) == "poison" for r in records)
-
-
 class PoisonedProjector(Projector):
     """Fails a batch holding a delta whose text is 'poison', after folding it."""
 
-    def skips(self, records):
-        return not poisoned(records) and super().skips(records)
-
     def apply(self, con, records):
         super().apply(con, records)
-        if poisoned(records):
+        if any(getattr(r.event, "text", None) == "poison" for r in records):
             raise RuntimeError("refused")
 
 
@@ -240,11 +233,6 @@ def test_a_failed_batch_in_the_real_log_leaves_tables_equal_to_rebuild(path):
             live = tables(cur)
             assert get_run(cur, "r1").status == "finished"
     with duckdb.connect(str(path)) as con:
-        # The failed batch left nothing behind: every other event once, seqs dense.
-        assert con.execute(
-            "SELECT count(*), count(DISTINCT seq), max(seq), count(*) FILTER (key = 'poison') "
-            "FROM events"
-        ).fetchone() == (len(events), len(events), len(events), 0)
         rebuild(con)
         assert tables(con) == live
 
@@ -300,42 +288,4 @@ def test_many_runs_through_the_log_keep_sums_and_equal_rebuild(path):
     with duckdb.connect(str(path)) as con:
         result = rebuild(con)
         assert (result.events, result.runs) == (len(events), 40)
-        assert tables(con) == live
-
-
-def test_a_skipped_batch_whose_insert_fails_is_forgotten(path, monkeypatch):
-    # A batch of output deltas goes in without a transaction around it (the projector writes
-    # nothing for it, only notes it). If its insert fails, the projector must forget the note:
-    # the next batch takes the same seqs, and tables and log stay as a rebuild makes them.
-    import events.duckdb_log as duckdb_log
-
-    real_insert = duckdb_log._insert
-
-    def insert(con, eventlog_arrow_batch):
-        if "boom" in eventlog_arrow_batch.column("key").to_pylist():
-            raise duckdb.IOException("disk went away")
-        real_insert(con, eventlog_arrow_batch)
-
-    monkeypatch.setattr(duckdb_log, "_insert", insert)
-    events = review_run("r1", 1000.0)
-    projector = Projector()
-    with DuckDBLog(path, projector=projector) as log:
-        append_all(log, events[:10])
-        with pytest.raises(duckdb.IOException):
-            log.append([OutputDelta(run_id="r1", ts=1003.5, step_id="a", text="lost",
-                                    offset=0, tokens=5)], ["boom"])
-        # The next batch (it takes the failed one's seq) changes rows: none may be missed.
-        rest = [e for e in events[10:] if type(e) is not OutputDelta]
-        append_all(log, rest, prefix="after")
-        with log.reader() as cur:
-            live = tables(cur)
-            run = get_run(cur, "r1")
-            assert (run.status, run.steps_finished, run.steps_failed) == ("finished", 1, 1)
-    total = 10 + len(rest)
-    with duckdb.connect(str(path)) as con:
-        assert con.execute(
-            "SELECT count(*), count(DISTINCT seq), max(seq), count(*) FILTER (key = 'boom') "
-            "FROM events"
-        ).fetchone() == (total, total, total, 0)
-        rebuild(con)
         assert tables(con) == live
