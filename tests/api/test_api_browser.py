@@ -157,6 +157,29 @@ def test_slash_command_launches_and_one_agent_streams_live_at_a_time(page: Page)
     shot(page, "03-report-on-top")
 
 
+def test_a_slash_typed_before_the_workflows_arrive_opens_the_menu_when_they_do(browser, server):
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    page = context.new_page()
+    held = []  # the catalog requests, answered only after "/" is typed
+    page.route("**/api/flows", lambda route: held.append(route))
+    try:
+        page.goto(server.url + "/")
+        while not held:
+            page.wait_for_timeout(20)
+        box = page.locator(".orch-composer-input")
+        box.click()
+        box.type("/")
+        menu = page.locator(".orch-slash-menu")
+        expect(menu).to_be_hidden()  # nothing to list yet
+        for route in held:
+            route.continue_()
+        page.unroute("**/api/flows")
+        expect(menu).to_be_visible()
+        expect(menu.locator("[role=option]")).to_have_count(6)
+    finally:
+        context.close()
+
+
 def test_the_workflow_button_opens_the_launcher(page: Page):
     dialog = page.locator("dialog.orch-dialog")
     flow = dialog.locator("select[name=flow]")

@@ -64,7 +64,11 @@ export class OrchComposer extends HTMLElement {
     this.replaceChildren(h("div", { class: "orch-composer-box" }, this.menu, this.workflowBtn, this.input, this.sendBtn));
     client()
       .flows()
-      .then((flows) => (this.flows = flows))
+      .then((flows) => {
+        this.flows = flows;
+        // Someone may have typed "/" before the catalog arrived: show the menu now.
+        if (document.activeElement === this.input) this._changed();
+      })
       .catch((err) => toast(`Could not load the workflows: ${err.message}`, "error"));
   }
 
