@@ -48,10 +48,14 @@ RETIRE_AFTER_S = 5.0
 MAX_PICKUPS = 3
 
 
-@ray.remote(max_restarts=0, num_cpus=0, max_concurrency=1000)
-class FlowRun:
-    def __init__(self, names: Names, settings: Settings, run_id: str):
+class RunSupervisor:
+    """The body of the ``FlowRun`` actor (below). ``log`` is the event log it talks to: the
+    log actor named in ``names`` unless one is given (tests hand it one they can hold up)."""
+
+    def __init__(self, names: Names, settings: Settings, run_id: str, log: Any = None):
         self._names, self._settings, self._run_id = names, settings, run_id
+        self._log_client = log
+        self._appends: set[asyncio.Future] = set()  # appends sent and not yet answered
         self._model: ModelPort | None = None
         self._state: RunState | None = None
         self._inflight: dict[str, tuple[Any, asyncio.Task]] = {}
@@ -101,12 +105,21 @@ class FlowRun:
         """Stop every stream of the run and record the cancellation."""
         if self._state is not None and self._state.terminal:
             return False
+        if self._cancel_reason is not None:  # a cancel already under way
+            await self._done.wait()
+            return True
         self._cancel_reason = reason or "cancelled"
         refs = [ref for ref, _ in self._inflight.values()]
         for ref in refs:
             ray.cancel(ref)
         if self._task is not None:
+            # The loop stops first, so its state is settled (kept, or forgotten mid-append)
+            # before the cancel folds it; an append it had sent commits whatever happens to
+            # the loop, so the cancel waits for it too and then sees what it wrote.
             self._task.cancel()
+            await asyncio.wait({self._task})
+        if self._appends:
+            await asyncio.wait(set(self._appends))
         await self._close_cancelled()
         return True
 
@@ -360,14 +373,17 @@ class FlowRun:
     # --- plumbing ---------------------------------------------------------------------------
 
     def _log(self):
-        if getattr(self, "_log_client", None) is None:
+        if self._log_client is None:
             from actors.eventlog import LogClient
 
             self._log_client = LogClient.connect(self._names.eventlog, namespace=self._names.namespace)
         return self._log_client
 
     async def _append(self, events: list[AgentEvent], keys: list[str]) -> list[int]:
-        return await self._log().append_async(events, keys)
+        sent = asyncio.ensure_future(self._log().append_async(events, keys))
+        self._appends.add(sent)
+        sent.add_done_callback(self._appends.discard)
+        return await asyncio.shield(sent)
 
     def _forget_state(self) -> None:
         self._state, self._last_seq, self._folded, self._skip = None, 0, 0, set()
@@ -410,3 +426,6 @@ class FlowRun:
 
             self._agents = agent_pool(self._names)
         return self._agents
+
+
+FlowRun = ray.remote(max_restarts=0, num_cpus=0, max_concurrency=1000)(RunSupervisor)
