@@ -48,9 +48,10 @@ RETIRE_AFTER_S = 5.0
 MAX_PICKUPS = 3
 
 
-class RunSupervisor:
-    """The body of the ``FlowRun`` actor (below). ``log`` is the event log it talks to: the
-    log actor named in ``names`` unless one is given (tests hand it one they can hold up)."""
+class FlowRun:
+    """The supervisor; ``FlowRunActor`` (below) runs it as a Ray actor. ``log`` is the event
+    log it talks to: the log actor named in ``names`` unless one is given (tests hand it one
+    they can hold up)."""
 
     def __init__(self, names: Names, settings: Settings, run_id: str, log: Any = None):
         self._names, self._settings, self._run_id = names, settings, run_id
@@ -428,4 +429,5 @@ class RunSupervisor:
         return self._agents
 
 
-FlowRun = ray.remote(max_restarts=0, num_cpus=0, max_concurrency=1000)(RunSupervisor)
+# Ray shows the actor by the class's name: "FlowRun".
+FlowRunActor = ray.remote(max_restarts=0, num_cpus=0, max_concurrency=1000)(FlowRun)

@@ -226,9 +226,9 @@ class Orchestrator:
         self.log.append([RunFailed(run_id=run_id, ts=time.time(), error=error[:2000])], [f"{run_id}/failed"])
 
     def _create_run(self, run_id: str):
-        from actors.flow_run import FlowRun
+        from actors.flow_run import FlowRunActor
 
-        return FlowRun.options(
+        return FlowRunActor.options(
             name=self.names.flow_run(run_id),
             namespace=self.names.namespace,
             get_if_exists=True,

@@ -2,7 +2,7 @@
 
 The log here is the in-memory one behind a gate the test opens: an append sent to it commits
 once the gate opens, whether or not whoever sent it is still waiting (as the log actor does
-with a call whose caller was cancelled). The supervisor is the body of the ``FlowRun`` actor.
+with a call whose caller was cancelled). The supervisor is the class the ``FlowRun`` actor runs.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import asyncio
 import time
 
 from actors.config import Settings
-from actors.flow_run import RunSupervisor
+from actors.flow_run import FlowRun
 from actors.runtime import Names
 from actors.snapshot import pin
 from conductor.flows import FLOWS
@@ -67,7 +67,7 @@ def test_a_cancel_while_the_first_wave_is_being_queued_fails_every_queued_step(t
     async def scenario():
         gated = GatedLog()
         names, settings, run_id = planned_run(tmp_path, gated.log)
-        run = RunSupervisor(names, settings, run_id, log=gated)
+        run = FlowRun(names, settings, run_id, log=gated)
         run._retire_later = lambda: None  # there is no actor to retire here
         await run.start(model=None)
         while not gated.waiting:  # the first wave's step_queued events are at the gate
@@ -94,7 +94,7 @@ def test_a_second_cancel_waits_for_the_first_and_writes_nothing_more(tmp_path):
     async def scenario():
         gated = GatedLog()
         names, settings, run_id = planned_run(tmp_path, gated.log)
-        run = RunSupervisor(names, settings, run_id, log=gated)
+        run = FlowRun(names, settings, run_id, log=gated)
         run._retire_later = lambda: None
         await run.start(model=None)
         while not gated.waiting:
