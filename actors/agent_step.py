@@ -44,7 +44,6 @@ class AgentStep:
         import actors.model  # noqa: F401
         import actors.tools  # noqa: F401
         import conductor.findings  # noqa: F401
-        from ray import serve  # noqa: F401  (the model handle's, ~1 s of CPU)
 
         freeze_heap()
 

@@ -6,7 +6,6 @@ See ``actors.service`` for the contract the CLI and the API rely on.
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 import time
 import uuid
@@ -24,8 +23,6 @@ from actors.step_runner import ModelPort
 from conductor.state import RunState, fold
 from events.log import Record
 from events.types import RunPlanned, RunRequested, RunResumed
-
-logger = logging.getLogger(__name__)
 
 # Long-poll window of a subscription; short enough to notice a closed client promptly.
 POLL_S = 1.0
@@ -50,8 +47,6 @@ class Orchestrator:
 
         self._agents = agent_pool(self.names)  # started now, so the first run does not wait
         self._models: dict[str, ModelPort] = {}
-        self._models_lock = threading.Lock()  # one deployment at a time, each made once
-        self._preparing: threading.Thread | None = None
         self._runs: dict[str, Any] = {}
         self._personas = None
         self._closed = False
@@ -256,34 +251,13 @@ class Orchestrator:
         from actors.model import start_model
 
         key = self.names.model_app(engine, model)
-        with self._models_lock:
-            if key not in self._models:
-                settings = msgspec.structs.replace(self.settings, engine=engine, model=model)
-                caps = start_model(settings, engine=engine, script=self._script, name=key)
-                self._models[key] = ModelPort(
-                    supports_tools=caps.supports_tools, supports_continue=caps.supports_continue
-                )
-            return self._models[key]
-
-    def prepare_model(self) -> None:
-        """Start deploying the model a launch with no engine or model of its own will use, in
-        the background, so the first run does not wait for it (the scripted deployment took
-        ~3 s here; the embedded model loads for longer). A launch meanwhile waits for it to
-        finish. If it fails, the first launch tries again and reports why."""
-
-        def prepare() -> None:
-            try:
-                from actors.engines import select_engine
-
-                engine = self._engine_override or self.settings.engine
-                chosen, model = select_engine(msgspec.structs.replace(self.settings, engine=engine))
-                self._ensure_model(chosen, model)
-            except Exception:
-                logger.warning("the model was not started ahead of the first run", exc_info=True)
-
-        if self._preparing is None:
-            self._preparing = threading.Thread(target=prepare, name="prepare-model", daemon=True)
-            self._preparing.start()
+        if key not in self._models:
+            settings = msgspec.structs.replace(self.settings, engine=engine, model=model)
+            caps = start_model(settings, engine=engine, script=self._script, name=key)
+            self._models[key] = ModelPort(
+                supports_tools=caps.supports_tools, supports_continue=caps.supports_continue
+            )
+        return self._models[key]
 
     def _load_personas(self):
         if self._personas is None:
@@ -427,8 +401,6 @@ class Orchestrator:
                 _quietly(ray.kill, self._spare[1])
                 self._spare = None
         stop_agent_pool(self._agents)
-        if self._preparing is not None:
-            self._preparing.join(60)  # a deployment half made would outlive the stop below
         for name in self._models:
             _quietly(stop_model, name)
         stop_event_log(self.log.handle)

@@ -126,7 +126,6 @@ def run(args: argparse.Namespace, settings) -> int:
             resumed = backend.resume_all()
             if resumed:
                 print(f"orchestrator: resumed {len(resumed)} unfinished run(s): {', '.join(resumed)}", flush=True)
-        backend.prepare_model()  # in the background: the first launch need not deploy it
         gate = Gate()
         app = create_app(
             backend, settings, engine=args.engine or settings.engine, allow_origins=tuple(args.allow_origin), gate=gate

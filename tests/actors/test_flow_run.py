@@ -91,43 +91,6 @@ def _kinds(events):
     return [e.__struct_config__.tag for e in events]
 
 
-def test_the_model_is_deployed_ahead_of_the_first_launch(orch, repo):
-    # ``serve`` calls this at start-up: the first run must not wait for the deployment. This
-    # test comes first in the module, so no launch has deployed the model before it.
-    from ray import serve
-
-    def running() -> list[str]:
-        apps = serve.status().applications
-        return [
-            name for name, app in apps.items()
-            if name.startswith(f"{orch.names.prefix}-model-scripted-") and app.status == "RUNNING"
-        ]
-
-    assert running() == []
-    orch.prepare_model()
-    deadline = time.monotonic() + 90
-    while not running() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert len(running()) == 1, "the default model was not deployed without a launch"
-    replicas = ray_actor_ids(running()[0])
-    assert replicas, "no replica of the model found"
-    run_id = orch.launch(LaunchRequest(flow="code-review", repo=str(repo), band="small"))
-    assert orch.wait(run_id, 120) == "finished"
-    # The launch used the deployment made ahead (it was not made again).
-    assert ray_actor_ids(running()[0]) == replicas
-
-
-def ray_actor_ids(app_name: str) -> set[str]:
-    """The names of the app's replica actors (a new deployment makes new ones)."""
-    import ray
-
-    return {
-        a["name"]
-        for a in ray.util.list_named_actors(all_namespaces=True)
-        if app_name in a["name"] and "REPLICA" in a["name"].upper()
-    }
-
-
 def test_a_code_review_runs_end_to_end(orch, repo):
     before = fingerprint(repo)
     run_id = orch.launch(LaunchRequest(flow="code-review", repo=str(repo), text="scenario-basic"))
