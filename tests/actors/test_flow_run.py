@@ -169,6 +169,28 @@ def test_cancel_stops_every_stream_within_a_second(orch, repo):
     assert orch.cancel(run_id) is False  # already terminal
 
 
+def test_cancel_without_its_supervisor_closes_every_open_step(orch, repo):
+    import ray
+
+    run_id = orch.launch(LaunchRequest(flow="code-review", repo=str(repo), text="scenario-slow"))
+    deadline = time.time() + 60
+    while "output_delta" not in _kinds(_events(orch, run_id)):
+        assert time.time() < deadline, "no output before cancelling"
+        time.sleep(0.1)
+    ray.kill(ray.get_actor(orch.names.flow_run(run_id), namespace=orch.names.namespace), no_restart=True)
+    open_steps = {st.step_id for st in orch.state(run_id).steps.values() if st.in_flight}
+    assert open_steps
+    assert orch.cancel(run_id, "its supervisor is gone") is True
+    # (Its agents may still be streaming: nothing stops them without their supervisor.)
+    events = _events(orch, run_id)
+    assert _kinds(events).count("run_cancelled") == 1
+    closed = {e.step_id for e in events if _kinds([e])[0] == "step_failed" and e.error == "cancelled"}
+    assert closed == open_steps
+    state = orch.state(run_id)
+    assert state.status == "cancelled"
+    assert orch.cancel(run_id) is False
+
+
 def test_hostile_repository_every_write_shell_and_escape_is_denied(orch, tmp_path):
     repo = make_hostile_repo(tmp_path)
     before = fingerprint(repo)
