@@ -25,13 +25,12 @@ import ray
 from actors.config import Settings
 from actors.runtime import Names, freeze_heap
 from actors.step_runner import ModelPort, StepOutcome, StepSpec
-from conductor.advance import ApplyVerdicts, CheckEvidence, Dispatch, Finish, Render, advance
+from conductor.advance import ApplyVerdicts, CheckEvidence, Dispatch, Finish, Render, advance, cancellation
 from conductor.state import RunState, apply, fold
 from events.types import (
     AgentEvent,
     EvidenceChecked,
     ReportRendered,
-    RunCancelled,
     RunFailed,
     RunFinished,
     StepFailed,
@@ -164,24 +163,7 @@ class FlowRun:
         if pending:
             await asyncio.wait(pending, timeout=CANCEL_GRACE_S)
         await self._catch_up()
-        now = time.time()
-        events: list[AgentEvent] = []
-        keys: list[str] = []
-        for st in self._state.steps.values():
-            if st.in_flight:
-                events.append(
-                    StepFailed(
-                        run_id=self._run_id,
-                        ts=now,
-                        step_id=st.step_id,
-                        attempt=st.attempt,
-                        error="cancelled",
-                        retryable=False,
-                    )
-                )
-                keys.append(f"{self._run_id}/cancel/{st.step_id}/{st.attempt}")
-        events.append(RunCancelled(run_id=self._run_id, ts=now, reason=self._cancel_reason or ""))
-        keys.append(f"{self._run_id}/cancelled")
+        events, keys = cancellation(self._state, self._cancel_reason or "", time.time())
         await self._append(events, keys)
         await self._catch_up()
         self._done.set()

@@ -290,21 +290,9 @@ class Orchestrator:
                 if self.state(run_id).terminal:
                     return False
         # No supervisor to do it: close the run here, as it would (same events, same keys).
-        from events.types import RunCancelled, StepFailed
+        from conductor.advance import cancellation
 
-        state, now = self.state(run_id), time.time()
-        open_steps = [st for st in state.steps.values() if st.in_flight]
-        self.log.append(
-            [
-                *(
-                    StepFailed(run_id=run_id, ts=now, step_id=st.step_id, attempt=st.attempt,
-                               error="cancelled", retryable=False)
-                    for st in open_steps
-                ),
-                RunCancelled(run_id=run_id, ts=now, reason=reason or "cancelled"),
-            ],
-            [*(f"{run_id}/cancel/{st.step_id}/{st.attempt}" for st in open_steps), f"{run_id}/cancelled"],
-        )
+        self.log.append(*cancellation(self.state(run_id), reason, time.time()))
         return True
 
     def _actor(self, run_id: str):

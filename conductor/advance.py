@@ -14,6 +14,7 @@ from __future__ import annotations
 import msgspec
 
 from conductor.state import RunState, StepState
+from events.types import RunCancelled, StepFailed
 
 MAX_ATTEMPTS = 3
 
@@ -118,3 +119,19 @@ def advance(
     if all(_settled(state, st, max_attempts) for st in state.steps.values()):
         return [Render()]
     return []
+
+
+def cancellation(state: RunState, reason: str, ts: float) -> tuple[list, list[str]]:
+    """The events (and their keys) that close a cancelled run: a ``cancelled`` failure for each
+    step still queued or running, then the cancellation. The keys make it written once, by
+    the run's supervisor or, when that is gone, by whoever cancels."""
+    run_id = state.run_id
+    open_steps = [st for st in state.steps.values() if st.in_flight]
+    events: list = [
+        StepFailed(run_id=run_id, ts=ts, step_id=st.step_id, attempt=st.attempt, error="cancelled", retryable=False)
+        for st in open_steps
+    ]
+    keys = [f"{run_id}/cancel/{st.step_id}/{st.attempt}" for st in open_steps]
+    events.append(RunCancelled(run_id=run_id, ts=ts, reason=reason or "cancelled"))
+    keys.append(f"{run_id}/cancelled")
+    return events, keys

@@ -150,12 +150,18 @@ def test_a_failing_model_is_retried_then_the_run_completes_without_it(orch, repo
     assert "test-engineer" in md and "failed" in md
 
 
-def test_cancel_stops_every_stream_within_a_second(orch, repo):
+def _launch_streaming(orch, repo) -> str:
+    """A slow run, once its agents stream."""
     run_id = orch.launch(LaunchRequest(flow="code-review", repo=str(repo), text="scenario-slow"))
     deadline = time.time() + 60
     while "output_delta" not in _kinds(_events(orch, run_id)):
         assert time.time() < deadline, "no output before cancelling"
         time.sleep(0.1)
+    return run_id
+
+
+def test_cancel_stops_every_stream_within_a_second(orch, repo):
+    run_id = _launch_streaming(orch, repo)
     t0 = time.time()
     assert orch.cancel(run_id, "changed my mind") is True
     took = time.time() - t0
@@ -172,11 +178,7 @@ def test_cancel_stops_every_stream_within_a_second(orch, repo):
 def test_cancel_without_its_supervisor_closes_every_open_step(orch, repo):
     import ray
 
-    run_id = orch.launch(LaunchRequest(flow="code-review", repo=str(repo), text="scenario-slow"))
-    deadline = time.time() + 60
-    while "output_delta" not in _kinds(_events(orch, run_id)):
-        assert time.time() < deadline, "no output before cancelling"
-        time.sleep(0.1)
+    run_id = _launch_streaming(orch, repo)
     ray.kill(ray.get_actor(orch.names.flow_run(run_id), namespace=orch.names.namespace), no_restart=True)
     open_steps = {st.step_id for st in orch.state(run_id).steps.values() if st.in_flight}
     assert open_steps
