@@ -180,6 +180,37 @@ def test_a_slash_typed_before_the_workflows_arrive_opens_the_menu_when_they_do(b
         context.close()
 
 
+
+def test_a_command_sent_before_the_workflows_arrive_waits_for_them(browser, server):
+    # Sent blind, "/investigate" (whose symptom is required) would be refused by the server;
+    # it must instead wait for the catalog and open the launcher to ask for the symptom.
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    page = context.new_page()
+    held = []
+    launches = []
+    page.route("**/api/flows", lambda route: held.append(route))
+    page.on("request", lambda r: launches.append(r.url) if r.method == "POST" and "/api/runs" in r.url else None)
+    try:
+        page.goto(server.url + "/")
+        while not held:
+            page.wait_for_timeout(20)
+        box = page.locator(".orch-composer-input")
+        box.click()
+        box.type("/investigate")
+        box.press("Enter")
+        page.wait_for_timeout(300)
+        dialog = page.locator("dialog.orch-dialog")
+        expect(dialog).to_be_hidden()
+        for route in held:
+            route.continue_()
+        page.unroute("**/api/flows")
+        expect(dialog).to_be_visible()
+        expect(dialog.locator("select[name=flow]")).to_have_value("investigate")
+        expect(page.locator(".orch-slash-menu")).to_be_hidden()
+        assert launches == []
+    finally:
+        context.close()
+
 def test_the_workflow_button_opens_the_launcher(page: Page):
     dialog = page.locator("dialog.orch-dialog")
     flow = dialog.locator("select[name=flow]")

@@ -62,7 +62,8 @@ export class OrchComposer extends HTMLElement {
       onclick: () => this.dispatchEvent(new CustomEvent("orch-open-launcher", { bubbles: true, composed: true, detail: {} })),
     });
     this.replaceChildren(h("div", { class: "orch-composer-box" }, this.menu, this.workflowBtn, this.input, this.sendBtn));
-    client()
+    // A command sent before the catalog arrives waits for it (see submit).
+    this.ready = client()
       .flows()
       .then((flows) => {
         this.flows = flows;
@@ -170,6 +171,9 @@ export class OrchComposer extends HTMLElement {
   async submit() {
     const line = this.input.value.trim();
     if (!line) return;
+    // Without the catalog a command cannot be checked, nor its required input asked for.
+    await this.ready;
+    this._closeMenu();
     const cmd = parseCommand(line);
     if (!cmd) {
       toast("Start with / and a workflow name (e.g. /code-review), or use the Workflow button.", "error");
