@@ -60,9 +60,10 @@ FAST_HEALTH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500
 
 
 
-def step_starts(events: list, step_id: str) -> list[dict]:
-    """Each start of ``step_id``: attempt, where it continued from, its node, and the length
-    of that attempt's text committed before it (deltas replace from their offset)."""
+def step_starts(events: list, step_id: str, lost_at: float) -> list[dict]:
+    """Each start of ``step_id``: attempt, where it continued from, its node, the length of
+    that attempt's text committed before it (deltas replace from their offset), and when it
+    began, in seconds after the node was lost (wall clock ``lost_at``)."""
     text: dict[int, str] = {}
     starts = []
     for e in events:
@@ -78,6 +79,7 @@ def step_starts(events: list, step_id: str) -> list[dict]:
                     "continued_from": e.continued_from,
                     "node": e.worker.split("/")[0],
                     "committed_before": len(text.get(e.attempt, "")),
+                    "after_loss_s": round(e.ts - lost_at, 2),
                 }
             )
             text[e.attempt] = text.get(e.attempt, "")[: e.continued_from]
@@ -191,8 +193,13 @@ def main(scratch: Path) -> dict:
         out["victim_is_gpu_worker"] = victim == gpu_worker.node_id
         out["steps_on_victim_at_loss"] = on_victim
         out["seconds_into_run_at_loss"] = round(time.monotonic() - t_launch, 1)
-        t_loss = time.monotonic()
+        t_loss, lost_at = time.monotonic(), time.time()
         cluster.remove_node(workers[victim], allow_graceful=False)
+        # When Ray declares the node dead (health checks, ~1.5 s here). Until then a worker
+        # process on it may outlive its raylet for a moment and still take a call.
+        while any(n["NodeID"] == victim and n["Alive"] for n in ray.nodes()) and time.monotonic() - t_loss < 60:
+            time.sleep(0.05)
+        out["node_declared_dead_after_s"] = round(time.time() - lost_at, 2)
 
         out["status"] = orch.wait(run_id, 120)
         out["seconds_from_loss_to_end"] = round(time.monotonic() - t_loss, 1)
@@ -201,7 +208,7 @@ def main(scratch: Path) -> dict:
         out["step_status"] = {s: st.status for s, st in state.steps.items()}
         # How each step that was on the lost node carried on: every start it had, in order,
         # with how much of that attempt's text the log held when it started.
-        out["victim_step_starts"] = {s: step_starts(events, s) for s in on_victim}
+        out["victim_step_starts"] = {s: step_starts(events, s, lost_at) for s in on_victim}
         # Tool reads by agents on worker nodes went through the snapshot server on the head.
         starts = [e for e in events if e.__struct_config__.tag == "step_started"]
         remote_attempts = {(e.step_id, e.attempt) for e in starts if not e.worker.startswith(head[:8])}
