@@ -12,6 +12,7 @@ any other node sends its read-only tool calls to the snapshot server on the head
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -37,6 +38,7 @@ class AgentStep:
         self._server = None
         self._handles: dict[str, Any] = {}
         self._writers: dict[float, AgentWriter] = {}
+        self._steps: dict[str, set[asyncio.Task]] = {}  # run id -> the calls running its steps
         node = ray.get_runtime_context().get_node_id()
         # On the head the data directory is right here; elsewhere it is not (no shared disk).
         self.on_head = not names.head_node or names.head_node == node
@@ -64,6 +66,8 @@ class AgentStep:
         if writer is None:
             writer = self._writers[spec.flush_seconds] = AgentWriter(log.append_async, spec.flush_seconds)
         tools, release = self._tools(spec)
+        running = self._steps.setdefault(spec.run_id, set())
+        running.add(asyncio.current_task())
         try:
             return await run_step(
                 spec,
@@ -75,7 +79,21 @@ class AgentStep:
                 writer=writer,
             )
         finally:
+            running.discard(asyncio.current_task())
+            if not running:
+                self._steps.pop(spec.run_id, None)
             release()
+
+    async def stop(self, run_id: str, grace: float) -> int:
+        """Cancel this agent's steps of ``run_id`` and wait up to ``grace`` seconds for them
+        to end; how many there were. For a cancel whose run has no supervisor left to cancel
+        its calls."""
+        tasks = set(self._steps.get(run_id, ()))
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
+        return len(tasks)
 
     def ping(self) -> bool:
         return True

@@ -279,21 +279,10 @@ class Orchestrator:
         return self.state(run_id).status
 
     def cancel(self, run_id: str, reason: str = "") -> bool:
-        state = self.state(run_id)
-        if state.terminal:
-            return False
-        actor = self._actor(run_id)
-        if actor is not None:
-            try:
-                return ray.get(actor.cancel.remote(reason))
-            except ray.exceptions.RayActorError:
-                if self.state(run_id).terminal:
-                    return False
-        # No supervisor to do it: close the run here, as it would (same events, same keys).
-        from conductor.advance import cancellation
+        from actors.cancel import cancel_run
 
-        self.log.append(*cancellation(self.state(run_id), reason, time.time()))
-        return True
+        self.state(run_id)  # NotFound for a run the log does not hold
+        return cancel_run(self.names, self.log, run_id, reason, self._runs.get(run_id))
 
     def _actor(self, run_id: str):
         if run_id in self._runs:

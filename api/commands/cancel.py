@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
 
 from api.commands import CommandError
 
@@ -18,44 +17,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, settings) -> int:
     from api.commands._store import fold_run, open_store
-    from events.types import RunCancelled
 
     with open_store(settings) as store:
         state = fold_run(store, args.run_id)
         if state.terminal:
             raise CommandError(f"run {args.run_id} is already {state.status}")
         if store.server is not None:
-            _cancel_through_server(store, args.run_id, args.reason)
+            # A server holds the log: the run's supervisor (or, with none left, this command)
+            # stops its agents and closes it.
+            from actors.cancel import cancel_run
+            from actors.eventlog import LogClient
+
+            cancel_run(store.names, LogClient(store.server), args.run_id, args.reason)
             print(f"cancelled {args.run_id}")
             return 0
-    # No server holds the log: nobody is running the run, so recording the cancellation is all
-    # there is to do (and the next server start will not resume it).
+    # No server holds the log: nobody is running the run, so closing its open steps and
+    # recording the cancellation is all there is to do (the next server start will not resume it).
+    from actors.cancel import close_cancelled
     from events.duckdb_log import DuckDBLog
     from projections import Projector
 
     with DuckDBLog(str(settings.events_path), Projector()) as log:
-        log.append([RunCancelled(run_id=args.run_id, ts=time.time(), reason=args.reason)],
-                   [f"{args.run_id}/cancelled"])
+        close_cancelled(log, args.run_id, args.reason)
     print(f"cancelled {args.run_id}")
     return 0
-
-
-def _cancel_through_server(store, run_id: str, reason: str) -> None:
-    import ray
-
-    from actors.eventlog import LogClient
-    from events.types import RunCancelled
-
-    try:
-        actor = ray.get_actor(store.names.flow_run(run_id), namespace=store.names.namespace)
-    except ValueError:
-        actor = None
-    if actor is not None:
-        try:
-            ray.get(actor.cancel.remote(reason))
-            return
-        except ray.exceptions.RayActorError:
-            pass  # it just ended: fall through to record it if still open
-    LogClient(store.server).append(
-        [RunCancelled(run_id=run_id, ts=time.time(), reason=reason)], [f"{run_id}/cancelled"]
-    )

@@ -182,9 +182,14 @@ def test_cancel_without_its_supervisor_closes_every_open_step(orch, repo):
     ray.kill(ray.get_actor(orch.names.flow_run(run_id), namespace=orch.names.namespace), no_restart=True)
     open_steps = {st.step_id for st in orch.state(run_id).steps.values() if st.in_flight}
     assert open_steps
+    t0 = time.time()
     assert orch.cancel(run_id, "its supervisor is gone") is True
-    # (Its agents may still be streaming: nothing stops them without their supervisor.)
+    assert time.time() - t0 < 2.5
     events = _events(orch, run_id)
+    assert _kinds(events)[-1] == "run_cancelled"
+    # Its agents were told to stop too: nothing more of the run is written.
+    time.sleep(1.5)
+    assert len(_events(orch, run_id)) == len(events), "its agents kept streaming after the cancel"
     assert _kinds(events).count("run_cancelled") == 1
     closed = {e.step_id for e in events if _kinds([e])[0] == "step_failed" and e.error == "cancelled"}
     assert closed == open_steps

@@ -157,59 +157,63 @@ def test_slash_command_launches_and_one_agent_streams_live_at_a_time(page: Page)
     shot(page, "03-report-on-top")
 
 
-def test_a_slash_typed_before_the_workflows_arrive_opens_the_menu_when_they_do(browser, server):
-    context = browser.new_context(viewport={"width": 1440, "height": 900})
-    page = context.new_page()
-    held = []  # the catalog requests, answered only after "/" is typed
-    page.route("**/api/flows", lambda route: held.append(route))
-    try:
-        page.goto(server.url + "/")
-        while not held:
-            page.wait_for_timeout(20)
-        box = page.locator(".orch-composer-input")
-        box.click()
-        box.type("/")
-        menu = page.locator(".orch-slash-menu")
-        expect(menu).to_be_hidden()  # nothing to list yet
-        for route in held:
+class CatalogHeld:
+    """A page of the pane whose flow-catalog requests are held until ``release``: the
+    composer is up, and knows no workflow yet."""
+
+    def __init__(self, browser, server):
+        self.context = browser.new_context(viewport={"width": 1440, "height": 900})
+        self.page = self.context.new_page()
+        self.held = []
+        self.page.route("**/api/flows", lambda route: self.held.append(route))
+        self.page.goto(server.url + "/")
+        while not self.held:
+            self.page.wait_for_timeout(20)
+
+    def release(self) -> None:
+        for route in self.held:
             route.continue_()
-        page.unroute("**/api/flows")
-        expect(menu).to_be_visible()
-        expect(menu.locator("[role=option]")).to_have_count(6)
-    finally:
-        context.close()
+        self.page.unroute("**/api/flows")
 
 
+@pytest.fixture
+def catalog_held(browser, server):
+    held = CatalogHeld(browser, server)
+    yield held
+    held.context.close()
 
-def test_a_command_sent_before_the_workflows_arrive_waits_for_them(browser, server):
+
+def test_a_slash_typed_before_the_workflows_arrive_opens_the_menu_when_they_do(catalog_held):
+    page = catalog_held.page
+    box = page.locator(".orch-composer-input")
+    box.click()
+    box.type("/")
+    menu = page.locator(".orch-slash-menu")
+    expect(menu).to_be_hidden()  # nothing to list yet
+    catalog_held.release()
+    expect(menu).to_be_visible()
+    expect(menu.locator("[role=option]")).to_have_count(6)
+
+
+def test_a_command_sent_before_the_workflows_arrive_waits_for_them(catalog_held):
     # Sent blind, "/investigate" (whose symptom is required) would be refused by the server;
     # it must instead wait for the catalog and open the launcher to ask for the symptom.
-    context = browser.new_context(viewport={"width": 1440, "height": 900})
-    page = context.new_page()
-    held = []
+    page = catalog_held.page
     launches = []
-    page.route("**/api/flows", lambda route: held.append(route))
     page.on("request", lambda r: launches.append(r.url) if r.method == "POST" and "/api/runs" in r.url else None)
-    try:
-        page.goto(server.url + "/")
-        while not held:
-            page.wait_for_timeout(20)
-        box = page.locator(".orch-composer-input")
-        box.click()
-        box.type("/investigate")
-        box.press("Enter")
-        page.wait_for_timeout(300)
-        dialog = page.locator("dialog.orch-dialog")
-        expect(dialog).to_be_hidden()
-        for route in held:
-            route.continue_()
-        page.unroute("**/api/flows")
-        expect(dialog).to_be_visible()
-        expect(dialog.locator("select[name=flow]")).to_have_value("investigate")
-        expect(page.locator(".orch-slash-menu")).to_be_hidden()
-        assert launches == []
-    finally:
-        context.close()
+    box = page.locator(".orch-composer-input")
+    box.click()
+    box.type("/investigate")
+    box.press("Enter")
+    page.wait_for_timeout(300)
+    dialog = page.locator("dialog.orch-dialog")
+    expect(dialog).to_be_hidden()
+    catalog_held.release()
+    expect(dialog).to_be_visible()
+    expect(dialog.locator("select[name=flow]")).to_have_value("investigate")
+    expect(page.locator(".orch-slash-menu")).to_be_hidden()
+    assert launches == []
+
 
 def test_the_workflow_button_opens_the_launcher(page: Page):
     dialog = page.locator("dialog.orch-dialog")

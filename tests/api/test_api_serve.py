@@ -49,6 +49,25 @@ def wait_url(proc: subprocess.Popen, claim: Path, timeout: float = 120) -> str:
     raise AssertionError("serve did not come up")
 
 
+
+def slow_setup(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A repository root holding ``demo``, the slow script, and a data directory."""
+    root = tmp_path / "repos"
+    make_repo(root / "demo")
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps(SLOW_SCRIPT))
+    return root, script, tmp_path / "data"
+
+
+def launch_streaming(http: httpx.Client) -> str:
+    """A code-review of ``demo``, once its agents stream."""
+    run_id = http.post("/api/runs", json={"flow": "code-review", "repo": "demo"}).json()["run_id"]
+    deadline = time.monotonic() + 60
+    while streamed(http.get(f"/api/runs/{run_id}/events").json()["records"]) < 5:
+        assert time.monotonic() < deadline, "the run never started streaming"
+        time.sleep(0.2)
+    return run_id
+
 def stop(proc: subprocess.Popen) -> tuple[int, str]:
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=90)
@@ -64,11 +83,7 @@ def test_binding_beyond_loopback_without_a_token_is_refused(tmp_path):
 
 
 def test_serve_claims_resumes_and_stops_cleanly(tmp_path):
-    root = tmp_path / "repos"
-    make_repo(root / "demo")
-    script = tmp_path / "script.json"
-    script.write_text(json.dumps(SLOW_SCRIPT))
-    data = tmp_path / "data"
+    root, script, data = slow_setup(tmp_path)
     claim = data / "server.json"
 
     first = serve(data, root, script=script)
@@ -80,11 +95,7 @@ def test_serve_claims_resumes_and_stops_cleanly(tmp_path):
         with httpx.Client(base_url=url, timeout=60) as http:
             assert http.get("/api/info").json()["engine"] == "scripted"
             assert "<orch-app>" in http.get("/").text
-            run_id = http.post("/api/runs", json={"flow": "code-review", "repo": "demo"}).json()["run_id"]
-            deadline = time.monotonic() + 60
-            while streamed(http.get(f"/api/runs/{run_id}/events").json()["records"]) < 5:
-                assert time.monotonic() < deadline, "the run never started streaming"
-                time.sleep(0.2)
+            run_id = launch_streaming(http)
 
         # A second server on the same data directory is refused, naming the first.
         second = serve(data, root, script=script)
@@ -119,6 +130,31 @@ def test_serve_claims_resumes_and_stops_cleanly(tmp_path):
     assert code == 0, out
     assert not claim.exists()
 
+
+
+def test_cancel_from_the_command_line_stops_a_run_the_server_runs(tmp_path):
+    root, script, data = slow_setup(tmp_path)
+    proc = serve(data, root, script=script)
+    try:
+        url = wait_url(proc, data / "server.json")
+        with httpx.Client(base_url=url, timeout=60) as http:
+            run_id = launch_streaming(http)
+            environ = {k: v for k, v in os.environ.items() if not k.startswith(("ORCH_", "RAY_ADDRESS"))}
+            done = subprocess.run(
+                [sys.executable, "-m", "api.cli", "--data-dir", str(data), "cancel", run_id, "--reason", "not now"],
+                capture_output=True, text=True, timeout=120, env=environ,
+            )
+            assert done.returncode == 0, done.stderr
+            records = http.get(f"/api/runs/{run_id}/events", params={"limit": 5000}).json()["records"]
+            kinds = [r["event"]["kind"] for r in records]
+            assert kinds[-1] == "run_cancelled" and records[-1]["event"]["reason"] == "not now"
+            assert "step_failed" in kinds  # its streaming steps were closed, not left open
+            assert http.get(f"/api/runs/{run_id}").json()["run"]["status"] == "cancelled"
+            time.sleep(1.5)  # and they stopped: nothing more is written
+            assert len(http.get(f"/api/runs/{run_id}/events", params={"limit": 5000}).json()["records"]) == len(records)
+    finally:
+        code, out = stop(proc)
+    assert code == 0, out
 
 def test_a_log_held_by_another_process_is_named_in_a_clear_error(tmp_path):
     data = tmp_path / "data"

@@ -107,3 +107,38 @@ def test_an_unknown_ref_is_refused_after_start_and_writes_no_event(tmp_path, rep
     assert done.returncode == 2, done.stderr
     assert "no-such-ref" in done.stderr.strip().splitlines()[-1]
     assert events_in(data) == 0
+
+
+def test_cancel_without_a_server_closes_the_interrupted_run(tmp_path):
+    # A run cut off mid-flight (its server gone): one step streaming, one queued.
+    from events.duckdb_log import DuckDBLog
+    from events.types import OutputDelta, RunRequested, StepQueued, StepStarted
+    from projections import Projector
+    from tests.projections.projection_scenarios import planned
+
+    data = tmp_path / "data"
+    data.mkdir()
+    events = [
+        RunRequested(run_id="r1", ts=1.0, flow="code-review", repo="/src/app"),
+        planned("r1", 2.0, "small", ("a", "junior-developer", 0), ("b", "risk-analyst", 0)),
+        StepQueued(run_id="r1", ts=3.0, step_id="a", persona="junior-developer", phase="analysis"),
+        StepQueued(run_id="r1", ts=3.0, step_id="b", persona="risk-analyst", phase="analysis"),
+        StepStarted(run_id="r1", ts=4.0, step_id="a"),
+        OutputDelta(run_id="r1", ts=5.0, step_id="a", text="half an answer", offset=0),
+    ]
+    with DuckDBLog(str(data / "events.duckdb"), Projector()) as log:
+        log.append(events, [f"k{i}" for i in range(len(events))])
+
+    done = orchestrator(data, "cancel", "r1", "--reason", "gave up on it", timeout=120)
+    assert done.returncode == 0, done.stderr
+    with duckdb.connect(str(data / "events.duckdb"), read_only=True) as con:
+        written = con.execute("SELECT kind, step_id FROM events WHERE seq > 6 ORDER BY seq").fetchall()
+        steps = dict(con.execute("SELECT step_id, status FROM flow_steps WHERE run_id = 'r1'").fetchall())
+        (run,) = con.execute("SELECT status FROM flow_runs WHERE run_id = 'r1'").fetchall()
+    # Both open steps closed, then the run: what its supervisor would have written.
+    assert sorted(written[:-1]) == [("step_failed", "a"), ("step_failed", "b")]
+    assert written[-1] == ("run_cancelled", None)
+    assert run == ("cancelled",) and set(steps.values()) == {"failed"}
+
+    again = orchestrator(data, "cancel", "r1", timeout=120)
+    assert again.returncode != 0 and "already cancelled" in again.stderr
