@@ -45,6 +45,9 @@ RETIRE_AFTER_S = 5.0
 # Pickups of one attempt of a step by this actor (after its agent was lost) before giving up
 # on that attempt.
 MAX_PICKUPS = 3
+# An agent that was lost mid-step gets no new step for this long: Ray may be restarting it
+# (seconds) or it went with its node, and a step sent to it would wait for that.
+LOST_AGENT_REST_S = 30.0
 
 
 class FlowRun:
@@ -71,6 +74,7 @@ class FlowRun:
         self._folded = 0  # events of the round being carried out, folded before their append
         self._skip: set[int] = set()  # seqs of events folded before the log handed them back
         self._lost: dict[str, str] = {}  # why a step's agent gave no outcome, last time
+        self._lost_agents: dict[int, float] = {}  # pool index -> when it was lost
 
     async def warm(self) -> None:
         """Do now what every run needs first (imports, personas, the log and the agents), so a
@@ -330,13 +334,15 @@ class FlowRun:
 
     def _start_step(self, spec: StepSpec) -> None:
         agents = self._pool()
-        agent = agents[next(self._rr) % len(agents)]
+        resting = {i for i, t in self._lost_agents.items() if time.monotonic() - t < LOST_AGENT_REST_S}
+        usable = [i for i in range(len(agents)) if i not in resting] or list(range(len(agents)))
+        index = usable[next(self._rr) % len(usable)]
         model_app = self._names.model_app(self._state.plan.engine, self._state.plan.model)
-        ref = agent.run.remote(spec, model_app, self._model)
-        task = asyncio.get_running_loop().create_task(self._await_step(spec.step_id, ref, spec))
+        ref = agents[index].run.remote(spec, model_app, self._model)
+        task = asyncio.get_running_loop().create_task(self._await_step(spec.step_id, ref, index))
         self._inflight[spec.step_id] = (ref, task)
 
-    async def _await_step(self, step_id: str, ref, spec: StepSpec) -> StepOutcome | None:
+    async def _await_step(self, step_id: str, ref, agent: int) -> StepOutcome | None:
         """The agent's outcome; None if it never came (cancelled, or the agent was lost).
 
         A lost step stays in flight in the log; the loop then picks it up again.
@@ -348,6 +354,7 @@ class FlowRun:
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
             # The agent died mid-step: the same as a restart.
             self._lost[step_id] = f"its agent was lost ({type(exc).__name__})"
+            self._lost_agents[agent] = time.monotonic()
             return None
         except Exception as exc:  # the agent failed outside the step (e.g. the log was down too long)
             self._lost[step_id] = f"{type(exc).__name__}: {str(exc)[:300]}"

@@ -59,6 +59,10 @@ def test_an_agent_killed_mid_stream_is_continued_and_the_run_completes(orch, rep
     assert len(mine) == 1 and not mine[0].new_attempt
     assert 0 < mine[0].committed == mine[0].continued_from == mine[0].first_delta_offset
     assert mine[0].regenerated_chars == 0
+    # ...by another agent: the supervisor does not send it back to the one being restarted.
+    starts = [r.event for r in records(orch, run_id) if isinstance(r.event, StepStarted) and r.event.step_id == step_id]
+    assert len(starts) == 2 and starts[0].worker == worker
+    assert victim._actor_id.hex() not in starts[1].worker
 
 
 def test_the_event_log_killed_under_load_recovers_and_nothing_is_lost_or_doubled(orch, repo, tmp_path):
