@@ -215,6 +215,30 @@ def test_a_command_sent_before_the_workflows_arrive_waits_for_them(catalog_held)
     assert launches == []
 
 
+
+def test_enter_twice_while_a_launch_is_going_out_launches_one_run(page: Page):
+    launches = []  # the launch requests, held until both Enters are in
+
+    def hold_launches(route):
+        if route.request.method == "POST":
+            launches.append(route)
+        else:
+            route.continue_()
+
+    page.route(lambda url: url.endswith("/api/runs"), hold_launches)
+    box = page.locator(".orch-composer-input")
+    box.type("/code-review small only once")
+    box.press("Enter")
+    box.press("Enter")
+    page.wait_for_timeout(300)
+    assert len(launches) == 1
+    launches[0].continue_()
+    pane = page.locator("orch-run-pane")
+    expect(pane).to_have_count(1)
+    expect(box).to_have_value("")
+    wait_terminal(pane)
+    assert len(launches) == 1
+
 def test_the_workflow_button_opens_the_launcher(page: Page):
     dialog = page.locator("dialog.orch-dialog")
     flow = dialog.locator("select[name=flow]")

@@ -170,7 +170,16 @@ export class OrchComposer extends HTMLElement {
 
   async submit() {
     const line = this.input.value.trim();
-    if (!line) return;
+    if (!line || this.busy) return; // a second Enter while one is going out launches nothing
+    this.busy = true;
+    try {
+      await this._submit(line);
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  async _submit(line) {
     // Without the catalog a command cannot be checked, nor its required input asked for.
     await this.ready;
     this._closeMenu();
