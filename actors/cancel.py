@@ -42,11 +42,9 @@ def stop_steps(names: Names, run_id: str) -> None:
     """Stop every step of ``run_id`` still running on an agent of the pool."""
     agents = [a for i in range(names.pool_size) if (a := _lookup(names.agent(i), names.namespace))]
     stops = [agent.stop.remote(run_id, CANCEL_GRACE_S) for agent in agents]
-    for ref in stops:
-        try:
-            ray.get(ref, timeout=CANCEL_GRACE_S + 1)
-        except ray.exceptions.RayError:  # a lost agent streams nothing; a stuck one is left
-            pass
+    # All at once, bounded as a whole; a lost agent streams nothing, a stuck one is left.
+    if stops:
+        ray.wait(stops, num_returns=len(stops), timeout=CANCEL_GRACE_S + 1)
 
 
 def close_cancelled(log: EventLog, run_id: str, reason: str) -> bool:

@@ -281,7 +281,7 @@ class Orchestrator:
     def cancel(self, run_id: str, reason: str = "") -> bool:
         from actors.cancel import cancel_run
 
-        self.state(run_id)  # NotFound for a run the log does not hold
+        self._require(run_id)
         return cancel_run(self.names, self.log, run_id, reason, self._runs.get(run_id))
 
     def _actor(self, run_id: str):
@@ -301,9 +301,14 @@ class Orchestrator:
         return fold((r.event for r in records), run_id=run_id)
 
     def events(self, run_id: str | None, after: int = 0, limit: int = 1000) -> list[Record]:
-        if run_id is not None and not self.log.read(0, run_id=run_id, limit=1):
-            raise NotFound(f"no run {run_id!r}")
+        if run_id is not None:
+            self._require(run_id)
         return self.log.read(after, run_id=run_id, limit=limit)
+
+    def _require(self, run_id: str) -> None:
+        """NotFound for a run the log does not hold (one record read, not the run)."""
+        if not self.log.read(0, run_id=run_id, limit=1):
+            raise NotFound(f"no run {run_id!r}")
 
     async def subscribe(self, run_id: str | None, after: int = 0) -> AsyncIterator[list[Record]]:
         """Committed records after ``after``: the catch-up, then live, until the caller stops."""
