@@ -180,9 +180,9 @@ def check_finished_run(records, report_md: str | None = None) -> list[Pickup]:
     return found
 
 
-def records(orch, run_id: str | None = None):
-    """Every committed record (of one run), read through the log in pages."""
-    out, after = [], 0
+def records(orch, run_id: str | None = None, after: int = 0):
+    """Every committed record (of one run) after ``after``, read through the log in pages."""
+    out = []
     while page := orch.log.read(after, run_id=run_id, limit=5000):
         out += page
         after = page[-1].seq
