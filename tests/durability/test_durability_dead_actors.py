@@ -5,6 +5,7 @@ step's text exactly once and nothing acknowledged lost.
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import duckdb
@@ -13,8 +14,9 @@ import ray
 
 from actors.service import LaunchRequest
 from durability_checks import check_finished_run, records, wait_until
+from durability_script import answer
 from events.codec import encode
-from events.types import OutputDelta, StepFinished, StepStarted
+from events.types import OutputDelta, StepFinished, StepQueued, StepStarted
 from projections import rebuild
 from tests.projections.projection_scenarios import tables
 
@@ -29,18 +31,22 @@ def log_pid(handle) -> int | None:
 
 
 def streaming_answer(orch, run_id: str):
-    """(step, worker) of a step that has streamed part of its answer (after its tool call)."""
-    started, finished, answer = {}, set(), {}
+    """(step, worker) of a step that has streamed part of its answer (after its tool call) and
+    has at least half of it still to stream, so a kill now lands mid-stream even when a loaded
+    machine is slow to get here (the agent coalesces more text into each delta then)."""
+    persona, started, finished, streamed = {}, {}, set(), {}
     for rec in orch.events(run_id):
         ev = rec.event
-        if isinstance(ev, StepStarted):
+        if isinstance(ev, StepQueued):
+            persona[ev.step_id] = ev.persona
+        elif isinstance(ev, StepStarted):
             started[ev.step_id] = ev.worker
         elif isinstance(ev, StepFinished):
             finished.add(ev.step_id)
         elif isinstance(ev, OutputDelta) and ev.turn == 1 and ev.text:
-            answer[ev.step_id] = answer.get(ev.step_id, 0) + 1
-    for step_id, n in answer.items():
-        if n >= 3 and step_id not in finished:
+            streamed[ev.step_id] = streamed.get(ev.step_id, 0) + len(ev.text)
+    for step_id, chars in streamed.items():
+        if step_id not in finished and chars <= len(json.dumps(answer(persona[step_id]))) // 2:
             return step_id, started[step_id]
     return None
 
