@@ -315,9 +315,10 @@ def through_actor(path: Path, n: int, call_size: int, rate: int, seconds: float)
                 if subscriber is not None
                 else None
             )
-            cpu0 = ray.get(handle.info.remote())["cpu_s"]
+            before = ray.get(handle.info.remote())
             parts = ray.get([a.paced.remote(rate / 4, seconds, size, tag) for a in appenders])
-            cpu = ray.get(handle.info.remote())["cpu_s"] - cpu0
+            after = ray.get(handle.info.remote())
+            cpu = after["cpu_s"] - before["cpu_s"]
             acks = [(due, acked, seqs) for part in parts for due, acked, seqs in part]
             lat = [acked - due for due, acked, _ in acks]
             out = {
@@ -327,6 +328,7 @@ def through_actor(path: Path, n: int, call_size: int, rate: int, seconds: float)
                 "ack_p99_ms": percentile(lat, 0.99) * 1e3,
                 "ack_max_ms": max(lat) * 1e3,
                 "actor_cpu_us_per_event": cpu / (len(acks) * size) * 1e6,
+                "events_per_commit": len(acks) * size / max(1, after["batches"] - before["batches"]),
             }
             if following is not None:
                 seen = ray.get(following)
@@ -534,7 +536,7 @@ def main() -> int:
                 f"p99 {fresh['ack_p99_ms']:.1f} ms (target <= 20), "
                 f"max {fresh['ack_max_ms']:.1f} ms "
                 f"({fresh['actor_cpu_us_per_event']:.0f} us of the actor's CPU per event, its "
-                f"subscriber's polls included); "
+                f"subscriber's polls included; {fresh['events_per_commit']:.0f} events per commit); "
                 f"a live subscriber (long-poll, own process) got each event "
                 f"p50 {fresh['subscriber_p50_ms']:.1f} ms, p99 {fresh['subscriber_p99_ms']:.1f} ms "
                 f"after it was due, p50 {fresh['subscriber_after_ack_p50_ms']:.1f} ms, "
