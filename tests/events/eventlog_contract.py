@@ -17,7 +17,7 @@ import pytest
 from eventlog_helpers import batch, blob, delta, requested, started
 from events.errors import LogClosed, MalformedEvent, SubscriberDropped
 from events.log import EventLog, Record
-from events.types import SCHEMA_VERSION, OutputDelta
+from events.types import SCHEMA_VERSION, OutputDelta, RunCancelled
 
 
 def drain(sub: Any, until_seq: int, timeout: float = 20.0) -> list[Record]:
@@ -91,6 +91,17 @@ class LogContract:
         assert log.max_seq() == 2
         # The good event of the refused append was not written: its key is still free.
         assert log.append([delta("r1", "s1", 5)], ["a"]) == [3]
+
+    def test_typed_events_are_checked_like_encoded_ones(self, log):
+        # Text that looks like the seams of a JSON array stays text; a typed event claiming a
+        # newer schema version is refused by name, as its bytes would be.
+        seams = OutputDelta(run_id="r1", ts=1.0, step_id="s1", text='"},{"kind":"x"}],[', offset=0)
+        assert log.append([seams, delta("r1", "s1", 1)], ["a", "b"]) == [1, 2]
+        assert log.read()[0].event == seams
+        newer = RunCancelled(run_id="r1", ts=1.0, v=SCHEMA_VERSION + 1)
+        with pytest.raises(MalformedEvent, match=r"event 1 \(key 'n'\).*newer than this build reads"):
+            log.append([delta("r1", "s1", 2), newer], ["c", "n"])
+        assert log.max_seq() == 2
 
     def test_keys_must_match_events(self, log):
         with pytest.raises(MalformedEvent, match="2 events but 1 idempotency keys"):
