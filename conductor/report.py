@@ -747,7 +747,9 @@ def render_markdown(report: Report) -> str:
     return "\n".join(out) + "\n"
 
 
-def _md_header(h: Header) -> list[str]:
+def header_rows(h: Header) -> list[tuple[str, str]]:
+    """The header's labelled facts, in reading order, the empty ones left out (every format
+    shows the same rows)."""
     rows = [
         ("Run", h.run_id),
         ("Flow", h.flow + (f" — {h.flow_description}" if h.flow_description else "")),
@@ -762,7 +764,11 @@ def _md_header(h: Header) -> list[str]:
         ("Engine", "" if h.model else h.engine),
         ("Requested", h.requested_at),
     ]
-    lines = [f"- **{k}:** {_md(v)}" for k, v in rows if v]
+    return [(k, v) for k, v in rows if v]
+
+
+def _md_header(h: Header) -> list[str]:
+    lines = [f"- **{k}:** {_md(v)}" for k, v in header_rows(h)]
     if h.roster:
         lines.append("- **Roster:**")
         lines.extend(f"  - {_md(r.persona)} ({_md(r.phase)}): {_md(r.reason)}" for r in h.roster)

@@ -16,6 +16,7 @@ from conductor.report import (
     ValidatorView,
     agent_problems,
     deferred_evidence,
+    header_rows,
 )
 
 __all__ = ["render"]
@@ -76,21 +77,7 @@ def render(report: Report) -> str:
 
 def _meta(report: Report) -> str:
     h = report.header
-    rows = [
-        ("Run", h.run_id),
-        ("Flow", h.flow + (f" — {h.flow_description}" if h.flow_description else "")),
-        ("Written for", h.audience),
-        ("Repository", h.repo),
-        ("Commit", h.commit),
-        ("Base", h.base),
-        ("Focus", h.focus),
-        ("Symptom", h.symptom),
-        ("Band", f"{h.band} ({h.band_source}): {h.band_reason}" if h.band else ""),
-        ("Model", f"{h.model} on {h.engine}" if h.model else ""),
-        ("Engine", "" if h.model else h.engine),
-        ("Requested", h.requested_at),
-    ]
-    items = [f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in rows if v]
+    items = [f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in header_rows(h)]
     if h.roster:
         roster = "".join(
             f"<li><strong>{escape(r.persona)}</strong> ({escape(r.phase)}): {escape(r.reason)}</li>"
