@@ -6,8 +6,9 @@ Figures, each printed with its ratio to the reference where there is one:
 
 - reference: the same rows appended straight into DuckDB with its Appender, one transaction
   per batch of the same size, rows built beforehand (DuckDB's own floor for these rows);
-- in-process: ``DuckDBLog.append`` from one thread (one call = one batch) and from four
-  threads (group commit makes the batches);
+- in-process: ``DuckDBLog.append`` (and ``append_encoded``) from one thread (one call = one
+  batch), in two rounds interleaved with two of the reference, the better round of each
+  compared; and from four threads (group commit makes the batches);
 - through the Ray actor: four appender processes, each sending lists of events;
 - ack latency p50/p99 at 10,000 events/s offered (open loop: latency counts from the moment
   a call was due, so a stall is not hidden), in-process and through the actor, each on a fresh
