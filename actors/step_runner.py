@@ -208,8 +208,8 @@ class _Writer:
 class AgentWriter:
     """Writes the events of every step one agent runs, in as few appends as it can.
 
-    Each append is a call to the log (a Ray call costs ~1 ms of CPU at each end, then a
-    commit), so an agent has one in flight at a time for all its steps. Events a step waits on
+    Each append costs the log a commit (1–2 ms of its CPU, and a wait on the disk), so an
+    agent has one in flight at a time for all its steps. Events a step waits on
     (it started, called a tool, ended) go in the next append as soon as the one in flight
     returns; streamed text goes at most every window (the first text after a quiet spell at
     once), each step's text gathered since the last append as one ``OutputDelta``. The window
