@@ -9,7 +9,8 @@ Figures, each printed with its ratio to the reference where there is one:
 - in-process: ``DuckDBLog.append`` (and ``append_encoded``) from one thread (one call = one
   batch), in two rounds interleaved with two of the reference, the better round of each
   compared; and from four threads (group commit makes the batches);
-- through the Ray actor: four appender processes, each sending lists of events;
+- through the Ray actor: four appender processes, each sending lists of events with the
+  product's client (async calls: over the actor's wire, ``actors.log_wire``);
 - ack latency p50/p99 at 10,000 events/s offered (open loop: latency counts from the moment
   a call was due, so a stall is not hidden), in-process and through the actor, each on a fresh
   log; through the actor also with a live subscriber in another process (the product's
@@ -209,12 +210,16 @@ def through_actor(path: Path, n: int, call_size: int, rate: int, seconds: float)
 
         @ray.remote(num_cpus=0)
         class Appender:
+            """An appender process using the product's client (async: appends go over the
+            log actor's wire), its calls encoded beforehand: the figure is the log's."""
+
             def __init__(self, handle, tag: str):
-                self.handle = handle
+                from actors.eventlog import LogClient
+
+                self.client = LogClient(handle)
                 self.tag = tag
 
-            def prepare(self, n: int, size: int) -> int:
-                """Build and encode the events beforehand: the figure is the log's, not ours."""
+            async def prepare(self, n: int, size: int) -> int:
                 from events.memory_log import encode_append
 
                 events, keys = make_events(n, self.tag)
@@ -224,30 +229,27 @@ def through_actor(path: Path, n: int, call_size: int, rate: int, seconds: float)
                 ]
                 return len(self.calls)
 
-            def warm(self) -> None:
+            async def warm(self) -> None:
                 """One append, so the paced figures do not time this process's first call."""
-                from events.memory_log import encode_append
+                await self.client.append_async(*make_events(25, self.tag + "w"))
 
-                events, keys = make_events(25, self.tag + "w")
-                ray.get(self.handle.append.remote(encode_append(events, keys), keys))
-
-            def throughput(self, inflight: int) -> list[float]:
+            async def throughput(self, inflight: int) -> list[float]:
                 """Closed loop, ``inflight`` calls outstanding; returns call latencies."""
-                pending, sent_at, latencies = [], {}, []
-                for blobs, keys in self.calls:
-                    if len(pending) >= inflight:
-                        done, pending = ray.wait(pending, num_returns=1)
-                        ray.get(done)
-                        latencies.append(time.perf_counter() - sent_at.pop(done[0]))
-                    ref = self.handle.append.remote(blobs, keys)
-                    sent_at[ref] = time.perf_counter()
-                    pending.append(ref)
-                for ref in pending:
-                    ray.get(ref)
-                    latencies.append(time.perf_counter() - sent_at.pop(ref))
+                import asyncio
+
+                latencies: list[float] = []
+                calls = iter(self.calls)
+
+                async def lane() -> None:
+                    for blobs, keys in calls:
+                        sent = time.perf_counter()
+                        await self.client.append_encoded_async(blobs, keys)
+                        latencies.append(time.perf_counter() - sent)
+
+                await asyncio.gather(*(lane() for _ in range(inflight)))
                 return latencies
 
-            def paced(
+            async def paced(
                 self, rate: float, seconds: float, size: int, tag: str
             ) -> list[tuple[float, float, list[int]]]:
                 """Open loop: a call of ``size`` every size/rate s. Returns, per call, when it
@@ -258,29 +260,25 @@ def through_actor(path: Path, n: int, call_size: int, rate: int, seconds: float)
 
                 calls = int(rate * seconds / size)
                 events, keys = make_events(calls * size, self.tag + tag)
+                acks: list[tuple[float, float, list[int]]] = []
 
-                async def main() -> list[tuple[float, float, list[int]]]:
-                    acks: list[tuple[float, float, list[int]]] = []
+                async def one(c: int, due: float) -> None:
+                    sl = slice(c * size, (c + 1) * size)
+                    seqs = await self.client.append_encoded_async(
+                        encode_append(events[sl], keys[sl]), keys[sl]
+                    )
+                    acks.append((due, time.time(), seqs))
 
-                    async def one(c: int, due: float) -> None:
-                        sl = slice(c * size, (c + 1) * size)
-                        seqs = await self.handle.append.remote(
-                            encode_append(events[sl], keys[sl]), keys[sl]
-                        )
-                        acks.append((due, time.time(), seqs))
-
-                    tasks = []
-                    t0 = time.time()
-                    for c in range(calls):
-                        due = t0 + c * size / rate
-                        delay = due - time.time()
-                        if delay > 0:
-                            await asyncio.sleep(delay)
-                        tasks.append(asyncio.create_task(one(c, due)))
-                    await asyncio.gather(*tasks)
-                    return acks
-
-                return asyncio.run(main())
+                tasks = []
+                t0 = time.time()
+                for c in range(calls):
+                    due = t0 + c * size / rate
+                    delay = due - time.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    tasks.append(asyncio.create_task(one(c, due)))
+                await asyncio.gather(*tasks)
+                return acks
 
         @ray.remote(num_cpus=0)
         class Subscriber:
