@@ -28,6 +28,7 @@ import msgspec
 from events import errors
 
 MAX_FRAME = 256 * 1024 * 1024  # bytes; a longer frame ends the connection
+AUTH_WAIT = 10.0  # seconds a new connection has to send the token
 HEAD = struct.Struct("!I")
 
 Handler = Callable[..., Awaitable[Any]]
@@ -92,8 +93,7 @@ class WireServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         running: set[asyncio.Task] = set()
         try:
-            token = await read_frame(reader)
-            if token is None or not hmac.compare_digest(token, self.token):
+            if not await self._admitted(reader):
                 return
             while (body := await read_frame(reader)) is not None:
                 rid, method, args = msgspec.msgpack.decode(body, type=tuple[int, str, list])
@@ -106,6 +106,16 @@ class WireServer:
             for task in running:
                 task.cancel()
             writer.close()
+
+    async def _admitted(self, reader: asyncio.StreamReader) -> bool:
+        """Whether the peer's first frame is the token: read with a time limit and no more
+        bytes than a token has, so a stranger can hold neither memory nor a waiting task."""
+        expected = frame(self.token)
+        try:
+            sent = await asyncio.wait_for(reader.readexactly(len(expected)), AUTH_WAIT)
+        except (TimeoutError, asyncio.IncompleteReadError):
+            return False
+        return hmac.compare_digest(sent, expected)
 
     async def _answer(
         self, writer: asyncio.StreamWriter, rid: int, method: str, args: list

@@ -95,6 +95,11 @@ def test_hostile_peers_are_cut_off_before_anything_runs(actor_log):
     wrong.sendall(log_wire.frame(b"x" * len(token)) + log_wire.frame(append))
     assert _closed_by_peer(wrong)
 
+    # No token: a first frame claiming 100 MB (under the frame bound) is not waited for.
+    stranger = _raw(host, port)
+    stranger.sendall(log_wire.HEAD.pack(100_000_000) + b"\0" * 64)
+    assert _closed_by_peer(stranger)
+
     huge = _raw(host, port)  # the right token, then a frame claiming 4 GiB
     huge.sendall(log_wire.frame(token) + log_wire.HEAD.pack(2**32 - 1) + b"\0" * 64)
     assert _closed_by_peer(huge)
@@ -108,7 +113,7 @@ def test_hostile_peers_are_cut_off_before_anything_runs(actor_log):
     size = log_wire.HEAD.unpack(bad_args.recv(4, socket.MSG_WAITALL))[0]
     rid, ok, (kind, _message) = msgspec.msgpack.decode(bad_args.recv(size, socket.MSG_WAITALL))
     assert (rid, ok, kind) == (7, False, "EventError")
-    for sock in (wrong, huge, garbage, bad_args):
+    for sock in (wrong, stranger, huge, garbage, bad_args):
         sock.close()
 
     assert LogClient(handle).max_seq() == 0  # none of it was written
