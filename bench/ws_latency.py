@@ -156,21 +156,25 @@ def log_subscriber(data_dir: str, runs: int) -> None:
     ray.init(address=claim["ray_address"], namespace=claim["namespace"], log_to_driver=False, configure_logging=False)
     names = names_for(Settings(data_dir=data_dir), claim["namespace"])
     log = LogClient.connect(names.eventlog, namespace=names.namespace)
-    last = log.max_seq()
-    print("ready", flush=True)
-    deltas, ended = [], 0
-    while ended < runs:
-        for rec in log.poll(last, timeout=1.0):
-            now = time.time()
-            last = rec.seq
-            ev = rec.event
-            kind = ev.__struct_config__.tag
-            if kind == "output_delta":
-                key = f"{ev.step_id}/{ev.attempt}/{ev.turn}"
-                deltas.append((rec.seq, now, ev.ts, key, ev.tokens))
-            elif kind in ("run_finished", "run_failed", "run_cancelled"):
-                ended += 1
-    print(json.dumps(deltas), flush=True)
+
+    async def follow() -> list:
+        last = log.max_seq()
+        print("ready", flush=True)
+        deltas, ended = [], 0
+        while ended < runs:
+            for rec in await log.poll_async(last, timeout=1.0):  # the API's call (the wire)
+                now = time.time()
+                last = rec.seq
+                ev = rec.event
+                kind = ev.__struct_config__.tag
+                if kind == "output_delta":
+                    key = f"{ev.step_id}/{ev.attempt}/{ev.turn}"
+                    deltas.append((rec.seq, now, ev.ts, key, ev.tokens))
+                elif kind in ("run_finished", "run_failed", "run_cancelled"):
+                    ended += 1
+        return deltas
+
+    print(json.dumps(asyncio.run(follow())), flush=True)
 
 
 # --- the driver ------------------------------------------------------------------------------
