@@ -1,16 +1,20 @@
-"""The log's writer as a named, detached Ray actor, driven from real Ray tasks."""
+"""The log's writer as a named, detached Ray actor, and its wire, driven from real Ray tasks."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
 import sys
 import time
 import uuid
 
+import msgspec
 import pytest
 import ray
 
 import eventlog_helpers
+from actors import log_wire
 from actors.eventlog import LogClient, start_event_log, stop_event_log
 from eventlog_helpers import CountingProjector, batch, blob, delta
 from events.duckdb_log import DuckDBLog
@@ -44,6 +48,24 @@ def appender(
     for c in range(calls):
         events, keys = batch(f"w{worker}", "s", c * size, size)
         out.append((keys, client.append(events, keys)))
+    out.append(([], [client.retries]))
+    return out
+
+
+@ray.remote(max_retries=0)
+def async_appender(name: str, namespace: str, worker: int, calls: int, size: int) -> list:
+    """Appends over the wire, two calls in flight; returns keys and seqs, then the retries."""
+    client = LogClient.connect(name, namespace=namespace)
+
+    async def main():
+        out = []
+        for c in range(0, calls, 2):
+            pairs = [batch(f"w{worker}", "s", (c + i) * size, size) for i in range(2)]
+            seqs = await asyncio.gather(*(client.append_async(e, k) for e, k in pairs))
+            out.extend((keys, got) for (_, keys), got in zip(pairs, seqs))
+        return out
+
+    out = asyncio.run(main())
     out.append(([], [client.retries]))
     return out
 
@@ -108,24 +130,6 @@ def _count_events(cur) -> int:
     return cur.execute("SELECT count(*) FROM events").fetchall()[0][0]
 
 
-def test_async_append_and_poll(actor_log):
-    import asyncio
-
-    name, handle = actor_log
-    client = LogClient(handle)
-
-    async def main():
-        seqs = await client.append_async(*batch("r", "s", 0, 2))
-        polled = await client.poll_async(0, run_id="r", timeout=1)
-        read = await client.read_async(1)
-        return seqs, polled, read
-
-    seqs, polled, read = asyncio.run(main())
-    assert seqs == [1, 2]
-    assert [r.seq for r in polled] == [1, 2]
-    assert [r.seq for r in read] == [2]
-
-
 def test_many_ray_appenders_get_dense_ordered_seqs(actor_log):
     name, handle = actor_log
     results = [
@@ -187,10 +191,12 @@ def test_projector_is_built_in_the_actor_and_runs_in_its_transactions(ray_sessio
         stop_event_log(handle)
 
 
-def test_actor_killed_under_load_restarts_and_retried_appends_duplicate_nothing(actor_log):
+@pytest.mark.parametrize("kind", ["ray calls", "wire"])
+def test_actor_killed_under_load_restarts_and_retried_appends_duplicate_nothing(actor_log, kind):
     name, handle = actor_log
     pid_before = ray.get(handle.info.remote())["pid"]
-    running = [appender.remote(name, namespace(), w, 60, 5) for w in range(4)]
+    task = appender if kind == "ray calls" else async_appender
+    running = [task.remote(name, namespace(), w, 60, 5) for w in range(4)]
     client = LogClient(handle)
     deadline = time.monotonic() + 60
     while client.max_seq() < 150:
@@ -210,3 +216,112 @@ def test_actor_killed_under_load_restarts_and_retried_appends_duplicate_nothing(
     for calls in results:
         for keys, seqs in calls:
             assert [stored[k] for k in keys] == seqs
+
+
+# --- the wire: async appends and polls over a direct connection -------------------------
+
+
+def wire_requests(handle) -> int:
+    return ray.get(handle.info.remote())["wire_requests"]
+
+
+def test_async_appends_and_polls_go_over_the_wire(actor_log):
+    _, handle = actor_log
+    client = LogClient(handle)
+
+    async def main():
+        first = await client.append_async(*batch("r", "s", 0, 3))
+        again = await client.append_async(*batch("r", "s", 0, 3))  # same keys: same seqs
+        polled = await client.poll_async(1, run_id="r", timeout=1)
+        waiting = asyncio.ensure_future(client.poll_async(3, timeout=30))
+        await asyncio.sleep(0.2)  # the long-poll is parked on the actor
+        late = await client.append_async(*batch("r", "s", 3, 1))
+        woken = await asyncio.wait_for(waiting, 10)
+        return first, again, polled, late, woken, await client.read_async(2)  # a Ray call
+
+    first, again, polled, late, woken, read = asyncio.run(main())
+    assert first == again == [1, 2, 3]
+    assert [r.event for r in polled] == batch("r", "s", 1, 2)[0]
+    assert late == [4] and [r.seq for r in woken] == [4]
+    assert wire_requests(handle) == 5  # every async append and poll above
+    assert [r.event for r in read] == batch("r", "s", 2, 2)[0]
+
+
+def test_refusals_come_back_as_the_logs_own_errors_and_write_nothing(actor_log):
+    _, handle = actor_log
+    client = LogClient(handle)
+
+    async def main():
+        await client.append_async(*batch("r", "s", 0, 1))
+        with pytest.raises(MalformedEvent, match="unknown event kind 'nope'"):
+            await client.append_encoded_async(
+                [blob(delta("r", "s", 1)), b'{"kind":"nope","run_id":"r","ts":1.0}'], ["a", "b"]
+            )
+        # the connection stays usable after a refusal
+        return await client.append_async(*batch("r", "s", 1, 1))
+
+    assert asyncio.run(main()) == [2]
+    assert client.max_seq() == 2
+
+
+def _raw(host: str, port: int) -> socket.socket:
+    return socket.create_connection((host, port), timeout=10)
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    sock.settimeout(10)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_hostile_peers_are_cut_off_before_anything_runs(actor_log):
+    _, handle = actor_log
+    host, port, token = ray.get(handle.wire.remote())
+    append = msgspec.msgpack.encode([1, "append", [[blob(delta("r", "s", 0))], ["k"]]])
+
+    wrong = _raw(host, port)  # a wrong token, then a well-formed append
+    wrong.sendall(log_wire.frame(b"x" * len(token)) + log_wire.frame(append))
+    assert _closed_by_peer(wrong)
+
+    # No token: a first frame claiming 100 MB (under the frame bound) is not waited for.
+    stranger = _raw(host, port)
+    stranger.sendall(log_wire.HEAD.pack(100_000_000) + b"\0" * 64)
+    assert _closed_by_peer(stranger)
+
+    huge = _raw(host, port)  # the right token, then a frame claiming 4 GiB
+    huge.sendall(log_wire.frame(token) + log_wire.HEAD.pack(2**32 - 1) + b"\0" * 64)
+    assert _closed_by_peer(huge)
+
+    garbage = _raw(host, port)  # the right token, then bytes that are not a request
+    garbage.sendall(log_wire.frame(token) + log_wire.frame(b"\xc1not msgpack") + log_wire.frame(append))
+    assert _closed_by_peer(garbage)
+
+    bad_args = _raw(host, port)  # a request whose arguments do not fit: refused by answer
+    bad_args.sendall(log_wire.frame(token) + log_wire.frame(msgspec.msgpack.encode([7, "append", [1]])))
+    size = log_wire.HEAD.unpack(bad_args.recv(4, socket.MSG_WAITALL))[0]
+    rid, ok, (kind, _message) = msgspec.msgpack.decode(bad_args.recv(size, socket.MSG_WAITALL))
+    assert (rid, ok, kind) == (7, False, "EventError")
+    for sock in (wrong, stranger, huge, garbage, bad_args):
+        sock.close()
+
+    assert LogClient(handle).max_seq() == 0  # none of it was written
+
+
+def test_falls_back_to_ray_calls_where_the_wire_cannot_be_reached(actor_log, monkeypatch):
+    _, handle = actor_log
+
+    async def unreachable(*args, **kwargs):
+        raise ConnectionRefusedError("firewalled")
+
+    monkeypatch.setattr(log_wire.WireConnection, "open", unreachable)
+    client = LogClient(handle)
+
+    async def main():
+        seqs = await client.append_async(*batch("r", "s", 0, 2))
+        return seqs, await client.poll_async(0, timeout=1)
+
+    seqs, polled = asyncio.run(main())
+    assert seqs == [1, 2] and [r.seq for r in polled] == [1, 2]
+    assert wire_requests(handle) == 0
