@@ -86,10 +86,6 @@ class WireServer:
         self._server = await asyncio.start_server(self._serve, host, 0)
         return host, self._server.sockets[0].getsockname()[1]
 
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         running: set[asyncio.Task] = set()
         try:

@@ -256,17 +256,13 @@ def through_actor(path: Path, n: int, call_size: int, rate: int, seconds: float)
                 was due, when its ack came (wall clock, comparable across processes), its seqs."""
                 import asyncio
 
-                from events.memory_log import encode_append
-
                 calls = int(rate * seconds / size)
                 events, keys = make_events(calls * size, self.tag + tag)
                 acks: list[tuple[float, float, list[int]]] = []
 
                 async def one(c: int, due: float) -> None:
                     sl = slice(c * size, (c + 1) * size)
-                    seqs = await self.client.append_encoded_async(
-                        encode_append(events[sl], keys[sl]), keys[sl]
-                    )
+                    seqs = await self.client.append_async(events[sl], keys[sl])
                     acks.append((due, time.time(), seqs))
 
                 tasks = []
