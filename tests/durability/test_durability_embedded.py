@@ -47,15 +47,18 @@ def test_a_resumed_step_continues_its_committed_text_with_the_embedded_model(ray
         ray.kill(ray.get_actor(names.flow_run(run_id), namespace=names.namespace), no_restart=True)
         for i in range(names.pool_size):
             ray.kill(ray.get_actor(names.agent(i), namespace=names.namespace), no_restart=True)
-        before = records(first, run_id)
     finally:
         first.close()
-    killed = fold(r.event for r in before).steps[step_id]
-    committed, attempt = killed.text, killed.attempt
-    assert committed and killed.status == "running"
 
     second = Orchestrator(settings, engine="embedded")
     try:
+        # What the log holds when the resume reads it: an append a killed agent had already
+        # sent may still commit after the kill, so this is read only once the first server
+        # (and its log) is closed.
+        before = records(second, run_id)
+        killed = fold(r.event for r in before).steps[step_id]
+        committed, attempt = killed.text, killed.attempt
+        assert committed and killed.status == "running"
         assert run_id in second.resume_all()
 
         def finished() -> bool:
