@@ -292,6 +292,7 @@ class FlowRun:
                         ts=time.time(),
                         step_id=step_id,
                         attempt=attempt,
+                        pickup=st.pickup,  # ends the attempt whichever agent writes it now
                         error=f"picked up {MAX_PICKUPS} times, never finished: "
                         + self._lost.get(step_id, "its agent was lost"),
                         retryable=True,

@@ -76,6 +76,7 @@ class _Committed(msgspec.Struct, kw_only=True):
     attempt: int
     events: int = 0
     started: int = 0  # pickups of this attempt: each wrote a StepStarted
+    pickup: int = 0  # the latest of them (events of earlier ones written since are ignored)
     text: str = ""
     turn_starts: dict[int, int] = {}  # where each turn's text begins in ``text``
     calls: list[ToolCalled] = []
@@ -97,9 +98,13 @@ def _committed(records: Sequence[Record], attempt: int) -> _Committed:
         if getattr(ev, "attempt", None) != attempt:
             continue
         c.events += 1
+        if isinstance(ev, StepStarted):
+            c.started += 1
+        if ev.superseded(attempt, c.pickup):
+            continue
         match ev:
             case StepStarted():
-                c.started += 1
+                c.pickup = ev.pickup
                 c.text = c.text[: ev.continued_from]
                 c.turn_starts = {t: s for t, s in c.turn_starts.items() if s < len(c.text)}
             case OutputDelta():
@@ -153,6 +158,7 @@ class _Writer:
 
     def __init__(self, agent: AgentWriter, spec: StepSpec, attempt: int, pickup: int):
         self.agent = agent
+        self.pickup = pickup
         self._prefix = f"{spec.run_id}/{spec.step_id}/{attempt}/{pickup}/"
         self._n = 0
         # Why an append holding this step's start or text failed: its later writes fail
@@ -164,7 +170,7 @@ class _Writer:
     def start(self, event: AgentEvent) -> None:
         """Write the step's start without waiting for it (the model is asked meanwhile). The
         step's text waits until the start is committed; its other writes queue behind it."""
-        self._start = asyncio.ensure_future(self.agent.write(self, [event]))
+        self._start = asyncio.ensure_future(self.agent.write(self, self._signed([event])))
         self._start.add_done_callback(self._started)
 
     def _started(self, future: asyncio.Future) -> None:
@@ -197,7 +203,12 @@ class _Writer:
         """Append ``events`` (after the step's start and any text it has pending) and wait
         for the commit."""
         await self.started()  # then its held text is pending, and goes ahead of these
-        return await self.agent.write(self, list(events))
+        return await self.agent.write(self, self._signed(events))
+
+    def _signed(self, events: Sequence[AgentEvent]) -> list[AgentEvent]:
+        # Each event names this pickup, so folds can set it aside once a later one started
+        # (a replayed tool outcome still names the pickup it was first written by).
+        return [e if e.pickup == self.pickup else msgspec.structs.replace(e, pickup=self.pickup) for e in events]
 
     def check(self) -> None:
         """Raise why a write of this step's text failed, if one did."""
@@ -359,6 +370,7 @@ class _Coalescer:
             ts=self._ts,
             step_id=self._spec.step_id,
             attempt=self._attempt,
+            pickup=self.step.pickup,
             text=text,
             offset=self.offset,
             turn=self.turn,

@@ -128,7 +128,10 @@ def cancellation(state: RunState, reason: str, ts: float) -> tuple[list, list[st
     run_id = state.run_id
     open_steps = [st for st in state.steps.values() if st.in_flight]
     events: list = [
-        StepFailed(run_id=run_id, ts=ts, step_id=st.step_id, attempt=st.attempt, error="cancelled", retryable=False)
+        StepFailed(
+            run_id=run_id, ts=ts, step_id=st.step_id, attempt=st.attempt, pickup=st.pickup,
+            error="cancelled", retryable=False,
+        )
         for st in open_steps
     ]
     keys = [f"{run_id}/cancel/{st.step_id}/{st.attempt}" for st in open_steps]

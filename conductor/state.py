@@ -28,6 +28,7 @@ from events.types import (
     RunPlanned,
     RunRequested,
     RunResumed,
+    StepEvent,
     StepFailed,
     StepFinished,
     StepQueued,
@@ -56,6 +57,7 @@ class StepState(msgspec.Struct, kw_only=True):
     step: PlannedStep
     status: StepStatus = "planned"
     attempt: int = 0
+    pickup: int = 0  # the agent of the attempt that writes it now (see ``StepEvent.pickup``)
     text: str = ""  # the current attempt's committed stream
     superseded: list[str] = []  # text of earlier attempts: kept, never shown as the answer
     continued_from: int = 0
@@ -127,6 +129,10 @@ def fold(events: Iterable[AgentEvent], run_id: str | None = None) -> RunState:
 def apply(state: RunState, event: AgentEvent) -> RunState:
     """Apply one event to the state (in place) and return it."""
     state.events += 1
+    if isinstance(event, StepEvent) and event.step_id in state.steps:
+        st = state.steps[event.step_id]
+        if event.superseded(st.attempt, st.pickup):
+            return state
     match event:
         case RunRequested():
             state.request = event
@@ -144,7 +150,7 @@ def apply(state: RunState, event: AgentEvent) -> RunState:
             if event.attempt != st.attempt:
                 st.tools = []
             st.status = "queued"
-            st.attempt = event.attempt
+            st.attempt, st.pickup = event.attempt, event.pickup
             st.queued_ts = event.ts
             st.error, st.retryable = "", False
             state.status = "running" if not state.terminal else state.status
@@ -155,6 +161,7 @@ def apply(state: RunState, event: AgentEvent) -> RunState:
                     st.superseded.append(st.text)
                 st.text, st.tools = "", []
                 st.attempt = event.attempt
+            st.pickup = event.pickup
             st.text = st.text[: event.continued_from]
             st.continued_from = event.continued_from
             st.status = "running"
@@ -195,7 +202,7 @@ def apply(state: RunState, event: AgentEvent) -> RunState:
         case StepFinished():
             st = state.steps[event.step_id]
             st.status = "finished"
-            st.attempt = event.attempt
+            st.attempt, st.pickup = event.attempt, event.pickup
             st.output = event.output
             st.findings = event.findings
             st.parse_error = event.parse_error
@@ -232,3 +239,4 @@ def apply(state: RunState, event: AgentEvent) -> RunState:
         case ReportSent():
             state.sent[event.request_id] = event
     return state
+

@@ -149,6 +149,15 @@ class StepEvent(Event, frozen=True, kw_only=True):
 
     step_id: str
     attempt: int = 1
+    # Which agent of the attempt wrote it: 0 the first, n the one that picked it up n-th.
+    pickup: int = 0
+
+    def superseded(self, attempt: int, pickup: int) -> bool:
+        """Whether this comes from a writer older than the step's latest (``attempt``,
+        ``pickup``): an agent thought lost may still be running after its step was picked up
+        again. Every fold ignores such an event, so what it wrote before it was superseded
+        stays and two agents never interleave one step's text or both end it."""
+        return (self.attempt, self.pickup) < (attempt, pickup)
 
 
 # --- the run -------------------------------------------------------------------------------

@@ -113,6 +113,8 @@ def fold_run(row: RunRow | None, event: AgentEvent, seq: int) -> RunRow:
 def fold_step(row: StepRow | None, event: AgentEvent, seq: int) -> StepRow:
     """The step row after one event naming its ``step_id``."""
     step = row if row is not None else StepRow(run_id=event.run_id, step_id=event.step_id)
+    if isinstance(event, StepEvent) and event.superseded(step.attempt, step.pickup):
+        return step  # a lost agent still writing (see ``StepEvent.superseded``)
     match event:
         case StepQueued():
             return replace(
@@ -121,6 +123,7 @@ def fold_step(row: StepRow | None, event: AgentEvent, seq: int) -> StepRow:
                 phase=step.phase or event.phase,
                 status="queued",
                 attempt=event.attempt,
+                pickup=event.pickup,
                 queued_ts=event.ts,
                 ended_ts=None,
                 error="",
@@ -132,6 +135,7 @@ def fold_step(row: StepRow | None, event: AgentEvent, seq: int) -> StepRow:
                 step,
                 status="running",
                 attempt=event.attempt,
+                pickup=event.pickup,
                 started_ts=step.started_ts if step.started_ts is not None else event.ts,
                 ended_ts=None,
                 last_seq=seq,
@@ -148,6 +152,7 @@ def fold_step(row: StepRow | None, event: AgentEvent, seq: int) -> StepRow:
                 step,
                 status="finished",
                 attempt=event.attempt,
+                pickup=event.pickup,
                 ended_ts=event.ts,
                 tokens_in=step.tokens_in + event.tokens_in,
                 tokens_out=step.tokens_out + event.tokens_out,
@@ -163,6 +168,7 @@ def fold_step(row: StepRow | None, event: AgentEvent, seq: int) -> StepRow:
                 step,
                 status="failed",
                 attempt=event.attempt,
+                pickup=event.pickup,
                 ended_ts=event.ts,
                 failures=step.failures + 1,
                 error=event.error,

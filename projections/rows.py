@@ -77,6 +77,7 @@ class StepRow(msgspec.Struct, frozen=True, kw_only=True):
     role: str = ""
     status: str = "planned"  # planned, queued, running, finished, failed
     attempt: int = 0
+    pickup: int = 0  # the agent now writing the attempt: 0 its first, n its n-th pickup
     failures: int = 0  # failed attempts so far
     queued_ts: float | None = None  # the latest attempt was queued
     started_ts: float | None = None  # the first attempt started

@@ -10,10 +10,14 @@ import re
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from apitest_support import Server, api_settings
+from conductor.state import fold as conductor_fold
+from tests.conductor.test_superseded_writer import STEP as LOST_STEP
+from tests.conductor.test_superseded_writer import lost_agent_run
 
 pytestmark = [pytest.mark.ray, pytest.mark.browser]
 
@@ -354,6 +358,22 @@ def test_analytics_charts(page: Page):
     expect(panel.locator("figure.orch-chart svg rect").first).to_be_visible()
     expect(panel.locator(".orch-analytics-summary")).to_contain_text("runs")
     shot(page, "09-analytics")
+
+
+def test_the_pane_folds_a_step_picked_up_from_a_running_agent_as_the_conductor_does(page: Page):
+    events = lost_agent_run()
+    st = conductor_fold(events).steps[LOST_STEP]
+    folded = page.evaluate(
+        """async ([events, stepId]) => {
+            const { apply, newRun } = await import('/js/fold.js');
+            const run = newRun(events[0].run_id);
+            events.forEach((ev, i) => apply(run, ev, i + 1));
+            const st = run.steps.get(stepId);
+            return [st.text, st.status, st.tokens_in, st.tokens_out, st.tools.map((t) => t.called.call_id)];
+        }""",
+        [msgspec.to_builtins(events), LOST_STEP],
+    )
+    assert folded == [st.text, st.status, st.tokens_in, st.tokens_out, [c.called.call_id for c in st.tools]]
 
 
 def test_the_sanitiser_keeps_markup_and_drops_anything_active(page: Page):

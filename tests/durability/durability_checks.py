@@ -22,6 +22,7 @@ from conductor.state import fold
 from events.types import (
     EvidenceChecked,
     OutputDelta,
+    StepEvent,
     StepFailed,
     ReportRendered,
     RunFinished,
@@ -58,8 +59,13 @@ def pickups(records) -> list[Pickup]:
     streamed: dict[str, int] = {}  # tokens of the current attempt so far
     open_: dict[str, Pickup] = {}
     running: set[str] = set()  # started and not ended since: a new StepStarted is a pickup
+    holder: dict[str, tuple[int, int]] = {}  # step -> (attempt, pickup) of its latest start
     for rec in records:
         ev = rec.event
+        if isinstance(ev, StepEvent) and ev.superseded(*holder.get(ev.step_id, (0, 0))):
+            continue  # an agent thought lost, still writing: every fold ignores it
+        if isinstance(ev, StepStarted):
+            holder[ev.step_id] = (ev.attempt, ev.pickup)
         if isinstance(ev, StepFinished | StepFailed):
             running.discard(ev.step_id)
             open_.pop(ev.step_id, None)

@@ -19,18 +19,15 @@ from conductor.state import fold
 from events.memory_log import InMemoryLog
 from events.types import (
     OutputDelta,
-    PlannedStep,
-    RosterEntry,
-    RunPlanned,
-    RunRequested,
     StepFinished,
     StepQueued,
     StepStarted,
     ToolCalled,
     ToolResult,
 )
+from tests.conductor.test_superseded_writer import STEP, one_step_queued
 
-RUN, STEP = "run-1", "w1-junior-developer"
+RUN = "run-1"
 FINAL = {
     "summary": "read calc.py and found one problem " + "with plenty of words to stream " * 6,
     "findings": [],
@@ -63,19 +60,7 @@ class Harness:
         self.model = ModelPort(supports_tools=False, supports_continue=supports_continue)
         self.log = InMemoryLog()
         self.tools = CountingTools()
-        step = PlannedStep(step_id=STEP, persona="junior-developer", phase="analysis", wave=1)
-        self.log.append(
-            [
-                RunRequested(run_id=RUN, ts=1.0, flow="code-review", repo="/r"),
-                RunPlanned(
-                    run_id=RUN, ts=2.0, band="small", band_reason="r", band_source="default",
-                    roster=(RosterEntry(persona="junior-developer", reason="r", phase="analysis"),),
-                    steps=(step,), commit="c0", model="scripted", engine="scripted",
-                ),
-                StepQueued(run_id=RUN, ts=3.0, step_id=STEP, persona="junior-developer", phase="analysis"),
-            ],
-            ["requested", "planned", "queued"],
-        )
+        self.log.append(one_step_queued(RUN), ["requested", "planned", "queued"])
 
     def spec(self, attempt: int = 1, resume: bool = False) -> StepSpec:
         return StepSpec(
@@ -267,3 +252,39 @@ def test_repeated_kills_each_continue_where_the_last_one_stopped():
             text += e.text
     assert text == ANSWER
     assert sum(len(e.text) for e in h.deltas()) == len(ANSWER)  # no character twice
+
+
+def test_an_agent_still_running_after_its_step_was_picked_up_is_set_aside():
+    # Ray reports an agent it cannot reach as lost; the step goes to a second agent while the
+    # first keeps streaming. Both write to the log; every fold keeps the second.
+    h = Harness(supports_continue=True, tokens_per_s=300)
+
+    async def scenario():
+        first = asyncio.ensure_future(h.run(h.spec()))
+        for _ in range(2000):
+            await asyncio.sleep(0.005)
+            if streaming_turn(1, 3)(h.events()):
+                break
+        second = await h.run(h.spec(resume=True))
+        return await first, second
+
+    first, second = asyncio.run(scenario())
+    assert first.status == second.status == "finished"
+    events = h.events()
+    by_pickup = {p: [e for e in events if getattr(e, "pickup", None) == p and not isinstance(e, StepQueued)]
+                 for p in (0, 1)}
+    starts = [e for e in events if isinstance(e, StepStarted)]
+    assert [(e.attempt, e.pickup) for e in starts] == [(1, 0), (1, 1)]
+    pickup_at = events.index(starts[1])
+    # The first agent really wrote on after the pickup: text and its own ending.
+    late = [e for e in events[pickup_at:] if e in by_pickup[0]]
+    assert any(isinstance(e, OutputDelta) and e.text for e in late)
+    assert sum(isinstance(e, StepFinished) for e in events) == 2
+    # The second agent signed everything it wrote, the replayed tool result too.
+    assert all(isinstance(e, StepFinished | OutputDelta | StepStarted | ToolCalled | ToolResult)
+               for e in by_pickup[1])
+    step = fold(events).steps[STEP]
+    assert (step.status, step.pickup, step.text) == ("finished", 1, TOOL_TURN + ANSWER)
+    ending = [e for e in by_pickup[1] if isinstance(e, StepFinished)]
+    assert len(ending) == 1 and (step.tokens_in, step.tokens_out) == (ending[0].tokens_in, ending[0].tokens_out)
+    assert len(h.tools.calls) == 1  # the second agent replayed the first one's tool result

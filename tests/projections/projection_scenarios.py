@@ -125,42 +125,53 @@ def _step_events(run_id: str, step: PlannedStep, pick: Pick, ts, events: list) -
                        persona=step.persona, phase=step.phase)
         )
         events.append(StepStarted(run_id=run_id, ts=ts(), step_id=sid, attempt=attempt))
-        offset = 0
+        offset = pickup = 0
         for call in range(pick(0, 6)):
+            if pick(0, 5) == 0:  # picked up again, while the agent before still writes
+                pickup += 1
+                events.append(StepStarted(run_id=run_id, ts=ts(), step_id=sid, attempt=attempt,
+                                          pickup=pickup, continued_from=offset))
+                events.append(
+                    ToolDenied(run_id=run_id, ts=ts(), step_id=sid, attempt=attempt, pickup=pickup - 1,
+                               call_id=f"{sid}-{attempt}-lost-{call}", tool="write", reason="not a read tool")
+                )
+                if pick(0, 1):
+                    events.append(StepFinished(run_id=run_id, ts=ts(), step_id=sid, attempt=attempt,
+                                               pickup=pickup - 1, output="lost", tokens_out=pick(1, 300)))
             what = pick(0, 4)
             if what <= 2:
                 text = "token " * pick(1, 4)
                 events.append(
-                    OutputDelta(run_id=run_id, ts=ts(), step_id=sid, attempt=attempt,
+                    OutputDelta(run_id=run_id, ts=ts(), step_id=sid, attempt=attempt, pickup=pickup,
                                 text=text, offset=offset, tokens=pick(0, 9))
                 )
                 offset += len(text)
             elif what == 3:
                 cid = f"{sid}-{attempt}-{call}"
                 events.append(
-                    ToolCalled(run_id=run_id, ts=ts(), step_id=sid, attempt=attempt,
+                    ToolCalled(run_id=run_id, ts=ts(), step_id=sid, attempt=attempt, pickup=pickup,
                                call_id=cid, tool="read", args={"path": "a.py"})
                 )
                 events.append(
-                    ToolResult(run_id=run_id, ts=ts(), step_id=sid, attempt=attempt,
+                    ToolResult(run_id=run_id, ts=ts(), step_id=sid, attempt=attempt, pickup=pickup,
                                call_id=cid, tool="read", content="print(1)\n")
                 )
             else:
                 events.append(
-                    ToolDenied(run_id=run_id, ts=ts(), step_id=sid, attempt=attempt,
+                    ToolDenied(run_id=run_id, ts=ts(), step_id=sid, attempt=attempt, pickup=pickup,
                                call_id=f"{sid}-{attempt}-{call}", tool="write",
                                reason="not a read tool")
                 )
         end = pick(0, 4)
         if end == 0 and attempt < 3:
             events.append(
-                StepFailed(run_id=run_id, ts=ts(), step_id=sid, attempt=attempt,
+                StepFailed(run_id=run_id, ts=ts(), step_id=sid, attempt=attempt, pickup=pickup,
                            error="model timed out", retryable=True)
             )
             continue
         if end == 1:
             events.append(
-                StepFailed(run_id=run_id, ts=ts(), step_id=sid, attempt=attempt,
+                StepFailed(run_id=run_id, ts=ts(), step_id=sid, attempt=attempt, pickup=pickup,
                            error="bad output", retryable=False)
             )
             return
@@ -175,7 +186,7 @@ def _step_events(run_id: str, step: PlannedStep, pick: Pick, ts, events: list) -
             for i in range(pick(0, 3))
         )
         events.append(
-            StepFinished(run_id=run_id, ts=ts(), step_id=sid, attempt=attempt, output="done",
+            StepFinished(run_id=run_id, ts=ts(), step_id=sid, attempt=attempt, pickup=pickup, output="done",
                          findings=findings, tokens_in=pick(0, 900), tokens_out=pick(0, 300))
         )
         events.append(

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from conductor.state import fold as conductor_fold
 from events.duckdb_log import DuckDBLog
 from events.log import Record
+from events.types import StepEvent, StepFailed, StepFinished, StepQueued, StepStarted
 from projection_scenarios import batches, interleave, run_events, sums_disagree, tables
 from projections import Projector, rebuild
 from projections.projector import read_log
@@ -106,7 +107,22 @@ def _agrees_with_conductor(con, records: list[Record]) -> None:
                 s.status, s.attempt, s.tokens_in, s.tokens_out,
                 len(s.findings), s.queued_ts, s.started_ts, s.error, s.retryable,
             ), step_id
-            # The conductor keeps only the current attempt's tools; the projection counts all.
-            calls = [e for e in events if getattr(e, "step_id", None) == step_id]
+            # The conductor keeps only the current attempt's tools; the projection counts all
+            # but those of an agent the step had moved past.
+            calls = _current_writers([e for e in events if getattr(e, "step_id", None) == step_id])
             assert row[10] == sum(1 for e in calls if type(e).__name__ == "ToolCalled")
             assert row[11] == sum(1 for e in calls if type(e).__name__ == "ToolDenied")
+
+
+def _current_writers(events: list) -> list:
+    """A step's events less those written by an agent it had moved past (a later attempt or
+    pickup had started: ``StepEvent.superseded``)."""
+    kept, at = [], (0, 0)
+    for e in events:
+        if isinstance(e, StepEvent):
+            if e.superseded(*at):
+                continue
+            if isinstance(e, StepQueued | StepStarted | StepFinished | StepFailed):
+                at = (e.attempt, e.pickup)
+        kept.append(e)
+    return kept

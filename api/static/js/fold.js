@@ -2,6 +2,10 @@
 // kept to what the pane shows (header, roster, each agent's live stream, the thread).
 
 export const TERMINAL = new Set(["finished", "failed", "cancelled"]);
+const STEP_KINDS = new Set([
+  "step_queued", "step_started", "output_delta", "tool_called",
+  "tool_result", "tool_denied", "step_finished", "step_failed",
+]);
 
 export function newRun(runId) {
   return {
@@ -26,6 +30,7 @@ function newStep(planned) {
     step: planned,
     status: "planned",
     attempt: 0,
+    pickup: 0,
     text: "",
     superseded: [],
     tools: [],
@@ -47,6 +52,11 @@ export function apply(run, ev, seq = 0) {
   if (seq) run.lastSeq = Math.max(run.lastSeq, seq);
   const st = ev.step_id ? run.steps.get(ev.step_id) : null;
   const attempt = ev.attempt ?? 1;
+  const pickup = ev.pickup ?? 0;
+  // An agent thought lost may still be writing after its step was picked up again: ignored,
+  // as in every fold (StepEvent.superseded in events/types.py).
+  if (st && STEP_KINDS.has(ev.kind) &&
+      (attempt < st.attempt || (attempt === st.attempt && pickup < st.pickup))) return null;
   switch (ev.kind) {
     case "run_requested":
       run.request = ev;
@@ -66,6 +76,7 @@ export function apply(run, ev, seq = 0) {
       }
       st.status = "queued";
       st.attempt = attempt;
+      st.pickup = pickup;
       st.queued_ts = ev.ts;
       st.error = "";
       if (!TERMINAL.has(run.status)) run.status = "running";
@@ -78,6 +89,7 @@ export function apply(run, ev, seq = 0) {
         st.tools = [];
         st.attempt = attempt;
       }
+      st.pickup = pickup;
       st.text = st.text.slice(0, ev.continued_from ?? 0);
       st.status = "running";
       st.started_ts ??= ev.ts;
@@ -104,6 +116,7 @@ export function apply(run, ev, seq = 0) {
       if (!st) return null;
       st.status = "finished";
       st.attempt = attempt;
+      st.pickup = pickup;
       st.findings = ev.findings ?? [];
       st.parse_error = ev.parse_error ?? "";
       st.tokens_in += ev.tokens_in ?? 0;
