@@ -13,14 +13,15 @@ arrays, ~16 bytes a key, where a dict of Python ints took ~115 MB per million); 
 confirmed by reading the stored key, so a hash collision never drops an event.
 
 A checkpoint stalls every commit while it writes the ``events`` table (DuckDB 2.0 holds that
-table's lock; ~10 ms plus ~4-8 ms per MB of write-ahead log, measured here), wherever it runs.
-So the writer checkpoints when appends pause for ``IDLE_GAP``, and DuckDB's own checkpoint, in
-the middle of a commit, waits for ``CHECKPOINT_THRESHOLD`` of write-ahead log: a burst of up to
-~110,000 events (11 s at 10,000 events/s) never meets one. The gap is longer than a model's
-usual pause before its first token, so a checkpoint seldom starts just as a stream resumes.
-Sustained load still meets DuckDB's checkpoint: at 10,000 events/s, a stall every ~11 s of
-~150 ms (~300 ms on a busy machine; 124 ms of CPU, measured). DuckDB's buffer pool is bounded,
-so the writer's memory does not grow with the log.
+table's lock, even against a checkpoint started from another cursor), and it rewrites the
+table's last, partly filled row group whole. With DuckDB's default row groups (122,880 rows) that
+was up to ~40 MB of events at every checkpoint: 150-300 ms stalls at 32 MB of write-ahead log,
+and longer, not shorter, ones at smaller thresholds. So the file is attached with row groups of
+``ROW_GROUP_SIZE`` rows, and a checkpoint costs what was written since the last one: ~35 ms per
+20,000 events here, every ~3 s at 10,000 events/s (``CHECKPOINT_THRESHOLD``). The writer also
+checkpoints when appends pause for ``IDLE_GAP``, longer than a model's usual pause before its
+first token, so a checkpoint seldom starts just as a stream resumes. DuckDB's buffer pool is
+bounded, so the writer's memory does not grow with the log.
 """
 
 from __future__ import annotations
@@ -56,10 +57,13 @@ RECENT_RECORDS = 20_000  # the tail kept in memory for subscribers and polls
 RECENT_BYTES = 32 << 20
 IDLE_GAP = 1.0  # seconds without an append after which the writer counts as idle
 IDLE_CHECKPOINT_BYTES = 64 << 10  # WAL size worth a checkpoint when idle
-# WAL size at which DuckDB checkpoints on its own, inside a commit (its default is 16 MB). A
-# larger one lets longer bursts pass without a stall, but keeps more of the log in memory until
-# then: 32 MB kept the writer's peak at ~290 MB with a million events (64 MB: ~420 MB).
-CHECKPOINT_THRESHOLD = "32MB"
+# WAL size at which DuckDB checkpoints on its own, inside a commit (its default is 16 MB); the
+# stall grows with it. Sustained 10,000 events/s for 40 s, in-process ack p99: 14-18 ms at 4-8 MB
+# with ROW_GROUP_SIZE rows, 49 ms at DuckDB's defaults and 32 MB (measured here).
+CHECKPOINT_THRESHOLD = "8MB"
+# Rows per row group for the row groups this writer adds (DuckDB's default is 122,880; an ATTACH
+# option, not kept in the file): what a checkpoint rewrites of the table's unfinished tail.
+ROW_GROUP_SIZE = 8192
 # DuckDB's buffer pool otherwise grows to 80% of RAM, caching every block the log wrote:
 # bounded, the writer's memory no longer grows with the log (it spills to <path>.tmp).
 MEMORY_LIMIT = "256MB"
@@ -92,6 +96,7 @@ _ARROW_SCHEMA = pa.schema(
 )
 
 _QUERYABLE = {"SELECT", "EXPLAIN"}
+_CATALOG = "log"  # the name the writer's connection gives the file
 
 _open_paths: set[str] = set()  # files open in this process (DuckDB shares one instance per file)
 _open_lock = threading.Lock()
@@ -400,6 +405,8 @@ class DuckDBLog(EventLog):
                 raise LogClosed(f"event log {self.path} is closed")
             cursor = self._root.cursor()
         try:
+            if self._ident != ":memory:":
+                cursor.execute(f"USE {_CATALOG}")  # a new cursor starts in the in-memory catalog
             yield cursor
         finally:
             cursor.close()
@@ -793,13 +800,28 @@ def _size(value: str, name: str) -> str:
 
 
 def _connect(path: str) -> duckdb.DuckDBPyConnection:
-    try:
+    """The writer's connection, with the file attached as ``log`` and in use."""
+    if path == ":memory:":
         return duckdb.connect(path)
+    con = duckdb.connect()
+    try:
+        con.execute(f"SET temp_directory = '{_quoted(path + '.tmp')}'")  # as for a file opened directly
+        con.execute(f"ATTACH '{_quoted(path)}' AS {_CATALOG} (ROW_GROUP_SIZE {ROW_GROUP_SIZE})")
+        con.execute(f"USE {_CATALOG}")
+        return con
     except duckdb.IOException as exc:
+        con.close()
         text = str(exc)
         if "lock" not in text.lower():
             raise
         raise LogLocked(_lock_message(path, text)) from None
+    except BaseException:
+        con.close()
+        raise
+
+
+def _quoted(text: str) -> str:
+    return text.replace("'", "''")
 
 
 def _lock_message(path: str, text: str) -> str:

@@ -133,6 +133,29 @@ def test_close_checkpoints_the_wal_away(tmp_path):
     con.close()
 
 
+def test_the_file_gets_small_row_groups_so_a_checkpoint_rewrites_little(tmp_path):
+    # A checkpoint rewrites the table's unfinished last row group whole: with DuckDB's default
+    # (122,880 rows) that stalled every append for 150-300 ms under sustained load.
+    from events.duckdb_log import ROW_GROUP_SIZE
+
+    path = tmp_path / "it's here.duckdb"  # a quote in the path is no trouble either
+    with DuckDBLog(path) as log:
+        for c in range(5):
+            log.append(*batch("r1", "s1", c * 5000, 5000))
+        with log.reader() as cursor:  # readers see the file's tables, not the empty in-memory ones
+            assert cursor.execute("SELECT count(*) FROM events").fetchone() == (25_000,)
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        groups = [n for (n,) in con.execute(
+            "SELECT sum(count) FROM pragma_storage_info('events') WHERE column_path = '[0]' GROUP BY row_group_id"
+        ).fetchall()]
+    finally:
+        con.close()
+    assert sum(groups) == 25_000
+    assert max(groups) <= ROW_GROUP_SIZE < 25_000
+    assert not (tmp_path / "it's here.duckdb.wal").exists()
+
+
 def test_buffer_pool_is_bounded_and_a_bad_limit_is_refused(tmp_path):
     path = tmp_path / "events.duckdb"
     with pytest.raises(ValueError, match="should look like '256MB'"):
