@@ -98,7 +98,7 @@ _ARROW_SCHEMA = pa.schema(
 _QUERYABLE = {"SELECT", "EXPLAIN"}
 _CATALOG = "log"  # the name the writer's connection gives the file
 
-_open_paths: set[str] = set()  # files open in this process (DuckDB shares one instance per file)
+_open_paths: set[str] = set()  # files open in this process: a second writer on one is refused
 _open_lock = threading.Lock()
 
 
