@@ -405,8 +405,6 @@ class DuckDBLog(EventLog):
                 raise LogClosed(f"event log {self.path} is closed")
             cursor = self._root.cursor()
         try:
-            if self._ident != ":memory:":
-                cursor.execute(f"USE {_CATALOG}")  # a new cursor starts in the in-memory catalog
             yield cursor
         finally:
             cursor.close()
@@ -808,6 +806,8 @@ def _connect(path: str) -> duckdb.DuckDBPyConnection:
         con.execute(f"SET temp_directory = '{_quoted(path + '.tmp')}'")  # as for a file opened directly
         con.execute(f"ATTACH '{_quoted(path)}' AS {_CATALOG} (ROW_GROUP_SIZE {ROW_GROUP_SIZE})")
         con.execute(f"USE {_CATALOG}")
+        # Without the in-memory catalog, every cursor starts in the file (USE costs ~0.15 ms).
+        con.execute("DETACH memory")
         return con
     except duckdb.IOException as exc:
         con.close()
