@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import msgspec
 
 from events.errors import DecodeError
@@ -24,15 +26,24 @@ def decode(data: bytes | str) -> AgentEvent:
     reader running old code says why it cannot read a newer log instead of a field error.
     """
     try:
-        event = _decoder.decode(data)
+        return _decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise DecodeError(_explain(data, exc)) from None
-    if event.v > SCHEMA_VERSION:
-        raise DecodeError(
-            f"event schema version {event.v} is newer than this build reads ({SCHEMA_VERSION}); "
-            "upgrade orchestrator to read this log"
-        )
-    return event
+
+
+def encode_all(events: Iterable[AgentEvent]) -> list[bytes]:
+    """``encode`` of each event, without a Python call per event (appends are hot)."""
+    return list(map(_encoder.encode, events))
+
+
+def decode_all(blobs: Iterable[bytes]) -> list[AgentEvent]:
+    """``decode`` of each blob, without a Python call per blob; on a bad one, the error of
+    the first bad blob."""
+    blobs = list(blobs)
+    try:
+        return list(map(_decoder.decode, blobs))
+    except msgspec.DecodeError:
+        return list(map(decode, blobs))  # raises with decode's explanation
 
 
 def _explain(data: bytes | str, exc: Exception) -> str:

@@ -175,7 +175,8 @@ class KeyIndex:
     def find(self, hashes: list[int]) -> dict[int, int]:
         """``{position in hashes: seq}`` for the hashes present."""
         hits: dict[int, int] = {}
-        if self._fresh:
+        # A set intersection first: hits are rare, and a Python loop per key is not.
+        if self._fresh and not self._fresh.keys().isdisjoint(hashes):
             fresh = self._fresh
             for i, h in enumerate(hashes):
                 seq = fresh.get(h)

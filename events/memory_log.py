@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from events.codec import decode, encode
+from events.codec import decode, decode_all, encode, encode_all
 from events.errors import DecodeError, LogClosed, MalformedEvent
 from events.log import EventLog, Record
 from events.subscription import DEFAULT_BUFFER, Hub, HubSubscription
@@ -38,7 +38,7 @@ def encode_append(events: Sequence[AgentEvent], keys: Sequence[str]) -> list[byt
     """Encode the events of one append, refusing the whole append if one cannot be encoded."""
     _check_keys(keys, len(events))
     try:
-        return list(map(encode, events))  # the usual good case, without a Python loop
+        return encode_all(events)  # the usual good case
     except (TypeError, msgspec.EncodeError):
         pass
     for i, event in enumerate(events):  # find the bad one, to name it
@@ -57,7 +57,7 @@ def decode_append(blobs: Sequence[bytes], keys: Sequence[str]) -> list[AgentEven
     if one is malformed (unknown kind, newer schema version, bad fields)."""
     _check_keys(keys, len(blobs))
     try:
-        return list(map(decode, blobs))  # the usual good case, without a Python loop
+        return decode_all(blobs)  # the usual good case
     except DecodeError:
         pass
     for i, blob in enumerate(blobs):  # find the bad one, to name it

@@ -7,7 +7,7 @@ upcast in ``events.codec``, the single decode path.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -141,7 +141,8 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", omit_de
 
     run_id: str
     ts: float
-    v: int = SCHEMA_VERSION
+    # Bounded so the decoder itself refuses an event from a newer build (``codec`` says why).
+    v: Annotated[int, msgspec.Meta(le=SCHEMA_VERSION)] = SCHEMA_VERSION
 
 
 class StepEvent(Event, frozen=True, kw_only=True):
