@@ -208,7 +208,8 @@ class _Writer:
     def _signed(self, events: Sequence[AgentEvent]) -> list[AgentEvent]:
         # Each event names this pickup, so folds can set it aside once a later one started
         # (a replayed tool outcome still names the pickup it was first written by).
-        return [e if e.pickup == self.pickup else msgspec.structs.replace(e, pickup=self.pickup) for e in events]
+        pickup = self.pickup
+        return [e if e.pickup == pickup else msgspec.structs.replace(e, pickup=pickup) for e in events]
 
     def check(self) -> None:
         """Raise why a write of this step's text failed, if one did."""

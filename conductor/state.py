@@ -239,4 +239,3 @@ def apply(state: RunState, event: AgentEvent) -> RunState:
         case ReportSent():
             state.sent[event.request_id] = event
     return state
-
