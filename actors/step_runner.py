@@ -100,7 +100,7 @@ def _committed(records: Sequence[Record], attempt: int) -> _Committed:
         c.events += 1
         if isinstance(ev, StepStarted):
             c.started += 1
-        if ev.superseded(attempt, c.pickup):
+        if ev.superseded(attempt, c.pickup, c.ended is not None):
             continue
         match ev:
             case StepStarted():

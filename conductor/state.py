@@ -88,6 +88,10 @@ class StepState(msgspec.Struct, kw_only=True):
     def in_flight(self) -> bool:
         return self.status in ("queued", "running")
 
+    @property
+    def ended(self) -> bool:
+        return self.status in ("finished", "failed")
+
 
 class RunState(msgspec.Struct, kw_only=True):
     """A run, as its events have left it."""
@@ -131,7 +135,7 @@ def apply(state: RunState, event: AgentEvent) -> RunState:
     state.events += 1
     if isinstance(event, StepEvent) and event.step_id in state.steps:
         st = state.steps[event.step_id]
-        if event.superseded(st.attempt, st.pickup):
+        if event.superseded(st.attempt, st.pickup, st.ended):
             return state
     match event:
         case RunRequested():

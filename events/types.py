@@ -153,12 +153,16 @@ class StepEvent(Event, frozen=True, kw_only=True):
     # Which agent of the attempt wrote it: 0 the first, n the one that picked it up n-th.
     pickup: int = 0
 
-    def superseded(self, attempt: int, pickup: int) -> bool:
-        """Whether this comes from a writer older than the step's latest (``attempt``,
-        ``pickup``): an agent thought lost may still be running after its step was picked up
-        again. Every fold ignores such an event, so what it wrote before it was superseded
-        stays and two agents never interleave one step's text or both end it."""
-        return (self.attempt, self.pickup) < (attempt, pickup)
+    def superseded(self, attempt: int, pickup: int, ended: bool = False) -> bool:
+        """Whether every fold ignores this event, given the step's latest ``attempt`` and
+        ``pickup`` and whether that attempt has ``ended`` (finished or failed).
+
+        An agent thought lost may still be running after its step was picked up again: what
+        it writes once a later pickup has started is ignored, so two agents never interleave
+        one step's text or both end it. And an attempt ends once: if the lost agent ended it
+        just before the pickup's start was committed, nothing of that attempt written after
+        the ending counts (the supervisor has already acted on it)."""
+        return (self.attempt, self.pickup) < (attempt, pickup) or (ended and self.attempt == attempt)
 
 
 # --- the run -------------------------------------------------------------------------------

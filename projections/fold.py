@@ -40,6 +40,7 @@ from projections.rows import RunRow, StepRow
 
 TERMINAL_RUN = ("finished", "failed", "cancelled")
 IN_FLIGHT = ("queued", "running")
+ENDED = ("finished", "failed")
 
 # A run's columns that are sums of the same columns over its steps.
 _SUMMED = (
@@ -113,8 +114,8 @@ def fold_run(row: RunRow | None, event: AgentEvent, seq: int) -> RunRow:
 def fold_step(row: StepRow | None, event: AgentEvent, seq: int) -> StepRow:
     """The step row after one event naming its ``step_id``."""
     step = row if row is not None else StepRow(run_id=event.run_id, step_id=event.step_id)
-    if isinstance(event, StepEvent) and event.superseded(step.attempt, step.pickup):
-        return step  # a lost agent still writing (see ``StepEvent.superseded``)
+    if isinstance(event, StepEvent) and event.superseded(step.attempt, step.pickup, step.status in ENDED):
+        return step  # a lost agent still writing, or an attempt already ended (``StepEvent.superseded``)
     match event:
         case StepQueued():
             return replace(

@@ -17,7 +17,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 from apitest_support import Server, api_settings
 from conductor.state import fold as conductor_fold
 from tests.conductor.test_superseded_writer import STEP as LOST_STEP
-from tests.conductor.test_superseded_writer import lost_agent_run
+from tests.conductor.test_superseded_writer import ended_before_pickup_run, lost_agent_run
 
 pytestmark = [pytest.mark.ray, pytest.mark.browser]
 
@@ -360,8 +360,8 @@ def test_analytics_charts(page: Page):
     shot(page, "09-analytics")
 
 
-def test_the_pane_folds_a_step_picked_up_from_a_running_agent_as_the_conductor_does(page: Page):
-    events = lost_agent_run()
+@pytest.mark.parametrize("events", [lost_agent_run(), ended_before_pickup_run()], ids=["superseded", "ended"])
+def test_the_pane_folds_a_step_picked_up_from_a_running_agent_as_the_conductor_does(page: Page, events):
     st = conductor_fold(events).steps[LOST_STEP]
     folded = page.evaluate(
         """async ([events, stepId]) => {

@@ -69,6 +69,23 @@ def lost_agent_run() -> list:
     ]
 
 
+def ended_before_pickup_run() -> list:
+    """One step, ended by its first agent just before a second agent's start was committed
+    (the second read the step while the ending was still on its way to the log)."""
+    first = dict(run_id=RUN, step_id=STEP, attempt=1, pickup=0)
+    second = dict(run_id=RUN, step_id=STEP, attempt=1, pickup=1)
+    return [
+        *one_step_queued(RUN),
+        StepStarted(ts=4.0, worker="agent-0", **first),
+        OutputDelta(ts=5.0, text=ANSWER, offset=0, tokens=6, **first),
+        StepFinished(ts=6.0, output=ANSWER, tokens_in=10, tokens_out=7, **first),
+        StepStarted(ts=7.0, worker="agent-1", continued_from=0, **second),
+        OutputDelta(ts=8.0, text="Something else.", offset=0, tokens=3, **second),
+        ToolDenied(ts=8.5, call_id="c9", tool="write_file", reason="not a read tool", **second),
+        StepFinished(ts=9.0, output="Something else.", tokens_in=12, tokens_out=3, **second),
+    ]
+
+
 def records(events) -> list[Record]:
     return [Record(seq=i + 1, event=e) for i, e in enumerate(events)]
 
@@ -117,3 +134,32 @@ def test_an_earlier_attempt_cannot_end_a_later_one():
     assert (st.status, st.attempt, st.output, st.tokens_out) == ("running", 2, "", 0)
     row = fold_all(records(events))[1][RUN][STEP]
     assert (row.status, row.attempt, row.tokens_out) == ("running", 2, 0)
+
+
+def test_an_attempt_ended_before_its_pickup_started_stays_ended_in_every_fold():
+    events = ended_before_pickup_run()
+    st = fold(events).steps[STEP]
+    assert (st.status, st.text, st.output, st.tokens_in, st.tokens_out, st.pickup) == (
+        "finished", ANSWER, ANSWER, 10, 7, 0)
+    assert st.tools == []
+    runs, steps = fold_all(records(events))
+    row = steps[RUN][STEP]
+    assert (row.status, row.pickup, row.tokens_in, row.tokens_out, row.tools_denied) == ("finished", 0, 10, 7, 0)
+    assert (runs[RUN].tokens_in, runs[RUN].tokens_out, runs[RUN].tools_denied) == (10, 7, 0)
+    done = _committed(records(events), attempt=1)
+    assert isinstance(done.ended, StepFinished) and done.ended.output == ANSWER
+    assert (done.text, done.started) == (ANSWER, 2)
+
+
+def test_an_attempt_the_supervisor_failed_stays_failed_when_its_agent_finishes_late():
+    events = lost_agent_run()[:8]
+    events += [
+        StepFailed(run_id=RUN, ts=12.0, step_id=STEP, attempt=1, pickup=1,
+                   error="picked up 3 times, never finished", retryable=True),
+        StepFinished(run_id=RUN, ts=13.0, step_id=STEP, attempt=1, pickup=1, output="late", tokens_out=5),
+    ]
+    st = fold(events).steps[STEP]
+    assert (st.status, st.retryable, st.output, st.tokens_out) == ("failed", True, "", 0)
+    row = fold_all(records(events))[1][RUN][STEP]
+    assert (row.status, row.retryable, row.tokens_out) == ("failed", True, 0)
+    assert isinstance(_committed(records(events), attempt=1).ended, StepFailed)

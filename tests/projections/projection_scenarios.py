@@ -129,6 +129,20 @@ def _step_events(run_id: str, step: PlannedStep, pick: Pick, ts, events: list) -
         for call in range(pick(0, 6)):
             if pick(0, 5) == 0:  # picked up again, while the agent before still writes
                 pickup += 1
+                if pick(0, 3) == 0:
+                    # The agent before ended the attempt just before the pickup's start was
+                    # committed: whatever the pickup writes then leaves the step as it ended.
+                    events.append(StepFinished(run_id=run_id, ts=ts(), step_id=sid, attempt=attempt,
+                                               pickup=pickup - 1, output="first", tokens_out=pick(1, 300)))
+                    events.append(StepStarted(run_id=run_id, ts=ts(), step_id=sid, attempt=attempt,
+                                              pickup=pickup, continued_from=offset))
+                    events.append(
+                        ToolDenied(run_id=run_id, ts=ts(), step_id=sid, attempt=attempt, pickup=pickup,
+                                   call_id=f"{sid}-{attempt}-late-{call}", tool="write", reason="not a read tool")
+                    )
+                    events.append(StepFailed(run_id=run_id, ts=ts(), step_id=sid, attempt=attempt,
+                                             pickup=pickup, error="late", retryable=True))
+                    return
                 events.append(StepStarted(run_id=run_id, ts=ts(), step_id=sid, attempt=attempt,
                                           pickup=pickup, continued_from=offset))
                 events.append(

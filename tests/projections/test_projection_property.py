@@ -116,13 +116,13 @@ def _agrees_with_conductor(con, records: list[Record]) -> None:
 
 def _current_writers(events: list) -> list:
     """A step's events less those written by an agent it had moved past (a later attempt or
-    pickup had started: ``StepEvent.superseded``)."""
-    kept, at = [], (0, 0)
+    pickup had started) or after its attempt had ended: ``StepEvent.superseded``, restated."""
+    kept, at, ended = [], (0, 0), False
     for e in events:
         if isinstance(e, StepEvent):
-            if e.superseded(*at):
+            if (e.attempt, e.pickup) < at or (ended and e.attempt == at[0]):
                 continue
             if isinstance(e, StepQueued | StepStarted | StepFinished | StepFailed):
-                at = (e.attempt, e.pickup)
+                at, ended = (e.attempt, e.pickup), isinstance(e, StepFinished | StepFailed)
         kept.append(e)
     return kept

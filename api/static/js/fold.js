@@ -2,6 +2,7 @@
 // kept to what the pane shows (header, roster, each agent's live stream, the thread).
 
 export const TERMINAL = new Set(["finished", "failed", "cancelled"]);
+const ENDED = new Set(["finished", "failed"]);
 const STEP_KINDS = new Set([
   "step_queued", "step_started", "output_delta", "tool_called",
   "tool_result", "tool_denied", "step_finished", "step_failed",
@@ -53,10 +54,11 @@ export function apply(run, ev, seq = 0) {
   const st = ev.step_id ? run.steps.get(ev.step_id) : null;
   const attempt = ev.attempt ?? 1;
   const pickup = ev.pickup ?? 0;
-  // An agent thought lost may still be writing after its step was picked up again: ignored,
-  // as in every fold (StepEvent.superseded in events/types.py).
+  // An agent thought lost may still be writing after its step was picked up again, and an
+  // attempt ends once: ignored, as in every fold (StepEvent.superseded in events/types.py).
   if (st && STEP_KINDS.has(ev.kind) &&
-      (attempt < st.attempt || (attempt === st.attempt && pickup < st.pickup))) return null;
+      (attempt < st.attempt || (attempt === st.attempt && pickup < st.pickup) ||
+       (attempt === st.attempt && ENDED.has(st.status)))) return null;
   switch (ev.kind) {
     case "run_requested":
       run.request = ev;
