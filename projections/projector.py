@@ -1,16 +1,20 @@
 """The projector: keeps ``flow_runs`` and ``flow_steps`` in step with the log, in its transaction.
 
-``apply`` folds a committed batch with ``projections.fold.fold``, writes only the rows the batch
-changed and moves the tracking row (the last applied ``seq``), all in the log's transaction, so
-the tables and the log cannot disagree after a crash. A ``seq`` at or below the tracking row
-is skipped: applying a batch twice changes nothing (eventsourcing's tracking records).
+``apply`` folds a committed batch with ``projections.fold.fold`` and writes only the rows the
+batch changed, in the log's transaction, so the tables and the log cannot disagree after a
+crash. Where the tables stand needs no row of its own: every event other than an output delta
+moves its run's ``last_seq``, so the greatest ``last_seq`` of ``flow_runs`` is the last event
+that changed a row, and no later event that changes one has been folded (``position``). A
+``seq`` already folded is skipped: applying a batch twice changes nothing.
 
 Output deltas change no row (see ``projections.rows``): a batch of nothing else costs no
 statement at all. Rows of recently active runs stay in memory between batches, so a batch that
-does change rows costs its upserts and the tracking row's update, with no reads. The memory is
-trusted only while the tracking row still holds the ``seq`` this projector last wrote (the
-conditional update of that row is also the check) and the log has not rolled back a batch
-since (``rollback``); otherwise it is dropped and reloaded from the tables.
+does change rows costs its updates, with no reads. The log is the tables' only writer; the
+memory is dropped and reloaded from the tables when the log rolls a batch back
+(``rollback``) or the tables are rebuilt.
+
+The tracking row holds the version of the tables (a change of columns or of the fold's meaning
+rebuilds them at start-up) and the log's last ``seq`` when they were last rebuilt.
 
 ``rebuild`` folds the whole log from ``seq`` 0 into fresh tables with the same fold.
 """
@@ -76,13 +80,13 @@ class Projector:
         """
         con.execute(_TRACKING_DDL)
         row = con.execute(
-            f"SELECT last_seq, version FROM {TRACKING_TABLE} WHERE name = ?", [NAME]
+            f"SELECT version FROM {TRACKING_TABLE} WHERE name = ?", [NAME]
         ).fetchone()
-        if row is None or row[1] != VERSION or not _tables_exist(con):
+        if row is None or row[0] != VERSION or not _tables_exist(con):
             rebuild(con)
         else:
             create_views(con)
-            self._catch_up(con, row[0])
+            self._catch_up(con, position(con))
         self._forget(None)
 
     def apply(self, con: Any, records: Sequence[Record]) -> None:
@@ -101,13 +105,10 @@ class Projector:
         ):
             self._seen = max(top, seen)
             return
-        if seen is None or not self._claim(con, self._written, max(top, seen)):
-            # The memory cannot be trusted: start again from what the tables hold.
-            self._forget(None)
-            seen = self._position(con)
-            self._claim(con, seen, max(top, seen))
+        if seen is None:  # nothing in memory: start from what the tables hold
+            seen = position(con)
         fresh = [r for r in records if r.seq > seen]
-        self._seen = self._written = max(top, seen)
+        self._seen = max(top, seen)
         self._load(con, {r.event.run_id for r in fresh if type(r.event) is not OutputDelta})
         runs, steps = self._runs, self._steps
         # The rows as the tables hold them now (None: not there yet), taken before a record
@@ -152,24 +153,6 @@ class Projector:
         self._steps: Steps = {}
         self._known: set[str] = set()  # run ids whose rows (or absence) are in memory
         self._seen: int | None = seen  # the last seq folded
-        self._written: int | None = seen  # the last seq written to the tracking row
-
-    def _claim(self, con: Any, expected: int, new: int) -> bool:
-        """Move the tracking row from ``expected`` to ``new``; False if it did not hold it."""
-        moved = con.execute(
-            f"UPDATE {TRACKING_TABLE} SET last_seq = ? WHERE name = ? AND last_seq = ? "
-            "RETURNING last_seq",
-            [new, NAME, expected],
-        ).fetchall()
-        return bool(moved)
-
-    def _position(self, con: Any) -> int:
-        row = con.execute(
-            f"SELECT last_seq FROM {TRACKING_TABLE} WHERE name = ?", [NAME]
-        ).fetchone()
-        if row is None:
-            raise RuntimeError("projection tracking row is missing: was Projector.setup run?")
-        return row[0]
 
     def _load(self, con: Any, run_ids: set[str]) -> None:
         missing = sorted(run_ids - self._known)
@@ -355,6 +338,13 @@ def _insert_rows(con: Any, table: str, row_type: type, rows: list[Any]) -> None:
 def _tables_exist(con: Any) -> bool:
     names = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
     return all(t in names for t in TABLES)
+
+
+def position(con: Any) -> int:
+    """The last ``seq`` the tables reflect that changed a row. Every event but an output delta
+    moves its run's ``last_seq`` (in the same transaction as the event), so every event up to
+    this one is folded, and every later one that changes a row is still to be."""
+    return con.execute(f"SELECT coalesce(max(last_seq), 0) FROM {RUNS_TABLE}").fetchone()[0]
 
 
 def _has_log(con: Any) -> bool:
