@@ -153,7 +153,7 @@ class StepEvent(Event, frozen=True, kw_only=True):
     # Which agent of the attempt wrote it: 0 the first, n the one that picked it up n-th.
     pickup: int = 0
 
-    def superseded(self, attempt: int, pickup: int, ended: bool = False) -> bool:
+    def superseded(self, attempt: int, pickup: int, ended: bool) -> bool:
         """Whether every fold ignores this event, given the step's latest ``attempt`` and
         ``pickup`` and whether that attempt has ``ended`` (finished or failed).
 

@@ -62,8 +62,10 @@ def pickups(records) -> list[Pickup]:
     holder: dict[str, tuple[int, int]] = {}  # step -> (attempt, pickup) of its latest start
     for rec in records:
         ev = rec.event
-        if isinstance(ev, StepEvent) and ev.superseded(*holder.get(ev.step_id, (0, 0))):
-            continue  # an agent thought lost, still writing: every fold ignores it
+        if isinstance(ev, StepEvent) and ev.superseded(
+            *holder.get(ev.step_id, (0, 0)), ev.step_id in holder and ev.step_id not in running
+        ):
+            continue  # an agent thought lost, still writing, or an ended attempt: every fold ignores it
         if isinstance(ev, StepStarted):
             holder[ev.step_id] = (ev.attempt, ev.pickup)
         if isinstance(ev, StepFinished | StepFailed):
