@@ -596,7 +596,7 @@ class DuckDBLog(EventLog):
         # DuckDB refuses an Arrow scan while an earlier result (say, the projector's last
         # SELECT) is unfinished on the connection: finish it first.
         con.complete()
-        if self._projector is None:
+        if self._projector is None or not self._projector.touches(records):
             # One statement is one transaction: fewer calls into DuckDB, each of which gives
             # up the GIL and must win it back from the appenders' threads.
             _insert(con, batch)

@@ -29,6 +29,10 @@ class Projector(Protocol):
     def setup(self, con: Any) -> None:
         """Create the derived tables (DDL runs only at start-up)."""
 
+    def touches(self, records: Sequence[Record]) -> bool:
+        """Whether folding this batch may change a derived row. If not, the log commits the
+        batch as one statement and does not call ``apply``."""
+
     def apply(self, con: Any, records: Sequence[Record]) -> None:
         """Fold a committed batch into the derived tables, on the batch's transaction."""
 

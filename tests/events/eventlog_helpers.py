@@ -50,6 +50,9 @@ class CountingProjector:
     def setup(self, con: Any) -> None:
         con.execute("CREATE TABLE IF NOT EXISTS kind_counts (kind VARCHAR PRIMARY KEY, n BIGINT)")
 
+    def touches(self, records: Sequence[Record]) -> bool:
+        return True  # every event counts
+
     def apply(self, con: Any, records: Sequence[Record]) -> None:
         counts = Counter(type(r.event).__struct_config__.tag for r in records)
         for kind, n in sorted(counts.items()):

@@ -13,9 +13,10 @@ import duckdb
 import pytest
 
 from eventlog_contract import LogContract
-from eventlog_helpers import CountingProjector, PoisonProjector, batch, blob, delta
+from eventlog_helpers import CountingProjector, PoisonProjector, batch, blob, delta, started
 from events.duckdb_log import DuckDBLog
 from events.errors import LogLocked
+from events.types import OutputDelta
 
 
 class TestDuckDBFileLog(LogContract):
@@ -300,6 +301,36 @@ def test_projector_runs_in_the_batch_transaction(tmp_path):
         log.append(*batch("r", "s", 7, 1))
         with log.reader() as cur:
             assert kind_counts(cur) == {"output_delta": 8}
+
+
+class StartsProjector(CountingProjector):
+    """Counts only what is not an output delta, and says so: batches of deltas alone are not
+    its business."""
+
+    def __init__(self) -> None:
+        self.applied: list[list[int]] = []
+
+    def touches(self, records):
+        return any(type(r.event) is not OutputDelta for r in records)
+
+    def apply(self, con, records):
+        self.applied.append([r.seq for r in records])
+        super().apply(con, [r for r in records if type(r.event) is not OutputDelta])
+
+
+def test_a_batch_the_projector_does_not_touch_is_committed_without_it(tmp_path):
+    path = tmp_path / "events.duckdb"
+    projector = StartsProjector()
+    with DuckDBLog(path, projector) as log:
+        assert log.append(*batch("r", "s", 0, 3)) == [1, 2, 3]
+        assert log.append([started("r", "s"), delta("r", "s", 3)], ["go", "d3"]) == [4, 5]
+        assert log.append(*batch("r", "s", 4, 2)) == [6, 7]
+        assert projector.applied == [[4, 5]]  # the whole batch that touched it, once
+        with log.reader() as cur:
+            assert kind_counts(cur) == {"step_started": 1}
+            assert log_counts(cur) == {"output_delta": 6, "step_started": 1}
+    with DuckDBLog(path) as log:  # the untouched batches are as durable as the others
+        assert [r.seq for r in log.read(after=0)] == list(range(1, 8))
 
 
 def test_readers_see_a_batch_and_its_projection_together_or_not_at_all(tmp_path):
