@@ -132,6 +132,11 @@ class KeyIndex:
     Most keys sit in two sorted numpy arrays (hashes, seqs); the newest in a dict until it is
     big enough to merge. A hit is only a candidate: the caller confirms it against the stored
     key. A key whose hash another key already holds is kept whole in ``collided``.
+
+    A merge costs time that grows with the log (12 ms at 65,000 keys, 32 ms at a million,
+    measured), so it runs on a thread of its own: the writer hands over the full dict, keeps
+    answering from it meanwhile, and swaps the merged arrays in when they are ready. Until
+    then no commit waits on it.
     """
 
     MERGE_AT = 65_536
@@ -140,10 +145,13 @@ class KeyIndex:
         self._hashes = np.empty(0, np.int64)
         self._seqs = np.empty(0, np.int64)
         self._fresh: dict[int, int] = {}
+        self._merging: dict[int, int] = {}  # handed to the merge in flight; read-only meanwhile
+        self._merge: concurrent.futures.Future[tuple[np.ndarray, np.ndarray]] | None = None
         self.collided: dict[str, int] = {}
 
     def __len__(self) -> int:
-        return self._hashes.size + len(self._fresh) + len(self.collided)
+        self.settle()
+        return self._hashes.size + len(self._merging) + len(self._fresh) + len(self.collided)
 
     @classmethod
     def load(cls, con: duckdb.DuckDBPyConnection) -> KeyIndex:
@@ -174,14 +182,15 @@ class KeyIndex:
 
     def find(self, hashes: list[int]) -> dict[int, int]:
         """``{position in hashes: seq}`` for the hashes present."""
+        self.settle()
         hits: dict[int, int] = {}
         # A set intersection first: hits are rare, and a Python loop per key is not.
-        if self._fresh and not self._fresh.keys().isdisjoint(hashes):
-            fresh = self._fresh
-            for i, h in enumerate(hashes):
-                seq = fresh.get(h)
-                if seq is not None:
-                    hits[i] = seq
+        for recent in (self._fresh, self._merging):
+            if recent and not recent.keys().isdisjoint(hashes):
+                for i, h in enumerate(hashes):
+                    seq = recent.get(h)
+                    if seq is not None:
+                        hits[i] = seq
         if self._hashes.size:
             wanted = np.fromiter(hashes, np.int64, len(hashes))
             pos = np.searchsorted(self._hashes, wanted)
@@ -194,7 +203,9 @@ class KeyIndex:
         """Add hashes known to be absent and distinct."""
         self._fresh.update(zip(hashes, seqs))
         if len(self._fresh) >= self.MERGE_AT:
-            self._merge()
+            self.settle(wait=True)  # the merge before: done long since, unless appends race it
+            self._merging, self._fresh = self._fresh, {}
+            self._merge = _MERGER.submit(_merged, self._hashes, self._seqs, self._merging)
 
     def add(self, key: str, h: int, seq: int) -> None:
         if self.find([h]):
@@ -202,16 +213,29 @@ class KeyIndex:
         else:
             self.add_new([h], range(seq, seq + 1))
 
-    def _merge(self) -> None:
-        n = len(self._fresh)
-        hashes = np.fromiter(self._fresh.keys(), np.int64, n)
-        seqs = np.fromiter(self._fresh.values(), np.int64, n)
-        order = np.argsort(hashes)
-        hashes, seqs = hashes[order], seqs[order]
-        pos = np.searchsorted(self._hashes, hashes)
-        self._hashes = np.insert(self._hashes, pos, hashes)
-        self._seqs = np.insert(self._seqs, pos, seqs)
-        self._fresh = {}
+    def settle(self, *, wait: bool = False) -> None:
+        """Swap in the merge in flight if it is done (or, with ``wait``, once it is)."""
+        if self._merge is None or not (wait or self._merge.done()):
+            return
+        self._hashes, self._seqs = self._merge.result()
+        self._merging, self._merge = {}, None
+
+
+def _merged(
+    hashes: np.ndarray, seqs: np.ndarray, fresh: dict[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """New sorted arrays holding ``fresh`` too (the inputs are left as they are)."""
+    n = len(fresh)
+    new_hashes = np.fromiter(fresh.keys(), np.int64, n)
+    new_seqs = np.fromiter(fresh.values(), np.int64, n)
+    order = np.argsort(new_hashes)
+    new_hashes, new_seqs = new_hashes[order], new_seqs[order]
+    pos = np.searchsorted(hashes, new_hashes)
+    return np.insert(hashes, pos, new_hashes), np.insert(seqs, pos, new_seqs)
+
+
+# One thread merges for every log of the process: merges are rare and short.
+_MERGER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="eventlog-keys")
 
 
 class DuckDBLog(EventLog):

@@ -274,6 +274,7 @@ def test_key_index_merges_and_reloads_without_losing_a_key(tmp_path, monkeypatch
     with DuckDBLog(path) as log:
         for c in range(20):
             log.append(*batch(f"r{c % 4}", "s", c * 25, 25))
+        log._keys.settle(wait=True)
         assert log._keys._hashes.size >= 448  # most keys now live in the sorted arrays
         for c in range(20):  # every key, merged or fresh, is still recognised
             assert log.append(*batch(f"r{c % 4}", "s", c * 25, 25)) == list(
@@ -284,6 +285,41 @@ def test_key_index_merges_and_reloads_without_losing_a_key(tmp_path, monkeypatch
         assert log.append(*batch("r3", "s", 475, 25)) == list(range(476, 501))
         assert log.append(*batch("r0", "s", 500, 1)) == [501]
         assert log.max_seq() == 501
+
+
+def encoded(events_and_keys):
+    events, keys = events_and_keys
+    return [blob(e) for e in events], keys
+
+
+def test_appends_do_not_wait_for_the_key_index_merge(tmp_path, monkeypatch):
+    import events.duckdb_log as duckdb_log
+
+    gate, started = threading.Event(), threading.Event()
+    merged = duckdb_log._merged
+
+    def slow_merge(*args):
+        started.set()
+        gate.wait(30)
+        return merged(*args)
+
+    monkeypatch.setattr(duckdb_log.KeyIndex, "MERGE_AT", 64)
+    monkeypatch.setattr(duckdb_log, "_merged", slow_merge)
+    with DuckDBLog(tmp_path / "events.duckdb") as log:
+        for c in range(3):  # the third append fills the dict: a merge starts and hangs
+            log.append(*batch("r", "s", c * 25, 25))
+        assert started.wait(10)
+        try:
+            # Commits go on while it hangs, and every key, merging or not, is still known.
+            new = log.submit_encoded(*encoded(batch("r", "s", 75, 25)))
+            assert new.result(timeout=10) == list(range(76, 101))
+            again = log.submit_encoded(*encoded(batch("r", "s", 0, 100)))
+            assert again.result(timeout=10) == list(range(1, 101))
+        finally:
+            gate.set()
+        log._keys.settle(wait=True)
+        assert log._keys._hashes.size == 75 and len(log._keys) == 100
+        assert log.append(*batch("r", "s", 0, 101)) == list(range(1, 102))
 
 
 # --- group commit and the projector ----------------------------------------------------------
