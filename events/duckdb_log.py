@@ -215,10 +215,17 @@ class KeyIndex:
 
     def settle(self, *, wait: bool = False) -> None:
         """Swap in the merge in flight if it is done (or, with ``wait``, once it is)."""
-        if self._merge is None or not (wait or self._merge.done()):
+        merge = self._merge
+        if merge is None or not (wait or merge.done()):
             return
-        self._hashes, self._seqs = self._merge.result()
-        self._merging, self._merge = {}, None
+        self._merge = None
+        try:
+            self._hashes, self._seqs = merge.result()
+        except Exception:
+            # Lose no key: they go back to the dict, and the next merge takes them along.
+            logger.exception("merging the idempotency key index failed; it will try again")
+            self._fresh.update(self._merging)
+        self._merging = {}
 
 
 def _merged(

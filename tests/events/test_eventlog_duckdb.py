@@ -322,6 +322,30 @@ def test_appends_do_not_wait_for_the_key_index_merge(tmp_path, monkeypatch):
         assert log.append(*batch("r", "s", 0, 101)) == list(range(1, 102))
 
 
+def test_a_failed_key_index_merge_loses_no_key(tmp_path, monkeypatch):
+    import events.duckdb_log as duckdb_log
+
+    merged, calls = duckdb_log._merged, []
+
+    def failing_once(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise MemoryError("no room for the merged arrays")
+        return merged(*args)
+
+    monkeypatch.setattr(duckdb_log.KeyIndex, "MERGE_AT", 64)
+    monkeypatch.setattr(duckdb_log, "_merged", failing_once)
+    with DuckDBLog(tmp_path / "events.duckdb") as log:
+        for c in range(3):  # the third append starts the merge that fails
+            log.append(*batch("r", "s", c * 25, 25))
+        assert log.append(*batch("r", "s", 0, 75)) == list(range(1, 76))
+        for c in range(3, 6):  # the next merge takes the returned keys along
+            log.append(*batch("r", "s", c * 25, 25))
+        log._keys.settle(wait=True)
+        assert len(calls) == 2 and log._keys._hashes.size == 100 and len(log._keys) == 150
+        assert log.append(*batch("r", "s", 0, 151)) == list(range(1, 152))
+
+
 # --- group commit and the projector ----------------------------------------------------------
 
 
