@@ -105,9 +105,7 @@ class Projector:
             return
         top = max(r.seq for r in records)
         seen = self._seen
-        if seen is not None and all(
-            type(r.event) is OutputDelta for r in records if r.seq > seen
-        ):
+        if seen is not None and not self.touches([r for r in records if r.seq > seen]):
             self._seen = max(top, seen)
             return
         if seen is None:  # nothing in memory: start from what the tables hold

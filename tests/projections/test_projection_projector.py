@@ -212,17 +212,19 @@ def test_a_rolled_back_batch_is_forgotten_when_its_seqs_are_reused(path):
         con.close()
 
 
+def poisoned(records) -> bool:
+    return any(getattr(r.event, "text", None) == "poison" for r in records)
+
+
 class PoisonedProjector(Projector):
     """Fails a batch holding a delta whose text is 'poison', after folding it."""
 
     def touches(self, records):
-        return super().touches(records) or any(
-            getattr(r.event, "text", None) == "poison" for r in records
-        )
+        return super().touches(records) or poisoned(records)
 
     def apply(self, con, records):
         super().apply(con, records)
-        if any(getattr(r.event, "text", None) == "poison" for r in records):
+        if poisoned(records):
             raise RuntimeError("refused")
 
 
