@@ -19,10 +19,10 @@ was up to ~40 MB of events at every checkpoint: 150-300 ms stalls at 32 MB of wr
 and longer, not shorter, ones at smaller thresholds. So the file is attached with row groups of
 ``ROW_GROUP_SIZE`` rows, and a checkpoint costs what was written since the last one: ~20 ms per
 24,000 events here (the wide columns in zstd, below), every ~2.5 s at 10,000 events/s
-(``CHECKPOINT_THRESHOLD``). The writer also
-checkpoints when appends pause for ``IDLE_GAP``, longer than a model's usual pause before its
-first token, so a checkpoint seldom starts just as a stream resumes. DuckDB's buffer pool is
-bounded, so the writer's memory does not grow with the log.
+(``CHECKPOINT_THRESHOLD``). The writer also checkpoints when appends pause for ``IDLE_GAP``,
+longer than a model's usual pause before its first token, so a checkpoint seldom starts just
+as a stream resumes. DuckDB's buffer pool is bounded, so the writer's memory does not grow
+with the log.
 """
 
 from __future__ import annotations
@@ -81,8 +81,8 @@ CREATE TABLE IF NOT EXISTS events (
 )
 """
 # zstd for the two wide columns: DuckDB's default for strings (dictionary + FSST) spent about
-# half of every checkpoint analysing them. Measured here on 24,000 streamed-text events a
-# checkpoint: 35-39 ms -> 22 ms on disk, the file 57% of the size, reads no slower. A file
+# half of every checkpoint analysing them. A checkpoint of 24,000 streamed-text events went from
+# 35-39 to 22 ms on disk, the file to 57% of its size, reads no slower (measured here). A file
 # made before keeps its columns as they were (DuckDB cannot change a column's compression).
 
 # No index: seq rises with insertion order, so DuckDB's min/max zone maps already prune

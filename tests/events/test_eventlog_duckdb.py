@@ -14,6 +14,7 @@ import pytest
 
 from eventlog_contract import LogContract
 from eventlog_helpers import CountingProjector, PoisonProjector, batch, blob, delta, started
+from events.codec import encode_all
 from events.duckdb_log import DuckDBLog
 from events.errors import LogLocked
 from events.types import OutputDelta
@@ -325,11 +326,6 @@ def test_key_index_merges_and_reloads_without_losing_a_key(tmp_path, monkeypatch
         assert log.max_seq() == 501
 
 
-def encoded(events_and_keys):
-    events, keys = events_and_keys
-    return [blob(e) for e in events], keys
-
-
 def test_appends_do_not_wait_for_the_key_index_merge(tmp_path, monkeypatch):
     import events.duckdb_log as duckdb_log
 
@@ -341,6 +337,10 @@ def test_appends_do_not_wait_for_the_key_index_merge(tmp_path, monkeypatch):
         gate.wait(30)
         return merged(*args)
 
+    def encoded(start, n):
+        events, keys = batch("r", "s", start, n)
+        return encode_all(events), keys
+
     monkeypatch.setattr(duckdb_log.KeyIndex, "MERGE_AT", 64)
     monkeypatch.setattr(duckdb_log, "_merged", slow_merge)
     with DuckDBLog(tmp_path / "events.duckdb") as log:
@@ -349,9 +349,9 @@ def test_appends_do_not_wait_for_the_key_index_merge(tmp_path, monkeypatch):
         assert started.wait(10)
         try:
             # Commits go on while it hangs, and every key, merging or not, is still known.
-            new = log.submit_encoded(*encoded(batch("r", "s", 75, 25)))
+            new = log.submit_encoded(*encoded(75, 25))
             assert new.result(timeout=10) == list(range(76, 101))
-            again = log.submit_encoded(*encoded(batch("r", "s", 0, 100)))
+            again = log.submit_encoded(*encoded(0, 100))
             assert again.result(timeout=10) == list(range(1, 101))
         finally:
             gate.set()
