@@ -169,7 +169,8 @@ class EventLogActor:
             if remaining <= 0:
                 return []
             try:
-                await asyncio.wait_for(changed.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await changed.wait()
             except TimeoutError:
                 return []
 

@@ -97,8 +97,9 @@ class FlowRun:
 
     async def wait(self, timeout: float | None = None) -> str:
         try:
-            await asyncio.wait_for(self._done.wait(), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):
+                await self._done.wait()
+        except TimeoutError:
             pass
         return self._state.status if self._state else "requested"
 

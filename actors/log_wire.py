@@ -108,7 +108,8 @@ class WireServer:
         bytes than a token has, so a stranger can hold neither memory nor a waiting task."""
         expected = frame(self.token)
         try:
-            sent = await asyncio.wait_for(reader.readexactly(len(expected)), AUTH_WAIT)
+            async with asyncio.timeout(AUTH_WAIT):
+                sent = await reader.readexactly(len(expected))
         except (TimeoutError, asyncio.IncompleteReadError):
             return False
         return hmac.compare_digest(sent, expected)
@@ -143,7 +144,8 @@ class WireConnection:
 
     @classmethod
     async def open(cls, host: str, port: int, token: bytes, timeout: float) -> WireConnection:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port)
         writer.write(frame(token))
         return cls(reader, writer)
 
@@ -157,7 +159,10 @@ class WireConnection:
         answer = self._pending[rid] = self.loop.create_future()
         self._writer.write(frame(msgspec.msgpack.encode([rid, method, args])))
         try:
-            ok, value = await asyncio.wait_for(answer, timeout)
+            # Not ``asyncio.wait_for``: on Python 3.11 it drops a cancellation that arrives
+            # as the answer does, and a cancelled long-poll would then poll on for ever.
+            async with asyncio.timeout(timeout):
+                ok, value = await answer
         except TimeoutError:
             self.close()
             raise ConnectionResetError(f"no answer from the event log in {timeout:.0f} s") from None

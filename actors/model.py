@@ -112,7 +112,8 @@ async def merged(
         if not items:
             arrived.clear()
             try:
-                await asyncio.wait_for(arrived.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await arrived.wait()
             except TimeoutError:
                 return False
         return True

@@ -118,7 +118,8 @@ class RemoteTools:
         import asyncio
 
         try:
-            return await asyncio.wait_for(self._server.call.remote(self._ref, name, args), self._timeout)
+            async with asyncio.timeout(self._timeout):
+                return await self._server.call.remote(self._ref, name, args)
         except Exception as exc:
             return _unreachable(name, exc)
 

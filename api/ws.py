@@ -443,7 +443,8 @@ class Connection:
         # buffered, so that a client that reads again learns why. One that never does is
         # dropped once the wait is over. Nothing is queued for it meanwhile.
         try:
-            await asyncio.wait_for(self.ws.close(code=code, reason=reason[:120]), CLOSE_WAIT_S)
+            async with asyncio.timeout(CLOSE_WAIT_S):
+                await self.ws.close(code=code, reason=reason[:120])
         except Exception:  # gone, or still not reading: the server drops the socket
             pass
 

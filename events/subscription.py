@@ -203,7 +203,8 @@ class HubSubscription(Subscription):
             try:
                 if remaining is not None and remaining <= 0:
                     return []
-                await asyncio.wait_for(future, remaining)
+                async with asyncio.timeout(remaining):
+                    await future
             except TimeoutError:
                 return []
             finally:
