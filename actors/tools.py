@@ -31,6 +31,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
+from conductor.findings import MAX_TEXT
 from events.types import ToolDenied, ToolResult
 
 __all__ = [
@@ -46,7 +47,7 @@ __all__ = [
 
 MAX_PATH = 300
 MAX_PATTERN = 200
-MAX_FINAL_CHARS = 8000
+MAX_FINAL_CHARS = MAX_TEXT  # a plain final answer's bound: llama.cpp compiles no longer one
 
 
 class ToolLimits(msgspec.Struct, frozen=True, kw_only=True):

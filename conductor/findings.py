@@ -3,7 +3,10 @@
 ``output_schema`` is the JSON Schema a step's final answer is constrained to. Every array has a
 ``maxItems`` and every string a ``maxLength``: a small model under constrained decoding repeats
 an unbounded array until it runs out of tokens, and the bounds are what make it close the
-object. The shapes are msgspec Structs below; the schema is generated from them, then the
+object. No string is bounded above ``MAX_TEXT``: llama.cpp (the embedded engine, and llama.cpp
+servers behind the ``openai`` engine) compiles a bounded string into one nested rule per
+character and refuses a grammar past 1,000 of them, so a longer bound would fail every step
+that gets it. The shapes are msgspec Structs below; the schema is generated from them, then the
 persona's severity vocabulary and id prefix are written in.
 
 ``parse_output`` reads free-form model text and never raises: a JSON object, JSON in a fenced
@@ -39,6 +42,9 @@ MAX_EVIDENCE = 3
 MAX_VERDICTS = 40
 MAX_COUNTER = 3
 MAX_LINE = 1_000_000
+# The longest string bound llama.cpp's grammar compiler takes (1,000 compiles, 1,001 does not:
+# measured with llama-cpp-python 0.3.36; see the module docstring).
+MAX_TEXT = 1000
 
 
 def _text(n: int) -> Any:
@@ -109,7 +115,7 @@ class _VerdictsAnswer(msgspec.Struct, forbid_unknown_fields=True):
 class _EditorAnswer(msgspec.Struct, forbid_unknown_fields=True):
     """The rewritten prose, a note on what was left alone, and one finding per criterion."""
 
-    text: _text(6000)
+    text: _text(MAX_TEXT)  # as long as the synthesis summary it rewrites
     summary: _text(600)
     findings: Annotated[tuple[_FindingOut, ...], msgspec.Meta(max_length=MAX_FINDINGS)]
 

@@ -111,6 +111,33 @@ class EmbeddedEngine:
         self._cached = 0
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
         self._closed = False
+        self._compiled: set[str] = set()  # response schemas llama.cpp compiled for this model
+
+    def _grammar(self, schema: dict[str, Any] | None) -> Any:
+        """The schema's grammar, once llama.cpp has shown it compiles.
+
+        llama-cpp goes on with a grammar llama.cpp refused to compile and crashes the process
+        at the first token (a string bounded past 1,000 characters did this): refused here
+        instead, as a step failure that is not retried.
+        """
+        import llama_cpp
+
+        if schema is None:
+            return None
+        key = json.dumps(schema, sort_keys=True)
+        grammar = _grammar_for(key)
+        if key not in self._compiled:
+            sampler = llama_cpp.llama_sampler_init_grammar(
+                self._llm._model.vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8")
+            )
+            if not sampler:
+                raise EngineError(
+                    "llama.cpp cannot compile the response schema into a grammar "
+                    "(is a string bounded past 1,000 characters?)"
+                )
+            llama_cpp.llama_sampler_free(sampler)
+            self._compiled.add(key)
+        return grammar
 
     # --- prompts ----------------------------------------------------------------------------
 
@@ -190,7 +217,7 @@ class EmbeddedEngine:
             from llama_cpp import LogitsProcessorList, StoppingCriteriaList
 
             tokens, stop = self.prompt(req)
-            grammar, resumed = _grammar(req.response_schema), None
+            grammar, resumed = self._grammar(req.response_schema), None
             if grammar is not None and req.continue_final:
                 # The schema's grammar, started after the committed partial answer.
                 resumed = _GrammarAfter.start(self._llm, grammar, req.messages[-1]["content"])
@@ -371,12 +398,6 @@ def _grammar_for(schema_json: str) -> Any:
         return LlamaGrammar.from_json_schema(schema_json, verbose=False)
     except Exception as exc:
         raise EngineError(f"the response schema cannot be turned into a grammar: {exc}") from None
-
-
-def _grammar(schema: dict[str, Any] | None) -> Any:
-    if schema is None:
-        return None
-    return _grammar_for(json.dumps(schema, sort_keys=True))
 
 
 class _GrammarAfter:

@@ -272,3 +272,36 @@ def test_a_prefix_outside_the_schema_is_continued_without_it_and_without_a_crash
     # checks the prefix first and carries on unconstrained.
     assert deltas[-1].finish_reason in ("stop", "length")
     assert "".join(d.text for d in deltas).strip()
+
+
+def test_every_answer_schema_a_step_can_be_given_compiles_for_llama_cpp():
+    # A code-overview run on this model crashed its replica at the editor step: the answer
+    # schema bounded a string at 6,000 characters, llama.cpp refused the grammar, and
+    # llama-cpp sampled with it anyway. Every schema a step can get must compile.
+    from actors.tools import call_schema
+    from conductor.findings import output_schema
+    from personas import load_personas
+
+    schemas = [call_schema(None)]
+    for persona in load_personas().values():
+        for role in ("discovery", "synthesis", "validator", "editor"):
+            schemas += [output_schema(role, persona), call_schema(output_schema(role, persona))]
+    engine = EmbeddedEngine(n_ctx=256)
+    try:
+        grammars = [engine._grammar(schema) for schema in schemas]
+    finally:
+        asyncio.run(engine.close())
+    assert len(grammars) == 1 + 8 * len(load_personas()) and all(grammars)
+
+
+def test_a_schema_llama_cpp_cannot_compile_fails_the_request_and_the_engine_serves_on():
+    too_long = {"type": "object", "properties": {"text": {"type": "string", "maxLength": 1500}}}
+
+    async def body(engine):
+        with pytest.raises(EngineError, match="cannot compile") as info:
+            await collect(engine, ChatRequest(messages=JSON_ASK, response_schema=too_long, max_tokens=8))
+        assert not info.value.retryable
+        return await collect(engine, ChatRequest(messages=JSON_ASK, response_schema=SCHEMA, max_tokens=8))
+
+    deltas = run(EmbeddedEngine(), body)
+    assert deltas[-1].finish_reason in ("stop", "length") and "".join(d.text for d in deltas).startswith("{")
