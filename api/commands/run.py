@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import sys
 import time
 
 from api.commands import CommandError
@@ -57,20 +59,25 @@ def run(args: argparse.Namespace, settings) -> int:
         origin="cli",
     )
     _check_early(req)
-    orch = Orchestrator(settings, engine=args.engine, script=script)
-    try:
+    # Stdout is the report's alone (programs read ``--json``): Ray's driver prints what it
+    # hears of its workers there (a model replica that died, say), so that goes to stderr.
+    out = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):
+        orch = Orchestrator(settings, engine=args.engine, script=script)
         try:
-            run_id = orch.launch(req)
-        except LaunchError as exc:
-            raise CommandError(str(exc), 2) from None
-        state = asyncio.run(_watch(orch, run_id, live=not args.quiet))
-        if state.status == "finished":
-            print(orch.report(run_id, "json" if args.json else "md"))
-            return 0
-        why = state.error or state.cancel_reason or state.status
-        raise CommandError(f"run {run_id} {state.status}: {why}")
-    finally:
-        orch.close()
+            try:
+                run_id = orch.launch(req)
+            except LaunchError as exc:
+                raise CommandError(str(exc), 2) from None
+            state = asyncio.run(_watch(orch, run_id, live=not args.quiet))
+            if state.status != "finished":
+                why = state.error or state.cancel_reason or state.status
+                raise CommandError(f"run {run_id} {state.status}: {why}")
+            report = orch.report(run_id, "json" if args.json else "md")
+        finally:
+            orch.close()
+    print(report, file=out)
+    return 0
 
 
 def _check_early(req) -> None:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -77,6 +82,59 @@ def test_run_prints_the_report_and_history_reopens_it(tmp_path, repo):
     assert html.stdout.lstrip().lower().startswith("<!doctype html")
     again = orchestrator(data, "cancel", run_id)
     assert again.returncode != 0 and "already finished" in again.stderr
+
+
+def test_the_json_report_is_all_of_stdout_even_when_a_model_replica_dies(tmp_path, repo):
+    # Ray's driver prints a dead worker's notice on stdout: it once came out ahead of the
+    # JSON report, so a program reading ``--json`` could not parse it.
+    script = tmp_path / "script.json"
+    slow = {"tokens_per_s": 20, "replies": [
+        {"match": ["adversarial-validator/"], "json": {"final": {"verdicts": []}}},
+        {"json": {"final": {"summary": "read the whole of calc.py and found nothing to report",
+                            "findings": []}}},
+    ]}
+    script.write_text(json.dumps(slow))
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "--data-dir", str(tmp_path / "data"), "run", "code-review",
+         "--repo", str(repo), "--engine", "scripted", "--script", str(script), "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        replica = None
+        deadline = time.monotonic() + 120
+        while replica is None and time.monotonic() < deadline and cli.poll() is None:
+            time.sleep(0.5)
+            replica = _descendant(cli.pid, "ServeReplica")  # this run's own Ray's replica
+        assert replica is not None, "no model replica came up"
+        time.sleep(2)  # its agents are streaming now
+        os.kill(replica, signal.SIGKILL)
+        out, err = cli.communicate(timeout=240)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    assert cli.returncode == 0, err
+    assert "worker died" in err.lower()  # Ray's notice went to stderr
+    report = json.loads(out)
+    assert report["header"]["flow"] == "code-review"
+
+
+def _descendant(root: int, marker: str) -> int | None:
+    """A process under ``root`` whose command line holds ``marker``."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_text()
+                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    for pid in parents:
+        ancestor = parents.get(pid)
+        while ancestor and ancestor != root:
+            ancestor = parents.get(ancestor)
+        if ancestor == root:
+            with contextlib.suppress(OSError):
+                if marker in Path(f"/proc/{pid}/cmdline").read_text():
+                    return pid
+    return None
 
 
 @pytest.mark.parametrize(
