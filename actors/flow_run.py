@@ -329,6 +329,7 @@ class FlowRun:
             final_schema=output_schema(st.step.role, persona),
             max_tokens=self._settings.step_max_tokens,
             turn_limit=self._settings.step_turns,
+            context_tokens=self._settings.context_tokens,
             repo=self._state.request.repo,
             commit=plan.commit,
             work_dir=str(self._names.run_dir(self._run_id)),

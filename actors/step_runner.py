@@ -53,6 +53,11 @@ class StepSpec(msgspec.Struct, frozen=True, kw_only=True):
     final_schema: dict[str, Any] | None = None
     max_tokens: int = 512
     turn_limit: int = 6
+    # The conversation's budget in tokens (0: unbounded; the answer's ``max_tokens`` come on
+    # top, as the embedded engine's context does). The prompt leaves ``max_tokens`` of it for
+    # tool turns, and tool results are cut to what is left: a long file would push the next
+    # turn past the model's context, which llama.cpp refuses outright.
+    context_tokens: int = 0
     # Where the pinned snapshot lives, so the tools read the same commit on any agent.
     repo: str
     commit: str
@@ -463,6 +468,8 @@ async def run_step(
 
     native_tools = model.supports_tools
     schema = spec.final_schema if native_tools else call_schema(spec.final_schema)
+    # The last turn may only answer: a tool result asked for then could not be given.
+    answer_only = spec.final_schema if native_tools else call_schema(spec.final_schema, tools=False)
     messages = list(spec.messages)
     # Replay committed turns: the model's text of each finished turn and its tool outcomes.
     for call in done.calls:
@@ -470,17 +477,19 @@ async def run_step(
         if outcome is None:  # called, but its outcome never reached the log
             outcome = await call_tool(call.tool, dict(call.args), call.call_id)
             await writer.write(outcome)
-        messages += _tool_messages(done.turn_text(call.turn), call, outcome, native_tools)
+        messages += _tool_messages(done.turn_text(call.turn), call, outcome, native_tools, _room(messages, spec))
 
     tokens_in = tokens_out = 0
     coalescer = _Coalescer(writer, spec, attempt, len(keep), turn)
     agent.streaming += 1
     try:
         while True:
+            room = _room(messages, spec)
+            last = turn + 1 >= spec.turn_limit or (room is not None and room < MIN_TOOL_ROOM)
             request = ChatRequest(
                 messages=messages + ([{"role": "assistant", "content": partial}] if partial else []),
                 tools=TOOL_SPECS if native_tools else None,
-                response_schema=None if native_tools else schema,
+                response_schema=None if native_tools else (answer_only if last else schema),
                 max_tokens=spec.max_tokens,
                 temperature=0.0,
                 continue_final=bool(partial),
@@ -499,14 +508,17 @@ async def run_step(
             writer.check()
             partial = ""
             wanted = _wanted_call(text, calls, native_tools, turn)
-            if wanted is None or turn + 1 >= spec.turn_limit:
+            if wanted is None or last:
                 final = _final_text(text, native_tools)
                 parsed = parse_output(final, persona=spec.persona, step_id=spec.step_id, role=spec.role)
                 note = parsed.error
                 if wanted is not None:
-                    note = (note + "; " if note else "") + (
-                        f"turn limit ({spec.turn_limit}) reached while the model still asked for tools"
+                    why = (
+                        f"turn limit ({spec.turn_limit}) reached"
+                        if turn + 1 >= spec.turn_limit
+                        else f"no room left in the model's context ({spec.context_tokens} tokens)"
                     )
+                    note = (note + "; " if note else "") + f"{why} while the model still asked for tools"
                 await writer.write(
                     StepFinished(
                         run_id=spec.run_id,
@@ -535,7 +547,7 @@ async def run_step(
             outcome = await call_tool(name, args, call_id)
             await writer.write(called)
             await writer.write(outcome)
-            messages += _tool_messages(text, called, outcome, native_tools)
+            messages += _tool_messages(text, called, outcome, native_tools, room)
             turn += 1
             coalescer.turn = turn
     except asyncio.CancelledError:
@@ -603,13 +615,50 @@ def _json_object(text: str) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
+MIN_TOOL_ROOM = 128  # tokens of context below which a tool result is no use: answer instead
+_NO_ROOM = "[left out: the model's context has no room for it; give your final answer now]"
+_CUT = "\n[cut here: the rest does not fit in the model's context]"
+
+
+def _room(messages: list[dict[str, Any]], spec: StepSpec) -> int | None:
+    """Tokens the conversation may still grow by within ``context_tokens``, estimated as the
+    prompt builder does (None: no bound given)."""
+    from conductor.prompts import MESSAGE_OVERHEAD, estimate_tokens
+
+    if spec.context_tokens <= 0:
+        return None
+    used = 0
+    for m in messages:
+        used += MESSAGE_OVERHEAD + estimate_tokens(m.get("content") or "")
+        if m.get("tool_calls"):
+            used += estimate_tokens(json.dumps(m["tool_calls"]))
+    return spec.context_tokens - used
+
+
+def _fitted(result: str, tokens: int) -> str:
+    """``result`` cut at a line to about ``tokens`` (the estimate's 4 characters a token)."""
+    if (len(result) + 3) // 4 <= tokens:
+        return result
+    if tokens < MIN_TOOL_ROOM:
+        return _NO_ROOM
+    head = result[: (tokens * 4) - len(_CUT)]
+    return (head.rsplit("\n", 1)[0] if "\n" in head else head) + _CUT
+
+
 def _tool_messages(
-    text: str, called: ToolCalled, outcome: ToolResult | ToolDenied, native: bool
+    text: str, called: ToolCalled, outcome: ToolResult | ToolDenied, native: bool, room: int | None = None
 ) -> list[dict[str, Any]]:
+    """The turn's messages: the model's call and the tool's result, cut to ``room`` tokens."""
     if isinstance(outcome, ToolDenied):
         result = f"REFUSED: {outcome.reason}. Only read-only tools over the snapshot are allowed."
     else:
         result = outcome.content + ("\n[output truncated]" if outcome.truncated else "")
+    if room is not None:
+        from conductor.prompts import MESSAGE_OVERHEAD, estimate_tokens
+
+        call = json.dumps({"tool": called.tool, "args": called.args})
+        spent = estimate_tokens(text) + estimate_tokens(call) + 2 * MESSAGE_OVERHEAD + 8
+        result = _fitted(result, room - spent)
     if native:
         return [
             {

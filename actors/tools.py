@@ -161,13 +161,14 @@ TOOL_SPECS: list[dict[str, Any]] = [
 ]
 
 
-def call_schema(final_schema: dict[str, Any] | None = None) -> dict[str, Any]:
+def call_schema(final_schema: dict[str, Any] | None = None, *, tools: bool = True) -> dict[str, Any]:
     """JSON Schema of one turn for an engine without native tool calls.
 
     The answer is either ``{"tool": <name>, "args": {...}}`` (one branch per tool, its
-    arguments constrained) or ``{"final": <final answer>}``. ``final_schema`` is the answer's
-    own schema (e.g. the findings of a role); without it the answer is a bounded string.
-    Every string the tools take is bounded, so constrained decoding cannot run away.
+    arguments constrained) or ``{"final": <final answer>}``; only the latter without
+    ``tools``. ``final_schema`` is the answer's own schema (e.g. the findings of a role);
+    without it the answer is a bounded string. Every string the tools take is bounded, so
+    constrained decoding cannot run away.
     """
     final = final_schema if final_schema is not None else {"type": "string", "maxLength": MAX_FINAL_CHARS}
     branches: list[dict[str, Any]] = [
@@ -177,7 +178,7 @@ def call_schema(final_schema: dict[str, Any] | None = None) -> dict[str, Any]:
             "required": ["tool", "args"],
             "additionalProperties": False,
         }
-        for name, struct in ARGS.items()
+        for name, struct in (ARGS.items() if tools else ())
     ]
     branches.append(
         {

@@ -285,13 +285,14 @@ def test_every_answer_schema_a_step_can_be_given_compiles_for_llama_cpp():
     schemas = [call_schema(None)]
     for persona in load_personas().values():
         for role in ("discovery", "synthesis", "validator", "editor"):
-            schemas += [output_schema(role, persona), call_schema(output_schema(role, persona))]
+            final = output_schema(role, persona)
+            schemas += [final, call_schema(final), call_schema(final, tools=False)]
     engine = EmbeddedEngine(n_ctx=256)
     try:
         grammars = [engine._grammar(schema) for schema in schemas]
     finally:
         asyncio.run(engine.close())
-    assert len(grammars) == 1 + 8 * len(load_personas()) and all(grammars)
+    assert len(grammars) == 1 + 12 * len(load_personas()) and all(grammars)
 
 
 def test_a_schema_llama_cpp_cannot_compile_fails_the_request_and_the_engine_serves_on():
