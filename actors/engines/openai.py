@@ -251,6 +251,14 @@ async def _read_sse(resp: httpx.Response) -> AsyncIterator[Delta]:
         delta = asm.feed(chunk)
         if delta is not None:
             yield delta
-    if not finished and asm.finish is None:
-        raise EngineError("model endpoint closed the stream before the answer finished", True)
+    if asm.finish is None:
+        # A whole answer's last chunk says why it ended. Ending without one, even with [DONE],
+        # means the stream was cut, and its text is not the answer.
+        hint = (
+            " (a llama-cpp-python server cuts a stream short when another request comes: run it"
+            " with --interrupt_requests false)"
+            if finished
+            else ""
+        )
+        raise EngineError(f"model endpoint closed the stream before the answer finished{hint}", True)
     yield asm.done()

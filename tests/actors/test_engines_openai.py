@@ -75,6 +75,28 @@ def test_a_server_that_drops_an_automatic_tool_stream_is_a_clear_error(llama_too
 
 
 @pytest.mark.model
+def test_a_stream_the_llama_cpp_server_cuts_for_another_request_is_an_error(llama_server):
+    # llama-cpp-python's server ends a stream with [DONE] when a second request arrives. Read
+    # as finished, the cut text passed for the whole answer (an agent "answered" nothing).
+    long = ChatRequest(messages=[{"role": "user", "content": "Tell a long story about rivers."}],
+                       max_tokens=300)
+
+    async def body(engine):
+        first = engine.stream(long)
+        got = [await first.__anext__()]  # it is generating now
+        second = asyncio.ensure_future(collect(engine, ChatRequest(messages=ASK, max_tokens=8)))
+        with pytest.raises(EngineError) as info:
+            async for d in first:
+                got.append(d)
+        return got, info.value, await second
+
+    got, error, other = run(OpenAIEngine(llama_server.url), body)
+    assert error.retryable and "--interrupt_requests false" in str(error)
+    assert sum(d.tokens for d in got) < 300  # it really was cut
+    assert other[-1].finish_reason in ("stop", "length")
+
+
+@pytest.mark.model
 def test_capabilities_and_model_come_from_the_server(llama_server):
     engine = OpenAIEngine(llama_server.url.removesuffix("/v1"))  # /v1 is added
     assert engine.model == llama_server.model
@@ -156,6 +178,23 @@ def test_a_failure_after_text_was_streamed_is_raised_not_retried(server):
     assert got == ["Hel"]
     assert error.retryable  # the caller keeps "Hel" and decides: continue it or start again
     assert len(server.requests) == 1
+
+
+def test_a_stream_ended_by_done_without_a_finish_reason_is_not_an_answer(server):
+    # What a llama-cpp-python server sends for a stream it cut to serve another request.
+    cut = server.sse(*server.text_chunks("Hel", "lo")[:1])
+    server.plan(server.Answer(body=cut))
+
+    async def body(engine):
+        got = []
+        with pytest.raises(EngineError) as info:
+            async for d in engine.stream(HELLO):
+                got.append(d.text)
+        return got, info.value
+
+    got, error = run(OpenAIEngine(server.url), body)
+    assert got == ["Hel"] and error.retryable
+    assert "--interrupt_requests false" in str(error)
 
 
 def test_no_first_token_in_time_is_a_retryable_timeout(server):
