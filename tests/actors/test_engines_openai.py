@@ -163,18 +163,20 @@ def test_client_errors_are_not_retried(server, status):
     assert len(server.requests) == 1
 
 
+async def text_until_error(engine):
+    """The text ``HELLO`` streamed before the stream failed, and the error."""
+    got = []
+    with pytest.raises(EngineError) as info:
+        async for d in engine.stream(HELLO):
+            got.append(d.text)
+    return got, info.value
+
+
 def test_a_failure_after_text_was_streamed_is_raised_not_retried(server):
     half = server.sse(*server.text_chunks("Hel", "lo")[:1], done=False)
     server.plan(server.Answer(partial=half, reset=True), server.OK)
 
-    async def body(engine):
-        got = []
-        with pytest.raises(EngineError) as info:
-            async for d in engine.stream(HELLO):
-                got.append(d.text)
-        return got, info.value
-
-    got, error = run(guarded(server.url), body)
+    got, error = run(guarded(server.url), text_until_error)
     assert got == ["Hel"]
     assert error.retryable  # the caller keeps "Hel" and decides: continue it or start again
     assert len(server.requests) == 1
@@ -185,14 +187,7 @@ def test_a_stream_ended_by_done_without_a_finish_reason_is_not_an_answer(server)
     cut = server.sse(*server.text_chunks("Hel", "lo")[:1])
     server.plan(server.Answer(body=cut))
 
-    async def body(engine):
-        got = []
-        with pytest.raises(EngineError) as info:
-            async for d in engine.stream(HELLO):
-                got.append(d.text)
-        return got, info.value
-
-    got, error = run(OpenAIEngine(server.url), body)
+    got, error = run(OpenAIEngine(server.url), text_until_error)
     assert got == ["Hel"] and error.retryable
     assert "--interrupt_requests false" in str(error)
 
