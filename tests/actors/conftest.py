@@ -63,13 +63,15 @@ class LlamaServer:
             self.log.close()
 
 
-def start_llama_server(model_path: Path, *extra: str, alias: str = "smollm2", timeout: float = 60.0) -> LlamaServer:
+def start_llama_server(
+    model_path: Path, *extra: str, alias: str = "smollm2", n_ctx: int = 2048, timeout: float = 60.0
+) -> LlamaServer:
     port = free_port()
     cmd = [
         sys.executable, "-m", "llama_cpp.server",
         "--model", str(model_path), "--model_alias", alias,
         "--host", "127.0.0.1", "--port", str(port),
-        "--n_ctx", "2048", "--n_threads", "2", *extra,
+        "--n_ctx", str(n_ctx), "--n_threads", "2", *extra,
     ]  # fmt: skip
     # Its log goes to a file: a pipe nobody reads fills up and stalls the server.
     log = tempfile.TemporaryFile()
@@ -103,7 +105,9 @@ def stop_process(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="session")
 def llama_server(model_path) -> Iterator[LlamaServer]:
-    server = start_llama_server(model_path)
+    # Run as the README says a model server for Orchestrator should be: a context that holds
+    # ORCH_CONTEXT_TOKENS plus the answer, and streams never cut for the next request.
+    server = start_llama_server(model_path, "--interrupt_requests", "false", n_ctx=2560)
     yield server
     server.stop()
 

@@ -12,6 +12,7 @@ from actors.config import Settings
 from actors.engines import select_engine
 from actors.engines.base import ChatRequest, EngineError, Guard, backoff
 from actors.engines.openai import OpenAIEngine
+from tests.actors.conftest import start_llama_server
 
 WEATHER = {
     "type": "function",
@@ -75,9 +76,9 @@ def test_a_server_that_drops_an_automatic_tool_stream_is_a_clear_error(llama_too
 
 
 @pytest.mark.model
-def test_a_stream_the_llama_cpp_server_cuts_for_another_request_is_an_error(llama_server):
-    # llama-cpp-python's server ends a stream with [DONE] when a second request arrives. Read
-    # as finished, the cut text passed for the whole answer (an agent "answered" nothing).
+def test_a_stream_the_llama_cpp_server_cuts_for_another_request_is_an_error(model_path):
+    # llama-cpp-python's server, as it starts by default, ends a stream with [DONE] when a
+    # second request arrives. Read as finished, the cut text passed for the whole answer.
     long = ChatRequest(messages=[{"role": "user", "content": "Tell a long story about rivers."}],
                        max_tokens=300)
 
@@ -90,7 +91,11 @@ def test_a_stream_the_llama_cpp_server_cuts_for_another_request_is_an_error(llam
                 got.append(d)
         return got, info.value, await second
 
-    got, error, other = run(OpenAIEngine(llama_server.url), body)
+    server = start_llama_server(model_path)  # its defaults: it interrupts
+    try:
+        got, error, other = run(OpenAIEngine(server.url), body)
+    finally:
+        server.stop()
     assert error.retryable and "--interrupt_requests false" in str(error)
     assert sum(d.tokens for d in got) < 300  # it really was cut
     assert other[-1].finish_reason in ("stop", "length")
