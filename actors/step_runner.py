@@ -24,6 +24,7 @@ from typing import Any
 
 import msgspec
 
+from conductor.prompts import MESSAGE_OVERHEAD, estimate_tokens
 from events.log import Record
 from events.types import (
     AgentEvent,
@@ -623,8 +624,6 @@ _CUT = "\n[cut here: the rest does not fit in the model's context]"
 def _room(messages: list[dict[str, Any]], spec: StepSpec) -> int | None:
     """Tokens the conversation may still grow by within ``context_tokens``, estimated as the
     prompt builder does (None: no bound given)."""
-    from conductor.prompts import MESSAGE_OVERHEAD, estimate_tokens
-
     if spec.context_tokens <= 0:
         return None
     used = 0
@@ -637,7 +636,7 @@ def _room(messages: list[dict[str, Any]], spec: StepSpec) -> int | None:
 
 def _fitted(result: str, tokens: int) -> str:
     """``result`` cut at a line to about ``tokens`` (the estimate's 4 characters a token)."""
-    if (len(result) + 3) // 4 <= tokens:
+    if estimate_tokens(result) <= tokens:
         return result
     if tokens < MIN_TOOL_ROOM:
         return _NO_ROOM
@@ -654,9 +653,8 @@ def _tool_messages(
     else:
         result = outcome.content + ("\n[output truncated]" if outcome.truncated else "")
     if room is not None:
-        from conductor.prompts import MESSAGE_OVERHEAD, estimate_tokens
-
         call = json.dumps({"tool": called.tool, "args": called.args})
+        # The turn's other text: the model's reply, its call, the "Result of ..." line.
         spent = estimate_tokens(text) + estimate_tokens(call) + 2 * MESSAGE_OVERHEAD + 8
         result = _fitted(result, room - spent)
     if native:
