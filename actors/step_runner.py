@@ -468,9 +468,10 @@ async def run_step(
         )
 
     native_tools = model.supports_tools
-    schema = spec.final_schema if native_tools else call_schema(spec.final_schema)
-    # The last turn may only answer: a tool result asked for then could not be given.
-    answer_only = spec.final_schema if native_tools else call_schema(spec.final_schema, tools=False)
+    # An engine without native tools is held to "call one tool or answer"; on the last turn to
+    # the answer alone, since a tool result asked for then could not be given.
+    schema = None if native_tools else call_schema(spec.final_schema)
+    answer_only = None if native_tools else call_schema(spec.final_schema, tools=False)
     messages = list(spec.messages)
     # Replay committed turns: the model's text of each finished turn and its tool outcomes.
     for call in done.calls:
@@ -490,7 +491,7 @@ async def run_step(
             request = ChatRequest(
                 messages=messages + ([{"role": "assistant", "content": partial}] if partial else []),
                 tools=TOOL_SPECS if native_tools else None,
-                response_schema=None if native_tools else (answer_only if last else schema),
+                response_schema=answer_only if last else schema,
                 max_tokens=spec.max_tokens,
                 temperature=0.0,
                 continue_final=bool(partial),

@@ -127,9 +127,7 @@ class EmbeddedEngine:
         key = json.dumps(schema, sort_keys=True)
         grammar = _grammar_for(key)
         if key not in self._compiled:
-            sampler = llama_cpp.llama_sampler_init_grammar(
-                self._llm._model.vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8")
-            )
+            sampler = _grammar_sampler(self._llm, grammar)
             if not sampler:
                 raise EngineError(
                     "llama.cpp cannot compile the response schema into a grammar "
@@ -400,6 +398,15 @@ def _grammar_for(schema_json: str) -> Any:
         raise EngineError(f"the response schema cannot be turned into a grammar: {exc}") from None
 
 
+def _grammar_sampler(llm: Any, grammar: Any) -> Any:
+    """llama.cpp's sampler for ``grammar`` on ``llm``'s vocabulary (NULL if it cannot compile)."""
+    import llama_cpp
+
+    return llama_cpp.llama_sampler_init_grammar(
+        llm._model.vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8")
+    )
+
+
 class _GrammarAfter:
     """A schema's grammar applied as a logits processor, from a point after its start.
 
@@ -424,9 +431,7 @@ class _GrammarAfter:
     def start(cls, llm: Any, grammar: Any, prefix: str) -> _GrammarAfter | None:
         import llama_cpp
 
-        sampler = llama_cpp.llama_sampler_init_grammar(
-            llm._model.vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8")
-        )
+        sampler = _grammar_sampler(llm, grammar)
         if not sampler:
             return None
         self = cls(llm, sampler, seen=0)
