@@ -99,7 +99,13 @@ def fold_run(row: RunRow | None, event: AgentEvent, seq: int) -> RunRow:
             started = run.started_ts if run.started_ts is not None else event.ts
             return replace(run, started_ts=started, **seen)
         case ReportRendered():
-            return replace(run, recommendation=event.recommendation, **seen)
+            return replace(
+                run,
+                recommendation=event.recommendation,
+                report_findings=event.counts.get("findings", 0),
+                report_unverified=event.counts.get("unverified", 0),
+                **seen,
+            )
         case RunFinished():
             return replace(run, status="finished", ended_ts=event.ts, **seen)
         case RunFailed():

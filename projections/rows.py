@@ -62,6 +62,10 @@ class RunRow(msgspec.Struct, frozen=True, kw_only=True):
     confirmed: int = 0
     partially_refuted: int = 0
     refuted: int = 0
+    # What the report kept, from its counts: findings that passed the evidence check and the
+    # validator, and claims listed apart as unverified (``findings`` above counts all raised).
+    report_findings: int = 0
+    report_unverified: int = 0
     last_seq: int = 0  # the last event that changed this row
 
 

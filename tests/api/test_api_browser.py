@@ -309,6 +309,9 @@ def test_history_reopens_a_run_and_its_report_can_be_saved_copied_and_sent(page:
         runs = http.get("/api/runs", params={"status": "finished", "flow": "code-review"}).json()["runs"]
     assert runs, "an earlier test finishes a code review"
     run_id = runs[0]["run_id"]
+    with server.client() as http:
+        counts = http.get(f"/api/runs/{run_id}/report", params={"format": "json"}).json()["counts"]
+    assert counts["findings"], "the scripted review keeps findings"
     side = page.locator("#orch-side")
     if side.is_hidden():
         page.locator(".orch-top-history").click()
@@ -316,6 +319,11 @@ def test_history_reopens_a_run_and_its_report_can_be_saved_copied_and_sent(page:
     side.locator(".orch-history-status").select_option("finished")
     item = side.locator(f".orch-history-item[data-run='{run_id}'] button")
     expect(item).to_be_visible()
+    # The card counts what the report kept, not every claim the agents raised.
+    kept = f"{counts['findings']} finding{'s' if counts['findings'] > 1 else ''}"
+    expect(item.locator(".orch-history-sub")).to_contain_text(kept)
+    if counts["unverified"]:
+        expect(item.locator(".orch-history-sub")).to_contain_text(f"{counts['unverified']} unverified")
     shot(page, "07-history")
     side.locator(".orch-history-q").fill("zzz-no-such-run")
     expect(side.locator(".orch-empty-note")).to_be_visible()

@@ -108,7 +108,10 @@ def run_events(run_id: str, pick: Pick, t0: float = 1_700_000_000.0) -> list[Age
     if ending == 0:
         events.append(RunCancelled(run_id=run_id, ts=ts(), reason="no longer needed"))
     else:
-        events.append(ReportRendered(run_id=run_id, ts=ts(), recommendation="approve"))
+        counts = {"findings": pick(0, 3), "unverified": pick(0, 2), "steps": n}
+        events.append(
+            ReportRendered(run_id=run_id, ts=ts(), recommendation="approve", counts=counts)
+        )
         events.append(RunFinished(run_id=run_id, ts=ts()))
         if ending == 1:
             events.append(ReportSent(run_id=run_id, ts=ts(), request_id="q1", target="chat"))

@@ -11,6 +11,7 @@ from events.types import (
     Finding,
     OutputDelta,
     PlannedStep,
+    ReportRendered,
     RosterEntry,
     RunCancelled,
     RunPlanned,
@@ -120,6 +121,20 @@ def test_a_step_that_finishes_again_replaces_its_findings_in_the_run():
     assert runs[R].findings_by_severity == {"Critical": 1, "Low": 1}
     assert runs[R].findings == 2
     assert runs[R].steps_finished == 2
+
+
+def test_the_run_counts_what_its_report_kept_apart_from_what_was_raised():
+    runs, _ = fold_all(records(
+        plan(("a", "junior-developer", 0, "discovery"),),
+        StepFinished(run_id=R, ts=3.0, step_id="a", output="x",
+                     findings=(finding(1, "High"), finding(2, "High"), finding(3, "Low"))),
+        ReportRendered(run_id=R, ts=4.0, recommendation="approve",
+                       counts={"findings": 1, "unverified": 2, "steps": 1}),
+    ))
+    run = runs[R]
+    assert run.findings == 3  # raised by the agents
+    assert (run.report_findings, run.report_unverified) == (1, 2)  # as the report shows them
+    assert run.recommendation == "approve"
 
 
 def test_evidence_and_verdicts_are_counted_per_step_and_summed_per_run():

@@ -76,11 +76,19 @@ export class OrchHistory extends HTMLElement {
         "button",
         { type: "button", class: "orch-history-open", onclick: open, "aria-label": `Open ${r.flow} run on ${basename(r.repository)} (${r.status})` },
         h("span", { class: "orch-history-line" }, h("span", { class: "orch-history-flow-name" }, r.flow), r.band ? h("span", { class: "orch-chip orch-band", "data-band": r.band }, r.band) : null, h("span", { class: "orch-status", "data-status": r.status }, r.status)),
-        h("span", { class: "orch-history-sub" }, basename(r.repository), " · ", when(r.created_ts), took ? ` · ${took}` : "", r.findings ? ` · ${r.findings} findings` : ""),
+        h("span", { class: "orch-history-sub" }, basename(r.repository), " · ", when(r.created_ts), took ? ` · ${took}` : "", reported(r)),
         r.request_text ? h("span", { class: "orch-history-text" }, r.request_text) : null,
       ),
     );
   }
+}
+
+// What the report kept (not all the agents raised): the count a reader finds in the report.
+function reported(r) {
+  const parts = [];
+  if (r.report_findings) parts.push(`${r.report_findings} finding${r.report_findings > 1 ? "s" : ""}`);
+  if (r.report_unverified) parts.push(`${r.report_unverified} unverified`);
+  return parts.map((p) => ` · ${p}`).join("");
 }
 
 customElements.define("orch-history", OrchHistory);
