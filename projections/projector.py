@@ -338,6 +338,18 @@ def _insert_rows(con: Any, table: str, row_type: type, rows: list[Any]) -> None:
     appender.flush()
 
 
+def is_current(con: Any) -> bool:
+    """Whether the file's tables are this version's (an older file's are rebuilt when a writer
+    next opens it; until then a read-only reader sees the old columns)."""
+    try:
+        row = con.execute(
+            f"SELECT version FROM {TRACKING_TABLE} WHERE name = ?", [NAME]
+        ).fetchone()
+    except Exception:  # no tracking table: a file no writer of ours has set up
+        return False
+    return row is not None and row[0] == VERSION and _tables_exist(con)
+
+
 def _tables_exist(con: Any) -> bool:
     names = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
     return all(t in names for t in TABLES)

@@ -66,9 +66,20 @@ def query(settings, sql: str, *, max_rows: int | None = None):
     try:
         return readonly_query(con, sql, max_rows=max_rows)
     except duckdb.Error as exc:
-        raise CommandError(f"query failed: {_first_line(exc)}") from None
+        raise CommandError(f"query failed: {_first_line(exc)}{_stale_hint(con)}") from None
     finally:
         con.close()
+
+
+def _stale_hint(con) -> str:
+    from projections.projector import is_current
+
+    if is_current(con):
+        return ""
+    return (
+        " (the tables in this file are from an earlier version of Orchestrator: the server or"
+        " a run rebuilds them when it next opens the file, or run `orchestrator rebuild`)"
+    )
 
 
 def require_log(settings) -> Path:

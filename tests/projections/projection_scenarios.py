@@ -329,7 +329,8 @@ def review_run(run_id: str, t: float, *, flow="code-review", repo="/src/app", ba
     else:
         events.append(StepFinished(run_id=run_id, ts=t + 10, step_id="b", output="ok"))
     events += [
-        ReportRendered(run_id=run_id, ts=t + 11, recommendation="do not merge"),
+        ReportRendered(run_id=run_id, ts=t + 11, recommendation="do not merge",
+                       counts={"findings": len(severities), "unverified": 0}),
         RunFinished(run_id=run_id, ts=t + 12),
     ]
     return events

@@ -186,6 +186,21 @@ def test_sql_reports_a_bad_query_and_a_missing_log(logged, data_dir, tmp_path, c
     assert "no event log" in capsys.readouterr().err
 
 
+def test_tables_of_an_earlier_version_are_named_until_a_writer_rebuilds_them(logged, capsys):
+    path = logged / "events.duckdb"
+    assert sql(logged, "SELEC 1") == 1
+    assert "earlier version" not in capsys.readouterr().err  # a plain mistake is just that
+    with duckdb.connect(str(path)) as con:  # as a file from before report_findings was a column
+        con.execute("ALTER TABLE flow_runs DROP COLUMN report_findings")
+        con.execute("UPDATE projection_tracking SET version = '0:older'")
+    assert sql(logged, "SELECT report_findings FROM flow_runs") == 1
+    err = capsys.readouterr().err
+    assert "report_findings" in err and "orchestrator rebuild" in err
+    DuckDBLog(path, projector=Projector()).close()  # a writer opening the file rebuilds them
+    assert sql(logged, "--json", "SELECT run_id, report_findings FROM flow_runs ORDER BY 1") == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == [["r1", 2], ["r2", 2]]
+
+
 # --- orchestrator rebuild ------------------------------------------------------------------
 
 
