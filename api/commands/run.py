@@ -33,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, settings) -> int:
     from actors.service import LaunchError, LaunchRequest, Orchestrator
+    from events.errors import LogLocked
 
     script = None
     if args.script:
@@ -59,11 +60,17 @@ def run(args: argparse.Namespace, settings) -> int:
         origin="cli",
     )
     _check_early(req)
+    url = _server_url(settings)
+    if url:
+        return _run_through_server(url, req, settings, args)
     # Stdout is the report's alone (programs read ``--json``): Ray's driver prints what it
     # hears of its workers there (a model replica that died, say), so that goes to stderr.
     out = sys.stdout
     with contextlib.redirect_stdout(sys.stderr):
-        orch = Orchestrator(settings, engine=args.engine, script=script)
+        try:
+            orch = Orchestrator(settings, engine=args.engine, script=script)
+        except LogLocked as exc:  # another `orchestrator run`, or a server still starting
+            raise CommandError(str(exc)) from None
         try:
             try:
                 run_id = orch.launch(req)
@@ -77,6 +84,50 @@ def run(args: argparse.Namespace, settings) -> int:
         finally:
             orch.close()
     print(report, file=out)
+    return 0
+
+
+def _server_url(settings) -> str:
+    """The URL of the live ``orchestrator serve`` holding this data directory, or ''."""
+    from api.commands.serve import alive
+    from api.commands.sql import server_info
+
+    info = server_info(settings) or {}
+    pid = int(info.get("pid") or 0)
+    return str(info.get("url") or "") if pid and alive(pid) else ""
+
+
+def _run_through_server(url: str, req, settings, args) -> int:
+    """The server holds the event log: launch the run there, watch it, print its report."""
+    from pathlib import Path
+
+    from api.commands._remote import RemoteRuns
+
+    if args.script or args.engine == "scripted":
+        raise CommandError(
+            f"the server at {url} holds this data directory and runs its own engines; the "
+            "scripted engine's script is given to `serve`, or use another --data-dir", 2
+        )
+    body = {
+        "flow": req.flow, "repo": str(Path(req.repo).expanduser().resolve()), "band": req.band,
+        "base": req.base, "focus": req.focus, "symptom": req.symptom, "text": req.text,
+        "paths": list(req.paths), "personas": list(req.personas), "engine": req.engine,
+        "model": req.model, "origin": "cli",
+    }
+    remote = RemoteRuns(url, settings.token)
+    run_id = remote.launch({k: v for k, v in body.items() if v is not None})
+    try:
+        print(f"orchestrator: run {run_id} launched on the server at {remote.url}", file=sys.stderr)
+        state = asyncio.run(_watch(remote, run_id, live=not args.quiet))
+    except KeyboardInterrupt:
+        raise CommandError(
+            f"stopped watching; run {run_id} goes on in the server "
+            f"(`orchestrator cancel {run_id}` stops it)", 130
+        ) from None
+    if state.status != "finished":
+        why = state.error or state.cancel_reason or state.status
+        raise CommandError(f"run {run_id} {state.status}: {why}")
+    print(remote.report(run_id, "json" if args.json else "md"))
     return 0
 
 

@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-resume", action="store_true", help="do not pick up unfinished runs")
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -61,7 +61,7 @@ def claim(data_dir: Path) -> Path:
             except (OSError, ValueError):
                 held = {}
             pid = int(held.get("pid") or 0)
-            if pid and pid != os.getpid() and _alive(pid):
+            if pid and pid != os.getpid() and alive(pid):
                 raise CommandError(
                     f"{data_dir} is in use by another orchestrator serve (pid {pid}, "
                     f"{held.get('url') or 'url unknown'}); stop it first or use another --data-dir"

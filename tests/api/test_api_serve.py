@@ -156,6 +156,55 @@ def test_cancel_from_the_command_line_stops_a_run_the_server_runs(tmp_path):
         code, out = stop(proc)
     assert code == 0, out
 
+def test_run_from_the_command_line_goes_through_the_server_that_holds_the_data(tmp_path):
+    root, _, data = slow_setup(tmp_path)
+    script = tmp_path / "quick.json"
+    script.write_text(json.dumps({"tokens_per_s": 60, "replies": [{"json": {"final": FINDING}}]}))
+    proc = serve(data, root, script=script)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("ORCH_", "RAY_ADDRESS"))}
+    cli = [sys.executable, "-m", "api.cli", "--data-dir", str(data), "run"]
+    try:
+        url = wait_url(proc, data / "server.json")
+        with httpx.Client(base_url=url, timeout=60) as http:
+            done = subprocess.run([*cli, "code-review", "--repo", str(root / "demo"), "--json"],
+                                  capture_output=True, text=True, timeout=300, env=environ)
+            assert done.returncode == 0, done.stderr
+            report = json.loads(done.stdout)  # stdout is the report alone
+            assert report["counts"]["steps"] >= 2
+            runs = http.get("/api/runs").json()["runs"]
+            assert [(r["origin"], r["status"]) for r in runs] == [("cli", "finished")]
+            assert "Traceback" not in done.stderr
+
+            # Refused by the server (outside its repository roots): one line, nothing written.
+            outside = make_repo(tmp_path / "elsewhere")
+            refused = subprocess.run([*cli, "code-review", "--repo", str(outside)],
+                                     capture_output=True, text=True, timeout=120, env=environ)
+            assert refused.returncode == 2
+            assert refused.stderr.strip().splitlines()[-1].startswith("orchestrator: the server refused:")
+            assert len(http.get("/api/runs").json()["runs"]) == 1
+            scripted = subprocess.run([*cli, "code-review", "--repo", str(root / "demo"), "--engine",
+                                       "scripted", "--script", str(script)],
+                                      capture_output=True, text=True, timeout=120, env=environ)
+            assert scripted.returncode == 2 and "runs its own engines" in scripted.stderr
+
+            # Interrupting the command stops the watching, not the server's run.
+            watch = subprocess.Popen([*cli, "code-review", "--repo", str(root / "demo")], env=environ,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            line = watch.stderr.readline()
+            assert "launched on the server" in line, line
+            run_id = line.split()[2]
+            watch.send_signal(signal.SIGINT)
+            _, err = watch.communicate(timeout=60)
+            assert watch.returncode == 130 and f"orchestrator cancel {run_id}" in err
+            deadline = time.monotonic() + 120
+            while http.get(f"/api/runs/{run_id}").json()["run"]["status"] != "finished":
+                assert time.monotonic() < deadline, "the interrupted command's run did not finish"
+                time.sleep(0.5)
+    finally:
+        code, out = stop(proc)
+    assert code == 0, out
+
+
 def test_a_log_held_by_another_process_is_named_in_a_clear_error(tmp_path):
     data = tmp_path / "data"
     data.mkdir()

@@ -167,6 +167,23 @@ def test_an_unknown_ref_is_refused_after_start_and_writes_no_event(tmp_path, rep
     assert events_in(data) == 0
 
 
+def test_a_data_directory_another_process_writes_is_one_clear_line(tmp_path, repo):
+    # Another `orchestrator run` on the same data directory holds the log the same way.
+    data = tmp_path / "data"
+    data.mkdir()
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps(SCRIPT))
+    with duckdb.connect(str(data / "events.duckdb")):
+        done = orchestrator(data, "run", "code-review", "--repo", str(repo),
+                            "--engine", "scripted", "--script", str(script), timeout=180)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("orchestrator: event log") and f"held by process {os.getpid()}" in last
+    with duckdb.connect(str(data / "events.duckdb"), read_only=True) as con:  # nothing written
+        assert con.execute("SELECT count(*) FROM duckdb_tables()").fetchone()[0] == 0
+
+
 def test_cancel_without_a_server_closes_the_interrupted_run(tmp_path):
     # A run cut off mid-flight (its server gone): one step streaming, one queued.
     from events.duckdb_log import DuckDBLog
