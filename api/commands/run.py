@@ -71,6 +71,7 @@ def run(args: argparse.Namespace, settings) -> int:
             orch = Orchestrator(settings, engine=args.engine, script=script)
         except LogLocked as exc:  # another `orchestrator run`, or a server still starting
             raise CommandError(str(exc)) from None
+        run_id = None
         try:
             try:
                 run_id = orch.launch(req)
@@ -81,6 +82,13 @@ def run(args: argparse.Namespace, settings) -> int:
                 why = state.error or state.cancel_reason or state.status
                 raise CommandError(f"run {run_id} {state.status}: {why}")
             report = orch.report(run_id, "json" if args.json else "md")
+        except KeyboardInterrupt:
+            if run_id is None:
+                raise
+            # This process runs the run: Ctrl-C means stop it, and the history says so
+            # (left open, it would read "running" until a server resumed it).
+            orch.cancel(run_id, "interrupted on the command line")
+            raise CommandError(f"run {run_id} cancelled: interrupted", 130) from None
         finally:
             orch.close()
     print(report, file=out)

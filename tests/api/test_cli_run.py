@@ -84,6 +84,30 @@ def test_run_prints_the_report_and_history_reopens_it(tmp_path, repo):
     assert again.returncode != 0 and "already finished" in again.stderr
 
 
+def test_ctrl_c_cancels_the_run_and_the_history_says_so(tmp_path, repo):
+    data = tmp_path / "data"
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps({"tokens_per_s": 2, "replies": [{"json": {"final": {
+        "summary": "an answer slow enough to interrupt", "findings": []}}}]}))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "--data-dir", str(data), "run", "code-review", "--repo",
+         str(repo), "--engine", "scripted", "--script", str(script), "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (data / "runs").is_dir() or not any((data / "runs").iterdir()):  # launched
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.2)
+    time.sleep(6)  # the run is under way (its model deployed, its agents streaming)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1].endswith("cancelled: interrupted")
+    listed = orchestrator(data, "runs", "--json")
+    runs = json.loads(listed.stdout)
+    assert [(r["status"], r["error"]) for r in runs] == [("cancelled", "interrupted on the command line")]
+
+
 def test_the_json_report_is_all_of_stdout_even_when_a_model_replica_dies(tmp_path, repo):
     # Ray's driver prints a dead worker's notice on stdout: it once came out ahead of the
     # JSON report, so a program reading ``--json`` could not parse it.
