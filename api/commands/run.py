@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import signal
 import sys
 import time
 
@@ -71,6 +72,10 @@ def run(args: argparse.Namespace, settings) -> int:
             orch = Orchestrator(settings, engine=args.engine, script=script)
         except LogLocked as exc:  # another `orchestrator run`, or a server still starting
             raise CommandError(str(exc)) from None
+        # `timeout`, a CI job or a service manager stops us with SIGTERM: stop the run as
+        # Ctrl-C does (Ray's handler, set by then, would print a native stack and leave the
+        # run "running" in the history).
+        signal.signal(signal.SIGTERM, _interrupt)
         run_id = None
         try:
             try:
@@ -93,6 +98,10 @@ def run(args: argparse.Namespace, settings) -> int:
             orch.close()
     print(report, file=out)
     return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _server_url(settings) -> str:

@@ -84,7 +84,8 @@ def test_run_prints_the_report_and_history_reopens_it(tmp_path, repo):
     assert again.returncode != 0 and "already finished" in again.stderr
 
 
-def test_ctrl_c_cancels_the_run_and_the_history_says_so(tmp_path, repo):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_stopping_the_command_cancels_the_run_and_the_history_says_so(tmp_path, repo, sig):
     data = tmp_path / "data"
     script = tmp_path / "script.json"
     script.write_text(json.dumps({"tokens_per_s": 2, "replies": [{"json": {"final": {
@@ -99,10 +100,11 @@ def test_ctrl_c_cancels_the_run_and_the_history_says_so(tmp_path, repo):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
         time.sleep(0.2)
     time.sleep(6)  # the run is under way (its model deployed, its agents streaming)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert err.strip().splitlines()[-1].endswith("cancelled: interrupted")
+    assert "SIGTERM received" not in err  # not Ray's native stack dump
     listed = orchestrator(data, "runs", "--json")
     runs = json.loads(listed.stdout)
     assert [(r["status"], r["error"]) for r in runs] == [("cancelled", "interrupted on the command line")]
