@@ -294,6 +294,10 @@ def test_two_runs_in_two_panes_and_cancelling_one(page: Page):
     a, b = keep.bounding_box(), stop.bounding_box()
     assert abs(a["x"] - b["x"]) > 300 and abs(a["y"] - b["y"]) < 5  # side by side
     expect(stop.locator(".orch-act-cancel")).to_be_enabled()
+    # The history follows a run's status while it runs, not only when it was launched.
+    expect(stop.locator(".orch-pane-head .orch-status")).to_have_text("Running")
+    listed = page.locator(f"#orch-side .orch-history-item[data-run='{stop.get_attribute('run-id')}']")
+    expect(listed).to_have_attribute("data-status", "running")
     shot(page, "05-two-panes")
     stop.locator(".orch-act-cancel").click()
     expect(stop.locator(".orch-pane-head .orch-status")).to_have_text("Cancelled", timeout=30_000)

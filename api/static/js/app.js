@@ -57,7 +57,7 @@ export class OrchApp extends HTMLElement {
     this.addEventListener("orch-open-launcher", (e) => this.launcher.open(e.detail.flow));
     this.addEventListener("orch-close", () => queueMicrotask(() => this._saveOpen()));
     // Events bubble to the document too, for the history and for a host page.
-    for (const type of ["orch-launched", "orch-run-ended"]) {
+    for (const type of ["orch-launched", "orch-run-status", "orch-run-ended"]) {
       this.addEventListener(type, (e) => {
         if (e.target !== this) document.dispatchEvent(new CustomEvent(type, { detail: e.detail }));
       });

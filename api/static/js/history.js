@@ -1,6 +1,6 @@
 // <orch-history>: find and reopen past runs (filter by flow, status, text).
 // Emits "orch-open" {run_id} when a run is chosen. Refreshes itself when a run is launched
-// or ends anywhere on the page.
+// or changes status anywhere on the page.
 
 import { client } from "./client.js";
 import { basename, button, duration, h, toast, when } from "./dom.js";
@@ -34,9 +34,14 @@ export class OrchHistory extends HTMLElement {
     });
     this.flow.addEventListener("change", () => this.load());
     this.status.addEventListener("change", () => this.load());
-    this._onRunChange = () => this.load();
+    // A pane catching up on a run passes through its statuses at once: one reload for them all.
+    let reload = 0;
+    this._onRunChange = () => {
+      clearTimeout(reload);
+      reload = setTimeout(() => this.load(), 200);
+    };
     document.addEventListener("orch-launched", this._onRunChange);
-    document.addEventListener("orch-run-ended", this._onRunChange);
+    document.addEventListener("orch-run-status", this._onRunChange);
     client()
       .flows()
       .then((flows) => this.flow.append(...flows.map((f) => h("option", { value: f.name }, f.name))))
@@ -46,7 +51,7 @@ export class OrchHistory extends HTMLElement {
 
   disconnectedCallback() {
     document.removeEventListener("orch-launched", this._onRunChange);
-    document.removeEventListener("orch-run-ended", this._onRunChange);
+    document.removeEventListener("orch-run-status", this._onRunChange);
     this.built = false;
   }
 

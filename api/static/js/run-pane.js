@@ -142,8 +142,12 @@ export class OrchRunPane extends HTMLElement {
     this.dirty.add(touched ?? "run");
     if (frame.event.kind === "run_planned") this.dirty.add("plan");
     if (frame.event.kind === "report_sent") this.dirty.add("sent");
-    if (!TERMINAL.has(before) && TERMINAL.has(this.run.status)) {
-      this.dispatchEvent(new CustomEvent("orch-run-ended", { bubbles: true, composed: true, detail: { run_id: this.runId, status: this.run.status } }));
+    if (this.run.status !== before) {
+      const detail = { run_id: this.runId, status: this.run.status };
+      this.dispatchEvent(new CustomEvent("orch-run-status", { bubbles: true, composed: true, detail }));
+      if (!TERMINAL.has(before) && TERMINAL.has(this.run.status)) {
+        this.dispatchEvent(new CustomEvent("orch-run-ended", { bubbles: true, composed: true, detail }));
+      }
     }
     this._schedule();
   }
