@@ -9,6 +9,8 @@ import signal
 import sys
 import time
 
+import msgspec
+
 from api.commands import CommandError
 
 NAME = "run"
@@ -83,9 +85,7 @@ def run(args: argparse.Namespace, settings) -> int:
             except LaunchError as exc:
                 raise CommandError(str(exc), 2) from None
             state = asyncio.run(_watch(orch, run_id, live=not args.quiet))
-            if state.status != "finished":
-                why = state.error or state.cancel_reason or state.status
-                raise CommandError(f"run {run_id} {state.status}: {why}")
+            _require_finished(state)
             report = orch.report(run_id, "json" if args.json else "md")
         except KeyboardInterrupt:
             if run_id is None:
@@ -98,6 +98,12 @@ def run(args: argparse.Namespace, settings) -> int:
             orch.close()
     print(report, file=out)
     return 0
+
+
+def _require_finished(state) -> None:
+    if state.status != "finished":
+        why = state.error or state.cancel_reason or state.status
+        raise CommandError(f"run {state.run_id} {state.status}: {why}")
 
 
 def _interrupt(signum, frame) -> None:
@@ -125,12 +131,8 @@ def _run_through_server(url: str, req, settings, args) -> int:
             f"the server at {url} holds this data directory and runs its own engines; the "
             "scripted engine's script is given to `serve`, or use another --data-dir", 2
         )
-    body = {
-        "flow": req.flow, "repo": str(Path(req.repo).expanduser().resolve()), "band": req.band,
-        "base": req.base, "focus": req.focus, "symptom": req.symptom, "text": req.text,
-        "paths": list(req.paths), "personas": list(req.personas), "engine": req.engine,
-        "model": req.model, "origin": "cli",
-    }
+    # The launch body has the request's fields; the server resolves paths from its own cwd.
+    body = msgspec.to_builtins(req) | {"repo": str(Path(req.repo).expanduser().resolve())}
     remote = RemoteRuns(url, settings.token)
     run_id = remote.launch({k: v for k, v in body.items() if v is not None})
     try:
@@ -141,9 +143,7 @@ def _run_through_server(url: str, req, settings, args) -> int:
             f"stopped watching; run {run_id} goes on in the server "
             f"(`orchestrator cancel {run_id}` stops it)", 130
         ) from None
-    if state.status != "finished":
-        why = state.error or state.cancel_reason or state.status
-        raise CommandError(f"run {run_id} {state.status}: {why}")
+    _require_finished(state)
     print(remote.report(run_id, "json" if args.json else "md"))
     return 0
 
