@@ -84,7 +84,8 @@ class RemoteRuns:
             with self._http.open(request, timeout=120) as response:
                 text = response.read().decode()
         except urllib.error.HTTPError as exc:
-            raise CommandError(f"the server refused: {_message(exc)}", 2 if exc.code < 500 else 1) from None
+            hint = " (set ORCH_TOKEN to the server's token)" if exc.code == 401 else ""
+            raise CommandError(f"the server refused: {_message(exc)}{hint}", 2 if exc.code < 500 else 1) from None
         except (urllib.error.URLError, OSError) as exc:
             raise CommandError(f"cannot reach the server at {self.url}: {exc}") from None
         return text if raw else json.loads(text)

@@ -160,12 +160,16 @@ def test_run_from_the_command_line_goes_through_the_server_that_holds_the_data(t
     root, _, data = slow_setup(tmp_path)
     script = tmp_path / "quick.json"
     script.write_text(json.dumps({"tokens_per_s": 60, "replies": [{"json": {"final": FINDING}}]}))
-    proc = serve(data, root, script=script)
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("ORCH_", "RAY_ADDRESS"))}
+    proc = serve(data, root, script=script, ORCH_TOKEN="t0ken")
+    bare = {k: v for k, v in os.environ.items() if not k.startswith(("ORCH_", "RAY_ADDRESS"))}
+    environ = dict(bare, ORCH_TOKEN="t0ken")
     cli = [sys.executable, "-m", "api.cli", "--data-dir", str(data), "run"]
     try:
         url = wait_url(proc, data / "server.json")
-        with httpx.Client(base_url=url, timeout=60) as http:
+        with httpx.Client(base_url=url, timeout=60, headers={"Authorization": "Bearer t0ken"}) as http:
+            no_token = subprocess.run([*cli, "code-review", "--repo", str(root / "demo")],
+                                      capture_output=True, text=True, timeout=120, env=bare)
+            assert no_token.returncode == 2 and "set ORCH_TOKEN" in no_token.stderr
             done = subprocess.run([*cli, "code-review", "--repo", str(root / "demo"), "--json"],
                                   capture_output=True, text=True, timeout=300, env=environ)
             assert done.returncode == 0, done.stderr
