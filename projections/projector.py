@@ -79,10 +79,7 @@ class Projector:
         Runs its own transaction, so call it outside one (the log does, at start-up).
         """
         con.execute(_TRACKING_DDL)
-        row = con.execute(
-            f"SELECT version FROM {TRACKING_TABLE} WHERE name = ?", [NAME]
-        ).fetchone()
-        if row is None or row[0] != VERSION or not _tables_exist(con):
+        if not is_current(con):
             rebuild(con)
         else:
             create_views(con)

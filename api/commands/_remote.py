@@ -59,8 +59,8 @@ class RemoteRuns:
                     async for message in ws:
                         frame = decode(message)
                         frames = frame.frames if isinstance(frame, BatchFrame) else [frame]
-                        if any(isinstance(f, ErrorFrame) for f in frames):
-                            error = next(f for f in frames if isinstance(f, ErrorFrame))
+                        error = next((f for f in frames if isinstance(f, ErrorFrame)), None)
+                        if error is not None:
                             raise CommandError(f"the server refused to show run {run_id}: {error.message}")
                         records = [Record(f.seq, f.event) for f in frames if isinstance(f, EventFrame)]
                         if records:
