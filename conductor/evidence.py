@@ -152,7 +152,7 @@ def unverified_reason(finding: Finding, results: Iterable[EvidenceResult]) -> st
             bad.append(f"{ev.path}: {r.note or 'no such file'}")
         elif r.outcome == "not_found":
             bad.append(f"{ev.path}:{ev.line_start}-{ev.line_end}: {r.note or 'quote not found'}")
-    return "; ".join(bad)
+    return "; ".join(dict.fromkeys(bad))  # a path cited three times is one reason, not three
 
 
 # --- matching ------------------------------------------------------------------------------

@@ -166,6 +166,14 @@ def test_status_verified_needs_every_citation_found(snap):
     assert "app/io.py:1-1: quote not found in the file" == unverified_reason(mixed, results)
 
 
+def test_a_reason_given_by_several_citations_is_said_once(snap):
+    # The small model cites one made-up path again and again; the report says so once.
+    repeated = finding(("1", 1, 1, "x"), ("1", 2, 2, "y"), ("app/io.py", 1, 1, "invented"), ("1", 3, 3, "z"))
+    assert unverified_reason(repeated, check([repeated], snap)) == (
+        "1: no such file in the snapshot; app/io.py:1-1: quote not found in the file"
+    )
+
+
 def test_status_without_evidence_or_results_is_unverified(snap):
     bare = finding()
     assert finding_status(bare, check([bare], snap)) == "unverified"
