@@ -75,7 +75,7 @@ def gate(
         ts=ts if ts is not None else (st.ended_ts if st.ended_ts is not None else 0.0),
         step_id=step_id,
         verdicts=tuple(verdicts),
-        note="; ".join(notes),
+        note="; ".join(dict.fromkeys(notes)),  # the same stray id twice is one note
     )
 
 
