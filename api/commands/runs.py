@@ -6,17 +6,30 @@ import argparse
 import json
 import time
 
+from projections.queries import MAX_LIMIT
+from projections.rows import RUN_STATUSES
+
 NAME = "runs"
 HELP = "List past and running runs (history), newest first."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flow", help="only this flow")
-    parser.add_argument("--status", help="only this status (running, finished, failed, cancelled…)")
+    parser.add_argument("--status", choices=RUN_STATUSES, help="only runs in this status")
     parser.add_argument("--repo", help="only this repository")
     parser.add_argument("--text", help="free text to look for")
-    parser.add_argument("--limit", type=int, default=50)
+    parser.add_argument("--limit", type=_limit, default=50, help="at most this many runs (default 50)")
     parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _limit(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_LIMIT:,}, not {text!r}")
+    return n
 
 
 def run(args: argparse.Namespace, settings) -> int:

@@ -31,11 +31,11 @@ from api.routes.shapes import (
     decode_body,
     to_launch_request,
 )
+from projections.rows import RUN_STATUSES
 
 router = APIRouter(prefix="/api")
 
 RunId = Annotated[str, Path(min_length=1, max_length=128, description="A run id")]
-RUN_STATUSES = ("requested", "planned", "running", "finished", "failed", "cancelled")
 REPORT_TYPES = {
     "md": "text/markdown; charset=utf-8",
     "json": "application/json",

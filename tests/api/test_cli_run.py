@@ -182,6 +182,22 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, repo, args, me
     assert events_in(data) == 0
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--limit", "-1"], "argument --limit: must be a whole number from 1 to 100,000, not '-1'"),
+        (["--limit", "ten"], "argument --limit: must be a whole number"),
+        (["--status", "done"], "argument --status: invalid choice: 'done'"),
+    ],
+)
+def test_history_filters_out_of_range_are_refused_before_anything_opens(tmp_path, args, message):
+    data = tmp_path / "data"
+    done = orchestrator(data, "runs", *args, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert message in done.stderr.strip().splitlines()[-1]
+    assert not data.exists()
+
+
 def test_an_unknown_ref_is_refused_after_start_and_writes_no_event(tmp_path, repo):
     data = tmp_path / "data"
     script = tmp_path / "script.json"
