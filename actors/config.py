@@ -8,13 +8,20 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, get_args, get_origin
 
 import msgspec
 
 PREFIX = "ORCH_"
 DEFAULT_VLLM_MODEL = "qwen3.6-35b-a3b-mxfp4"
 ENGINES = ("auto", "embedded", "openai", "vllm", "scripted")
+
+# Bounds, checked when settings are loaded: a zero stream limit or a port past 65535 is refused
+# here, in one line naming the variable, not deep inside Ray or a socket call.
+AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
+NotNegative = Annotated[int, msgspec.Meta(ge=0)]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 
 
 class ConfigError(ValueError):
@@ -37,24 +44,24 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     openai_api_key: str = ""
     vllm_model: str = DEFAULT_VLLM_MODEL
     vllm_model_source: str = ""
-    vllm_replicas: int = 1
-    vllm_gpus: int = 1
-    max_streams: int = 4  # concurrent model streams per engine replica (backpressure beyond)
-    model_timeout: float = 120.0
+    vllm_replicas: AtLeastOne = 1
+    vllm_gpus: AtLeastOne = 1
+    max_streams: AtLeastOne = 4  # concurrent model streams per engine replica (backpressure beyond)
+    model_timeout: Seconds = 120.0
     # Agent steps.
-    step_turns: int = 6
-    step_max_tokens: int = 512
-    context_tokens: int = 2048
+    step_turns: AtLeastOne = 6
+    step_max_tokens: AtLeastOne = 512
+    context_tokens: AtLeastOne = 2048
     # The API.
     host: str = "127.0.0.1"
-    port: int = 8765
+    port: Port = 8765
     token: str = ""
     repo_roots: tuple[str, ...] = ()
     chat_webhook_url: str = ""
     personas_dir: str = ""
-    max_request_bytes: int = 1_000_000
+    max_request_bytes: AtLeastOne = 1_000_000
     # A plain directory (not git) is copied into the run's data up to this size.
-    copy_limit_bytes: int = 50_000_000
+    copy_limit_bytes: NotNegative = 50_000_000
 
     @property
     def events_path(self) -> Path:
@@ -73,6 +80,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         try:
             settings = msgspec.convert(values, cls)
         except msgspec.ValidationError as exc:
+            # msgspec says "Expected `int` >= 1 - at `$.max_streams`": name the variable.
+            what, _, where = str(exc).partition(" - at `$.")
+            name = where.rstrip("`")
+            if name in _FIELDS:
+                raise ConfigError(
+                    f"{PREFIX}{name.upper()}={values.get(name)!r} is refused: {what[:1].lower()}{what[1:]}"
+                ) from None
             raise ConfigError(f"bad setting: {exc}") from None
         if settings.engine not in ENGINES:
             raise ConfigError(
@@ -81,7 +95,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return settings
 
 
-_FIELDS = {f.name: f.type for f in msgspec.structs.fields(Settings)}
+# Each field's plain type (int for ``AtLeastOne``), for reading its variable.
+_FIELDS = {
+    f.name: get_args(f.type)[0] if get_origin(f.type) is Annotated else f.type
+    for f in msgspec.structs.fields(Settings)
+}
 
 
 def _cast(name: str, raw: str, field_type: Any) -> Any:

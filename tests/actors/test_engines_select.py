@@ -97,8 +97,11 @@ def test_vllm_config_without_a_source_loads_the_model_id():
 
 
 def test_bad_vllm_settings_are_refused():
+    with pytest.raises(ConfigError, match="ORCH_VLLM_GPUS=0"):
+        settings(vllm_gpus=0)
+    # Settings built in code skip load's bounds; the vLLM configuration checks them again.
     with pytest.raises(ValueError, match="at least 1"):
-        vllm_engine.vllm_config(settings(vllm_gpus=0))
+        vllm_engine.vllm_config(Settings(data_dir="/nonexistent", vllm_gpus=0))
     config = vllm_engine.vllm_config(settings())
     config["deployment_config"]["num_replicas"] = "many"
     with pytest.raises(ValueError, match="bad vLLM configuration"):
