@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from api.commands import write_output
+
 NAME = "schema"
 HELP = "Print the JSON Schema of the WebSocket frames and the event union, for TypeScript clients."
 
@@ -28,8 +30,7 @@ def run(args: argparse.Namespace, settings) -> int:
         doc = schema_document()
     text = json.dumps(doc, indent=2, sort_keys=True)
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
+        write_output(args.output, text + "\n")
     else:
         print(text)
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from api.commands import CommandError
+from api.commands import CommandError, write_output
 
 NAME = "show"
 HELP = "Print a run's report as Markdown, JSON or HTML."
@@ -30,8 +30,7 @@ def run(args: argparse.Namespace, settings) -> int:
     render = {"md": render_markdown, "json": render_json, "html": render_html}[args.format]
     text = render(build_report(state))
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        write_output(args.output, text)
     else:
         print(text)
     return 0

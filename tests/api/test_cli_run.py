@@ -80,6 +80,12 @@ def test_run_prints_the_report_and_history_reopens_it(tmp_path, repo):
     assert shown.returncode == 0 and "calc.py:2" in shown.stdout
     html = orchestrator(data, "show", run_id, "--format", "html")
     assert html.stdout.lstrip().lower().startswith("<!doctype html")
+    saved = orchestrator(data, "show", run_id, "--format", "html", "-o", str(tmp_path / "report.html"))
+    assert saved.returncode == 0 and saved.stdout == ""
+    assert (tmp_path / "report.html").read_text() + "\n" == html.stdout  # print's newline
+    unwritable = orchestrator(data, "show", run_id, "-o", str(tmp_path))  # a directory
+    assert unwritable.returncode == 1
+    assert unwritable.stderr == f"orchestrator: cannot write {tmp_path}: Is a directory\n"
     again = orchestrator(data, "cancel", run_id)
     assert again.returncode != 0 and "already finished" in again.stderr
 

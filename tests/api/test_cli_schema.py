@@ -35,7 +35,7 @@ def test_events_only_is_the_union_and_validates_what_the_log_writes(capsys):
         validator.validate({"kind": "file_written", "run_id": "r1", "ts": 1.0})
 
 
-def test_the_full_document_carries_frames_and_events_and_o_writes_the_same(tmp_path, capsys):
+def test_the_full_document_carries_frames_and_events_and_o_writes_the_same_or_says_why_not(tmp_path, capsys):
     assert main(["schema"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert {"ClientFrame", "ServerFrame", "AgentEvent"} <= set(printed["$defs"])
@@ -43,6 +43,8 @@ def test_the_full_document_carries_frames_and_events_and_o_writes_the_same(tmp_p
     assert main(["schema", "-o", str(out)]) == 0
     assert capsys.readouterr().out == ""
     assert json.loads(out.read_text()) == printed
+    assert main(["schema", "-o", str(tmp_path / "missing" / "schema.json")]) == 1
+    assert capsys.readouterr().err == f"orchestrator: cannot write {tmp_path}/missing/schema.json: No such file or directory\n"
 
 
 def test_a_reader_that_stops_early_ends_it_quietly():
