@@ -6,6 +6,7 @@ See ``actors.service`` for the contract the CLI and the API rely on.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 import uuid
@@ -23,6 +24,8 @@ from actors.step_runner import ModelPort
 from conductor.state import RunState, fold
 from events.log import Record
 from events.types import RunPlanned, RunRequested, RunResumed
+
+logger = logging.getLogger(__name__)
 
 # Long-poll window of a subscription; short enough to notice a closed client promptly.
 POLL_S = 1.0
@@ -88,6 +91,7 @@ class Orchestrator:
         engine, model = self._resolve_engine(requested)
         run_id, actor = self._take_spare()
         requested = msgspec.structs.replace(requested, run_id=run_id)
+        written = False
         try:
             try:
                 snapshot = pin(
@@ -107,13 +111,28 @@ class Orchestrator:
                 raise LaunchError(str(exc), exc.code) from None
             port = self._ensure_model(engine, model)
             self.log.append([requested, planned], [f"{run_id}/requested", f"{run_id}/planned"])
+            written = True
             ray.get(actor.start.remote(port))
-        except BaseException:
+        except BaseException as exc:
+            if written:  # left planned, the next server start would resume a run nobody has
+                self._abandon(run_id, actor, exc)
             self._give_back(run_id, actor)
             raise
         self._runs[run_id] = actor
         self._replenish_after(actor)
         return run_id
+
+    def _abandon(self, run_id: str, actor: Any, exc: BaseException) -> None:
+        """Close a run whose launch stopped after its first events (Ctrl-C, a lost actor)."""
+        from actors.cancel import cancel_run
+
+        try:
+            if isinstance(exc, KeyboardInterrupt):
+                cancel_run(self.names, self.log, run_id, "interrupted before the run started", actor)
+            else:
+                self._fail(run_id, f"could not be started: {type(exc).__name__}: {exc}")
+        except Exception:  # the launch's own error is the one to raise
+            logger.exception("closing run %s after its launch failed", run_id)
 
     # --- the spare supervisor ---------------------------------------------------------------
     # Creating an actor (a process) takes 0.3-1 s here; a launch would wait that long before

@@ -218,6 +218,51 @@ def test_hostile_repository_every_write_shell_and_escape_is_denied(orch, tmp_pat
     assert fingerprint(repo) == before
 
 
+class _StartFails:
+    """A run's supervisor whose start does not go through (Ctrl-C in the launch, a lost actor)."""
+
+    def __init__(self, actor, exc):
+        self._actor, self._exc = actor, exc
+
+    def __getattr__(self, name):
+        return getattr(self._actor, name)
+
+    @property
+    def start(self):
+        exc = self._exc
+
+        class _Refused:
+            def remote(self, *args):
+                raise exc
+
+        return _Refused()
+
+
+@pytest.mark.parametrize(
+    "exc, status, error",
+    [
+        (KeyboardInterrupt(), "cancelled", "interrupted before the run started"),
+        (RuntimeError("actor lost"), "failed", "could not be started: RuntimeError: actor lost"),
+    ],
+    ids=["ctrl-c", "lost-actor"],
+)
+def test_a_launch_stopped_after_its_first_events_closes_its_run(orch, tmp_path, monkeypatch, exc, status, error):
+    # Left "planned", the next server start would resume a run whose launch the caller saw fail.
+    repo = make_repo(tmp_path / "stopped", {"calc.py": "def add(a, b):\n    return a - b\n"})
+    take = orch._take_spare
+    monkeypatch.setattr(orch, "_take_spare", lambda: (lambda rid, actor: (rid, _StartFails(actor, exc)))(*take()))
+    with pytest.raises(type(exc)):
+        orch.launch(LaunchRequest(flow="code-review", repo=str(repo)))
+    monkeypatch.undo()
+    (row,) = orch.runs(repo=str(repo.resolve()))
+    assert (row["status"], row["error"]) == (status, error)
+    assert _kinds(_events(orch, row["run_id"])) == ["run_requested", "run_planned", f"run_{status}"]
+    assert row["run_id"] not in orch.resume_all()
+    # The next launch gets a supervisor of its own and runs.
+    run_id = orch.launch(LaunchRequest(flow="code-review", repo=str(repo), text="after a stopped launch"))
+    assert run_id != row["run_id"] and orch.wait(run_id, timeout=120) == "finished"
+
+
 def test_bad_launch_writes_nothing(orch, repo, tmp_path):
     before = orch.log.max_seq()
     cases = [
