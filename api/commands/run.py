@@ -233,7 +233,12 @@ class _View:
             elapsed = f"{end - st.started_ts:5.1f}s" if st.started_ts and end else ""
             tokens = st.tokens_out or st.streamed_tokens
             style = {"finished": "green", "failed": "red", "running": "yellow"}.get(st.status, "")
-            status = st.status + (f" (attempt {st.attempt})" if st.attempt > 1 else "")
+            status = st.status
+            if st.status == "running" and not st.text and not st.tools:
+                # Nothing back yet: the prompt is being read, or the step waits for a free
+                # stream of the model (the embedded one serves a few at a time).
+                status = "waiting for the model"
+            status += f" (attempt {st.attempt})" if st.attempt > 1 else ""
             if st.status == "failed":
                 status += f": {st.error[:60]}"
                 done += 1

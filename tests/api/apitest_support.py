@@ -48,6 +48,9 @@ SCRIPT = {
     "tokens_per_s": 60,
     "first_token_s": 0.05,
     "replies": [
+        # A model slow to answer at all (a long prompt on a CPU, every stream taken).
+        {"match": ["slow-start", "verdicts"], "first_token_s": 3, "json": {"final": VERDICTS}},
+        {"match": "slow-start", "first_token_s": 3, "json": {"final": FINDING}},
         {"turn": 0, "json": {"tool": "read_file", "args": {"path": "app.py"}}},
         {"turn": 1, "json": {"tool": "write_file", "args": {"path": "app.py", "content": "x"}}},
         {"match": "verdicts", "json": {"final": VERDICTS}},

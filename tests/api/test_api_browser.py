@@ -243,6 +243,16 @@ def test_enter_twice_while_a_launch_is_going_out_launches_one_run(page: Page):
     wait_terminal(pane)
     assert len(launches) == 1
 
+def test_an_agent_with_nothing_back_yet_reads_waiting_for_the_model(page: Page):
+    pane = slash_launch(page, "/code-review small slow-start")
+    first = pane.locator(".orch-agent").first
+    expect(first).to_have_attribute("data-status", "running")
+    expect(first.locator(".orch-agent-status")).to_have_text("waiting for the model")
+    shot(page, "03b-waiting-for-the-model")
+    wait_terminal(pane)
+    expect(first.locator(".orch-agent-status")).to_have_text("finished")
+
+
 def test_the_workflow_button_opens_the_launcher(page: Page):
     dialog = page.locator("dialog.orch-dialog")
     flow = dialog.locator("select[name=flow]")

@@ -273,7 +273,9 @@ export class OrchRunPane extends HTMLElement {
     // A step still in flight when its run ended (cancelled, failed) was stopped with it.
     const status = TERMINAL.has(this.run.status) && (st.status === "queued" || st.status === "running") ? "stopped" : st.status;
     row.li.dataset.status = status;
-    row.statusText.textContent = status;
+    // Nothing back yet: the prompt is being read, or the step waits for a free model stream.
+    const waiting = status === "running" && !st.text && !st.tools.length;
+    row.statusText.textContent = waiting ? "waiting for the model" : status;
     row.tok.textContent = `${compact(tokens(st))} tok`;
     if (st.ended_ts && st.started_ts) row.elapsed.textContent = duration(st.ended_ts - st.started_ts);
     else if (!st.started_ts && !st.queued_ts) row.elapsed.textContent = "";
