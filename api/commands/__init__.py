@@ -1,5 +1,8 @@
 """One module per ``orchestrator`` subcommand (see ``api.cli``)."""
 
+import argparse
+from collections.abc import Callable
+
 
 class CommandError(Exception):
     """A failure to report as one clear line and a non-zero exit, without a traceback."""
@@ -16,3 +19,19 @@ def write_output(path: str, text: str) -> None:
             fh.write(text)
     except OSError as exc:
         raise CommandError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def whole_number(low: int, high: int, what: str = "a whole number") -> Callable[[str], int]:
+    """An argparse ``type`` taking integers from ``low`` to ``high``; anything else is refused
+    with the range, before the command opens or starts anything."""
+
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = low - 1
+        if not low <= n <= high:
+            raise argparse.ArgumentTypeError(f"must be {what} from {low} to {high}, not {text!r}")
+        return n
+
+    return parse

@@ -6,6 +6,7 @@ import argparse
 import json
 import time
 
+from api.commands import whole_number
 from projections.queries import MAX_LIMIT
 from projections.rows import RUN_STATUSES
 
@@ -18,18 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--status", choices=RUN_STATUSES, help="only runs in this status")
     parser.add_argument("--repo", help="only this repository")
     parser.add_argument("--text", help="free text to look for")
-    parser.add_argument("--limit", type=_limit, default=50, help="at most this many runs (default 50)")
+    parser.add_argument(
+        "--limit", type=whole_number(1, MAX_LIMIT), default=50, help="at most this many runs (default 50)"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON")
-
-
-def _limit(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if not 1 <= n <= MAX_LIMIT:
-        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_LIMIT:,}, not {text!r}")
-    return n
 
 
 def run(args: argparse.Namespace, settings) -> int:

@@ -16,25 +16,19 @@ import os
 import socket
 from pathlib import Path
 
-from api.commands import CommandError
+from api.commands import CommandError, whole_number
 
 NAME = "serve"
 HELP = "Serve the API and the web pane (starts Ray, the event log and the model)."
 
 
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, not {text!r}")
-    return port
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="address to listen on (ORCH_HOST, default 127.0.0.1)")
-    parser.add_argument("--port", type=_port, help="port (ORCH_PORT, default 8765; 0 picks a free one)")
+    parser.add_argument(
+        "--port",
+        type=whole_number(0, 65535, "a port number"),
+        help="port (ORCH_PORT, default 8765; 0 picks a free one)",
+    )
     parser.add_argument("--engine", help="model engine: auto, embedded, openai, vllm, scripted (ORCH_ENGINE)")
     parser.add_argument("--model", help="model id for the engine (ORCH_MODEL)")
     parser.add_argument("--script", help="a JSON script for the scripted engine (demos and tests)")

@@ -250,7 +250,12 @@ def test_a_launch_stopped_after_its_first_events_closes_its_run(orch, tmp_path, 
     # Left "planned", the next server start would resume a run whose launch the caller saw fail.
     repo = make_repo(tmp_path / "stopped", {"calc.py": "def add(a, b):\n    return a - b\n"})
     take = orch._take_spare
-    monkeypatch.setattr(orch, "_take_spare", lambda: (lambda rid, actor: (rid, _StartFails(actor, exc)))(*take()))
+
+    def take_one_that_will_not_start():
+        run_id, actor = take()
+        return run_id, _StartFails(actor, exc)
+
+    monkeypatch.setattr(orch, "_take_spare", take_one_that_will_not_start)
     with pytest.raises(type(exc)):
         orch.launch(LaunchRequest(flow="code-review", repo=str(repo)))
     monkeypatch.undo()

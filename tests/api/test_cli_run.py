@@ -191,7 +191,7 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, repo, args, me
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--limit", "-1"], "argument --limit: must be a whole number from 1 to 100,000, not '-1'"),
+        (["--limit", "-1"], "argument --limit: must be a whole number from 1 to 100000, not '-1'"),
         (["--limit", "ten"], "argument --limit: must be a whole number"),
         (["--status", "done"], "argument --status: invalid choice: 'done'"),
     ],

@@ -15,8 +15,8 @@ from tests.projections.projection_scenarios import planned
 def rows(events) -> dict[str, str]:
     console = Console(record=True, width=160)
     console.print(_View(console).render(fold(events, run_id="r1")))
-    lines = console.export_text().splitlines()
-    return {line.split()[0]: line for line in lines if line.split() and line.split()[0] in ("junior-developer", "risk-analyst")}
+    by_first_word = {line.split()[0]: line for line in console.export_text().splitlines() if line.split()}
+    return {persona: by_first_word[persona] for persona in ("junior-developer", "risk-analyst")}
 
 
 def test_a_step_with_nothing_back_yet_reads_waiting_then_running_once_it_streams():
