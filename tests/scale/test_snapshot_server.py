@@ -104,6 +104,16 @@ def test_a_restarted_server_answers_again_and_a_gone_one_is_a_failed_read(names,
     ray.kill(server, no_restart=False)  # the process dies; Ray restarts it, the call is retried
     assert remote.call("read_file", {"path": "README.md"}).ok
     ray.kill(server, no_restart=True)
+    # A kill lands asynchronously: a call sent at once can still be served. Wait for the death.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            ray.get(server.ping.remote(), timeout=5)
+        except ray.exceptions.RayActorError:
+            break
+        except ray.exceptions.GetTimeoutError:
+            continue
+        time.sleep(0.1)
     t0 = time.monotonic()
     got = remote.call("read_file", {"path": "README.md"})
     assert not got.ok and "snapshot server did not answer" in got.content
