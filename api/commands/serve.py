@@ -16,6 +16,7 @@ import os
 import socket
 from pathlib import Path
 
+from actors.config import MAX_PORT
 from api.commands import CommandError, whole_number
 
 NAME = "serve"
@@ -26,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="address to listen on (ORCH_HOST, default 127.0.0.1)")
     parser.add_argument(
         "--port",
-        type=whole_number(0, 65535, "a port number"),
+        type=whole_number(0, MAX_PORT, "a port number"),
         help="port (ORCH_PORT, default 8765; 0 picks a free one)",
     )
     parser.add_argument("--engine", help="model engine: auto, embedded, openai, vllm, scripted (ORCH_ENGINE)")

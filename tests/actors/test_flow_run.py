@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -223,19 +224,13 @@ class _StartFails:
 
     def __init__(self, actor, exc):
         self._actor, self._exc = actor, exc
+        self.start = SimpleNamespace(remote=self._refuse)
+
+    def _refuse(self, *args):
+        raise self._exc
 
     def __getattr__(self, name):
         return getattr(self._actor, name)
-
-    @property
-    def start(self):
-        exc = self._exc
-
-        class _Refused:
-            def remote(self, *args):
-                raise exc
-
-        return _Refused()
 
 
 @pytest.mark.parametrize(
