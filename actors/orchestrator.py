@@ -34,7 +34,11 @@ POLL_S = 1.0
 class Orchestrator:
     def __init__(self, settings: Settings, *, engine: str | None = None, script: Any = None):
         from actors.eventlog import LogClient, start_event_log
+        from personas import load_personas
 
+        # Before Ray starts: a persona directory that cannot load stops start-up with its
+        # file and field named, instead of failing every launch afterwards.
+        self._personas = load_personas(settings.personas_dir or None)
         self.settings = settings
         self._engine_override = engine
         self._script = script
@@ -51,7 +55,6 @@ class Orchestrator:
         self._agents = agent_pool(self.names)  # started now, so the first run does not wait
         self._models: dict[str, ModelPort] = {}
         self._runs: dict[str, Any] = {}
-        self._personas = None
         self._closed = False
         self._spare_lock = threading.Lock()
         self._spare: tuple[str, Any] | None = None
@@ -105,7 +108,7 @@ class Orchestrator:
                 raise LaunchError(str(exc), "bad_repository") from None
             try:
                 planned = plan(
-                    requested, snapshot, self._load_personas(), model=model, engine=engine, ts=time.time()
+                    requested, snapshot, self._personas, model=model, engine=engine, ts=time.time()
                 )
             except RequestError as exc:
                 raise LaunchError(str(exc), exc.code) from None
@@ -278,13 +281,6 @@ class Orchestrator:
             )
         return self._models[key]
 
-    def _load_personas(self):
-        if self._personas is None:
-            from personas import load_personas
-
-            self._personas = load_personas(self.settings.personas_dir or None)
-        return self._personas
-
     # --- controlling ------------------------------------------------------------------------
 
     def wait(self, run_id: str, timeout: float | None = None) -> str:
@@ -382,7 +378,7 @@ class Orchestrator:
 
     def personas(self) -> list[dict]:
         return [
-            msgspec.to_builtins(p) for p in sorted(self._load_personas().values(), key=lambda p: p.name)
+            msgspec.to_builtins(p) for p in sorted(self._personas.values(), key=lambda p: p.name)
         ]
 
     def analytics(self) -> dict[str, list[dict]]:

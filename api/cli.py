@@ -17,6 +17,7 @@ import sys
 import api.commands
 from api.commands import CommandError
 from actors.config import ConfigError, Settings
+from personas import PersonaError
 
 
 def _commands() -> list:
@@ -51,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CommandError, ConfigError) as exc:
         print(f"orchestrator: {exc}", file=sys.stderr)
         return getattr(exc, "code", 2)
+    except PersonaError as exc:  # ORCH_PERSONAS_DIR holds a file that cannot be used
+        print(f"orchestrator: cannot load personas: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("orchestrator: interrupted", file=sys.stderr)
         return 130

@@ -24,14 +24,9 @@ def run(args: argparse.Namespace, settings) -> int:
 
     import msgspec
 
-    from api.commands import CommandError
-    from personas import PersonaError, load_personas
+    from personas import load_personas
 
-    try:
-        personas = load_personas(settings.personas_dir or None)
-    except PersonaError as exc:
-        raise CommandError(f"cannot load personas: {exc}") from None
-
+    personas = load_personas(settings.personas_dir or None)  # a bad one: api.cli says which
     builtin = load_personas()  # cached; tells the user's own personas apart in the table
     ordered = [personas[name] for name in sorted(personas)]
     if args.json:

@@ -82,6 +82,22 @@ def test_binding_beyond_loopback_without_a_token_is_refused(tmp_path):
     assert not (tmp_path / "data" / "server.json").exists()
 
 
+def test_a_persona_directory_that_cannot_load_stops_serve_at_start(tmp_path):
+    # Before: the server came up, and every launch and the persona list answered 500.
+    personas = tmp_path / "personas"
+    personas.mkdir()
+    (personas / "mine.md").write_text("---\nname: mine\n---\nbody\n")
+    data = tmp_path / "data"
+    proc = serve(data, tmp_path, ORCH_PERSONAS_DIR=str(personas))
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in out
+    assert out.strip().splitlines() == [
+        f"orchestrator: cannot load personas: {personas / 'mine.md'}: lens: missing required field"
+    ]
+    assert not (data / "server.json").exists()  # the claim is given back
+    assert not (data / "events.duckdb").exists()
+
+
 def test_serve_claims_resumes_and_stops_cleanly(tmp_path):
     root, script, data = slow_setup(tmp_path)
     claim = data / "server.json"

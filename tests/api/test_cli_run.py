@@ -204,6 +204,26 @@ def test_history_filters_out_of_range_are_refused_before_anything_opens(tmp_path
     assert not data.exists()
 
 
+def test_a_persona_directory_that_cannot_load_stops_run_before_anything_starts(tmp_path, repo):
+    personas = tmp_path / "personas"
+    personas.mkdir()
+    (personas / "mine.md").write_text("---\nid: mine\n---\nbody\n")
+    data = tmp_path / "data"
+    done = subprocess.run(
+        [sys.executable, "-m", "api.cli", "--data-dir", str(data), "run", "code-review",
+         "--repo", str(repo)],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "ORCH_PERSONAS_DIR": str(personas)},
+    )  # fmt: skip
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"orchestrator: cannot load personas: {personas / 'mine.md'}: id: unknown field "
+        "(known fields: name, lens, boundaries, inputs, id_prefix, severities, evidence_rule, "
+        "yagni_rule, slice, signals, min_band)"
+    ]
+    assert not data.exists()  # refused before Ray, the log or the data directory
+
+
 def test_an_unknown_ref_is_refused_after_start_and_writes_no_event(tmp_path, repo):
     data = tmp_path / "data"
     script = tmp_path / "script.json"
