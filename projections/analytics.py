@@ -28,7 +28,8 @@ SELECT {key},
   sum(steps_failed) AS failed_steps,
   sum(tokens_in) AS tokens_in,
   sum(tokens_out) AS tokens_out,
-  sum(findings) AS findings
+  sum(findings) AS findings,
+  sum(report_findings) AS report_findings
 FROM flow_runs
 GROUP BY {key}
 ORDER BY {key}

@@ -378,7 +378,17 @@ def test_analytics_charts(page: Page):
     panel = page.locator("#orch-analytics-panel")
     expect(panel.locator("figure.orch-chart")).to_have_count(10)
     expect(panel.locator("figure.orch-chart svg rect").first).to_be_visible()
-    expect(panel.locator(".orch-analytics-summary")).to_contain_text("runs")
+    data = page.request.get(page.url.rstrip("/") + "/api/analytics").json()
+    raised = sum(r["findings"] for r in data["analytics_flow"])
+    reported = sum(r["report_findings"] for r in data["analytics_flow"])
+    # The agents' raw claims and what the reports kept are different numbers, named apart.
+    expect(panel.locator(".orch-analytics-summary")).to_contain_text(
+        f"{raised} findings raised, {reported} in reports")
+    # Scripted steps take well under a second: their averages read in tenths, not "0s" each.
+    steps = panel.locator("figure.orch-chart", has_text="Average step duration by persona")
+    expected = [f"{r['avg_duration_s']:.1f}s" for r in data["analytics_persona"]]
+    assert all(float(v[:-1]) < 10 for v in expected)
+    expect(steps.locator(".orch-chart-value")).to_have_text(expected)
     shot(page, "09-analytics")
 
 

@@ -128,6 +128,7 @@ def test_analytics_views_sum_what_the_runs_did(path):
     assert (flow["flow"], flow["runs"], flow["finished"], flow["steps"], flow["failed_steps"]) == (
         "code-review", 2, 2, 4, 1)
     assert flow["avg_duration_s"] == 12.0 and flow["failure_rate"] == 0.0
+    assert (flow["findings"], flow["report_findings"]) == (3, 3)
     bands = {r["band"]: r["runs"] for r in out["analytics_band"]}
     assert bands == {"small": 1, "medium": 1}
 

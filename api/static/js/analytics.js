@@ -62,7 +62,8 @@ function clip(text, n = 18) {
 }
 
 const pct = (v) => `${Math.round((v || 0) * 100)}%`;
-const secs = (v) => duration(v);
+// Averages: a tenth of a second below 10 s, where whole seconds would read "0s" for every bar.
+const secs = (v) => (v != null && isFinite(v) && v < 10 ? `${Math.max(0, v).toFixed(1)}s` : duration(v));
 
 function sum(rows, key) {
   return rows.reduce((a, r) => a + (Number(r[key]) || 0), 0);
@@ -161,7 +162,7 @@ export class OrchAnalytics extends HTMLElement {
     try {
       const data = await client().get("/api/analytics");
       const flows = data.analytics_flow || [];
-      this.summary.textContent = `${sum(flows, "runs")} runs · ${compact(sum(flows, "tokens_out"))} generated tokens · ${sum(flows, "findings")} findings`;
+      this.summary.textContent = `${sum(flows, "runs")} runs · ${compact(sum(flows, "tokens_out"))} generated tokens · ${sum(flows, "findings")} findings raised, ${sum(flows, "report_findings")} in reports`;
       this.grid.replaceChildren(...charts(data));
     } catch (err) {
       toast(`Analytics could not be loaded: ${err.message}`, "error");
