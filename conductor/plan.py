@@ -113,7 +113,15 @@ def _considered(
                 "in scope is considered and the focus is given to each agent"
             )
     if not changed:
-        notes.append("no files to consider: the agents have nothing in scope to read")
+        # Agents with nothing to read can only invent: refuse before any is dispatched.
+        if request.base:
+            why = (f"no file in scope differs between {request.base!r} and the commit pinned "
+                   f"({snapshot.commit[:12]})")
+        elif document:
+            why = f"no file in scope besides the document {document!r}"
+        else:
+            why = "no file is in scope"
+        raise RequestError(f"{flow.name}: nothing to analyse: {why}", "bad_input")
     return changed
 
 

@@ -224,14 +224,22 @@ def test_a_persona_directory_that_cannot_load_stops_run_before_anything_starts(t
     assert not data.exists()  # refused before Ray, the log or the data directory
 
 
-def test_an_unknown_ref_is_refused_after_start_and_writes_no_event(tmp_path, repo):
+@pytest.mark.parametrize(
+    "base, message",
+    [("no-such-ref", "no-such-ref"),
+     # A clean tree against its own HEAD: no agent is sent to read nothing.
+     ("HEAD", "code-review: nothing to analyse: no file in scope differs between 'HEAD'")],
+)
+def test_a_base_that_gives_nothing_to_review_is_refused_after_start_and_writes_no_event(
+        tmp_path, base, message):
+    repo = make_repo(tmp_path / "clean", {"calc.py": "def add(a, b):\n    return a + b\n"})
     data = tmp_path / "data"
     script = tmp_path / "script.json"
     script.write_text(json.dumps(SCRIPT))
-    done = orchestrator(data, "run", "code-review", "--repo", str(repo), "--base", "no-such-ref",
+    done = orchestrator(data, "run", "code-review", "--repo", str(repo), "--base", base,
                         "--engine", "scripted", "--script", str(script), timeout=180)
     assert done.returncode == 2, done.stderr
-    assert "no-such-ref" in done.stderr.strip().splitlines()[-1]
+    assert message in done.stderr.strip().splitlines()[-1]
     assert events_in(data) == 0
 
 

@@ -174,3 +174,23 @@ def test_step_ids_number_only_a_persona_that_runs_several_times(git_repo, person
                  personas, model="m", engine="e", ts=2.0)
     assert [s.step_id for s in probe.steps if s.persona == "evidence-based-investigator"] == [
         "w1-evidence-based-investigator-1", "w1-evidence-based-investigator-2"]
+
+
+def test_nothing_to_read_is_refused_before_any_agent_is_planned(git_repo, personas, make_request):
+    # Before: the run went ahead with a note, and every agent was asked about no files.
+    repo = git_repo(SHOP)
+    unchanged = repo.pin(base="HEAD")
+    with pytest.raises(RequestError, match=(
+            r"^code-review: nothing to analyse: no file in scope differs between 'HEAD' and the "
+            rf"commit pinned \({unchanged.commit[:12]}\)$")) as refused:
+        plan(make_request("code-review", base="HEAD"), unchanged, personas, model="m", engine="e", ts=2.0)
+    assert refused.value.code == "bad_input"
+    # A change since the base is something to review.
+    repo.write({"app/orders.py": SHOP["app/orders.py"] + "\n# work in progress\n"})
+    review = plan(make_request("code-review", base="HEAD"), repo.pin(base="HEAD"), personas,
+                  model="m", engine="e", ts=2.0)
+    assert review.considered == ("app/orders.py",)
+    alone = git_repo({"docs/spec.md": SHOP["docs/spec.md"]})
+    with pytest.raises(RequestError, match="nothing to analyse: no file in scope besides the document 'docs/spec.md'"):
+        plan(make_request("gap-analysis", focus="docs/spec.md"), alone.pin(), personas,
+             model="m", engine="e", ts=2.0)
