@@ -51,6 +51,9 @@ SCRIPT = {
         # A model slow to answer at all (a long prompt on a CPU, every stream taken).
         {"match": ["slow-start", "verdicts"], "first_token_s": 3, "json": {"final": VERDICTS}},
         {"match": "slow-start", "first_token_s": 3, "json": {"final": FINDING}},
+        # A model that answers in prose instead of the JSON asked for.
+        {"match": ["plain-prose", "verdicts"], "json": {"final": VERDICTS}},
+        {"match": "plain-prose", "text": "The handler looks fine to me."},
         {"turn": 0, "json": {"tool": "read_file", "args": {"path": "app.py"}}},
         {"turn": 1, "json": {"tool": "write_file", "args": {"path": "app.py", "content": "x"}}},
         {"match": "verdicts", "json": {"final": VERDICTS}},

@@ -253,6 +253,15 @@ def test_an_agent_with_nothing_back_yet_reads_waiting_for_the_model(page: Page):
     expect(first.locator(".orch-agent-status")).to_have_text("finished")
 
 
+def test_an_agent_whose_answer_was_not_json_says_what_was_kept(page: Page):
+    pane = slash_launch(page, "/code-review small plain-prose")
+    wait_terminal(pane)
+    reviewer = pane.locator(".orch-agent", has_text="junior-developer")
+    # Before: "unparsed output"; the reader says what it found (its full note is the title).
+    expect(reviewer.locator(".orch-agent-fail")).to_have_text("no JSON object and no Markdown findings in the output")
+    expect(reviewer.locator(".orch-agent-status")).to_have_text("finished")
+
+
 def test_the_workflow_button_opens_the_launcher(page: Page):
     dialog = page.locator("dialog.orch-dialog")
     flow = dialog.locator("select[name=flow]")

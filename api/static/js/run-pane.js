@@ -281,7 +281,8 @@ export class OrchRunPane extends HTMLElement {
     else if (!st.started_ts && !st.queued_ts) row.elapsed.textContent = "";
     const failures = st.failures.length;
     row.fail.hidden = !failures && !st.parse_error;
-    row.fail.textContent = failures ? `${failures} failed attempt${failures > 1 ? "s" : ""}` : st.parse_error ? "unparsed output" : "";
+    // The reader's own words ("output was cut off; kept the complete items before the cut").
+    row.fail.textContent = failures ? `${failures} failed attempt${failures > 1 ? "s" : ""}` : st.parse_error;
     row.fail.title = [...st.failures, st.parse_error].filter(Boolean).join("\n");
     const denied = st.tools.filter((c) => c.outcome?.kind === "tool_denied").length;
     row.li.classList.toggle("orch-has-denied", denied > 0);
