@@ -53,6 +53,7 @@ def gate(
         notes.append(f"validator output: {parsed.error}")
     verdicts: list[Verdict] = []
     seen: set[str] = set()
+    strays: dict[str, None] = {}  # ids the validator was not given, in order, each once
     canonical = {_canonical(fid): fid for fid in known}
     for v in parsed.verdicts:
         if v.finding_id not in known and canonical.get(_canonical(v.finding_id)):
@@ -60,13 +61,18 @@ def gate(
             notes.append(f"read {v.finding_id} as {canonical[_canonical(v.finding_id)]}")
             v = msgspec.structs.replace(v, finding_id=canonical[_canonical(v.finding_id)])
         if v.finding_id not in known:
-            notes.append(f"ignored a verdict on {v.finding_id}: not a finding the validator was given")
+            strays[v.finding_id] = None
             continue
         if v.finding_id in seen:
             notes.append(f"ignored a second verdict on {v.finding_id}")
             continue
         seen.add(v.finding_id)
         verdicts.append(_decide(v, snapshot))
+    if strays:  # one note for them all: a small model can number a dozen verdicts 1, 2, 3…
+        ids = ", ".join(strays)
+        notes.append(f"ignored a verdict on {ids}: not a finding the validator was given"
+                     if len(strays) == 1 else
+                     f"ignored verdicts on {ids}: not findings the validator was given")
     unmentioned = [i for i in sorted(known) if i not in seen]
     if unmentioned:
         notes.append(f"kept without a verdict: {', '.join(unmentioned)}")

@@ -89,9 +89,17 @@ def test_unknown_ids_and_second_verdicts_are_ignored_with_a_note_and_silence_kee
         v("XYZ-009", "confirmed"),
     ))
     assert list(got) == ["JD-001"] and got["JD-001"].action == "keep"
-    assert event.note.count("ignored a verdict on XYZ-009") == 1
+    assert event.note.count("ignored a verdict on XYZ-009: not a finding the validator was given") == 1
     assert "ignored a second verdict on JD-001" in event.note
     assert "kept without a verdict: JD-002, JD-003, JD-004, JD-005, SEC-001, SEC-002, SEC-003" in event.note
+
+
+def test_stray_ids_are_named_together_in_one_note():
+    # The embedded model numbers its verdicts 1, 2, 3…: one note for them, not one each.
+    _, event, got = gated(verdicts(*(v(str(i), "confirmed") for i in (1, 2, 3, 2, 4))))
+    assert got == {}
+    assert "ignored verdicts on 1, 2, 3, 4: not findings the validator was given" in event.note
+    assert event.note.count("ignored") == 1
 
 
 def test_loosely_written_ids_are_read_as_the_finding_they_name():
