@@ -18,7 +18,7 @@ import msgspec
 import ray
 
 from actors.config import Settings
-from actors.runtime import Names, ensure_ray, head_node, names_for, on_head
+from actors.runtime import Names, ensure_ray, head_node, names_for, on_head, ray_reachable
 from actors.service import LaunchError, LaunchRequest, NotFound
 from actors.step_runner import ModelPort
 from conductor.state import RunState, fold
@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 # Long-poll window of a subscription; short enough to notice a closed client promptly.
 POLL_S = 1.0
+# How often a close checks that Ray still answers while it stops the actors.
+CLOSE_POLL_S = 0.5
 
 
 class Orchestrator:
@@ -397,6 +399,19 @@ class Orchestrator:
         if self._closed:
             return
         self._closed = True
+        # A signal to the whole process group (`timeout`, systemd's default stop) stops Ray's
+        # own processes with ours, and every Ray call then hangs for a minute before failing.
+        # So the stopping runs on a thread, and is given up once Ray no longer answers: the
+        # log has everything committed, and the next start resumes what was running.
+        stopping = threading.Thread(target=self._stop_actors, name="orchestrator-close", daemon=True)
+        stopping.start()
+        while stopping.is_alive():
+            stopping.join(CLOSE_POLL_S)
+            if stopping.is_alive() and not ray_reachable():
+                logger.warning("Ray stopped before this Orchestrator; leaving its actors as they are")
+                return
+
+    def _stop_actors(self) -> None:
         from actors.agent_step import stop_agent_pool
         from actors.eventlog import stop_event_log
         from actors.model import stop_model

@@ -86,6 +86,23 @@ def ensure_ray() -> str:
     return NAMESPACE
 
 
+def ray_reachable(timeout: float = 1.0) -> bool:
+    """Whether Ray's control service (GCS) still accepts connections (a Ray call made
+    after it stopped waits a minute before it fails)."""
+    import socket
+
+    import ray
+
+    if not ray.is_initialized():
+        return False
+    host, _, port = ray.get_runtime_context().gcs_address.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def head_node() -> str:
     """The node id of the head, checked to be this process's node.
 

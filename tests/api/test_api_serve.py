@@ -25,13 +25,15 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 SLOW_SCRIPT = {"tokens_per_s": 12, "replies": [{"json": {"final": FINDING}}]}
 
 
-def serve(data: Path, root: Path, *args: str, script: Path | None = None, **env) -> subprocess.Popen:
+def serve(data: Path, root: Path, *args: str, script: Path | None = None, new_session: bool = False,
+          **env) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "api.cli", "--data-dir", str(data), "serve", "--port", "0", *args]
     if script is not None:
         cmd += ["--engine", "scripted", "--script", str(script)]
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("ORCH_", "RAY_ADDRESS"))}
     environ.update({"ORCH_REPO_ROOTS": str(root), **env})
-    return subprocess.Popen(cmd, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(cmd, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=new_session)
 
 
 def wait_url(proc: subprocess.Popen, claim: Path, timeout: float = 120) -> str:
@@ -96,6 +98,21 @@ def test_a_persona_directory_that_cannot_load_stops_serve_at_start(tmp_path):
     ]
     assert not (data / "server.json").exists()  # the claim is given back
     assert not (data / "events.duckdb").exists()
+
+
+def test_a_stop_sent_to_the_whole_process_group_stops_serve_promptly(tmp_path):
+    # `timeout` and systemd's default stop signal Ray's own processes too. Before: every Ray
+    # call in the shutdown waited a minute for them, then Ray ended the process (claim left).
+    root, script, data = slow_setup(tmp_path)
+    claim = data / "server.json"
+    proc = serve(data, root, script=script, new_session=True)
+    wait_url(proc, claim)
+    time.sleep(2)  # past start-up, while it serves
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=45)
+    assert proc.returncode == 0, out
+    assert "orchestrator: stopped" in out and "Failed to connect to GCS" not in out
+    assert not claim.exists()
 
 
 def test_serve_claims_resumes_and_stops_cleanly(tmp_path):
