@@ -66,6 +66,7 @@ def run(args: argparse.Namespace, settings) -> int:
     url = _server_url(settings)
     if url:
         return _run_through_server(url, req, settings, args)
+    _check_engine(req, settings)
     # Stdout is the report's alone (programs read ``--json``): Ray's driver prints what it
     # hears of its workers there (a model replica that died, say), so that goes to stderr.
     out = sys.stdout
@@ -168,6 +169,23 @@ def _check_early(req) -> None:
             FLOWS,
         )
     except RequestError as exc:
+        raise CommandError(str(exc), 2) from None
+
+
+def _check_engine(req, settings) -> None:
+    """An engine named outright that cannot run here (vLLM not installed, an OpenAI endpoint
+    unset or not answering, a model file that is not there) is refused before Ray starts,
+    not ~6 s later at launch. ``auto`` waits for the launch: its choice depends on the GPUs
+    of the cluster Ray joins."""
+    from actors.config import ConfigError
+    from actors.engines import select_engine
+
+    engine = req.engine or settings.engine
+    if engine in ("auto", "scripted"):
+        return
+    try:
+        select_engine(msgspec.structs.replace(settings, engine=engine, model=req.model or settings.model))
+    except ConfigError as exc:
         raise CommandError(str(exc), 2) from None
 
 

@@ -225,6 +225,29 @@ def test_a_persona_directory_that_cannot_load_stops_run_before_anything_starts(t
 
 
 @pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (["--engine", "openai"], {}, "the openai engine needs ORCH_OPENAI_BASE_URL"),
+        # Port 9 (discard) on loopback: nothing answers.
+        (["--engine", "openai"], {"ORCH_OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}, "127.0.0.1:9"),
+        (["--engine", "embedded", "--model", "{missing}.gguf"], {}, "is neither"),
+    ],
+)
+def test_an_engine_that_cannot_run_here_is_refused_before_anything_starts(tmp_path, repo, args, env, message):
+    data = tmp_path / "data"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_OPENAI")} | env
+    done = subprocess.run(
+        [sys.executable, "-m", "api.cli", "--data-dir", str(data), "run", "code-review",
+         "--repo", str(repo), *[a.format(missing=tmp_path / "missing") for a in args]],
+        capture_output=True, text=True, timeout=60, env=environ,
+    )  # fmt: skip
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith("orchestrator: ") and message in lines[0]
+    assert not data.exists()  # refused before Ray, the log or the data directory
+
+
+@pytest.mark.parametrize(
     "base, message",
     [("no-such-ref", "no-such-ref"),
      # A clean tree against its own HEAD: no agent is sent to read nothing.
