@@ -279,7 +279,7 @@ class FlowRun:
     ) -> StepSpec | None:
         """The step to start (its events added to ``events``), or None if it does not start."""
         from conductor.findings import output_schema
-        from conductor.prompts import build_messages
+        from conductor.prompts import build_messages, listed
 
         st = self._state.steps[step_id]
         if step_id in self._inflight:
@@ -301,7 +301,10 @@ class FlowRun:
                 )
                 keys.append(f"{self._run_id}/lost/{step_id}/{attempt}")
                 return None
-        else:
+        personas = self._load_personas()
+        budget = max(256, self._settings.context_tokens - self._settings.step_max_tokens)
+        prompt = build_messages(self._state, step_id, self._snap(), personas, budget_tokens=budget)
+        if not resume:
             events.append(
                 StepQueued(
                     run_id=self._run_id,
@@ -310,12 +313,10 @@ class FlowRun:
                     attempt=attempt,
                     persona=st.persona,
                     phase=st.step.phase,
+                    left_out=listed(prompt.left_out),
                 )
             )
             keys.append(f"{self._run_id}/queued/{step_id}/{attempt}")
-        personas = self._load_personas()
-        budget = max(256, self._settings.context_tokens - self._settings.step_max_tokens)
-        prompt = build_messages(self._state, step_id, self._snap(), personas, budget_tokens=budget)
         persona = personas.get(st.persona)
         plan = self._state.plan
         return StepSpec(

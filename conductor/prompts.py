@@ -31,7 +31,7 @@ from conductor.state import RunState, StepState
 from events.types import Finding, PlannedStep
 from personas.model import Persona
 
-__all__ = ["Prompt", "build_messages", "estimate_tokens"]
+__all__ = ["Prompt", "build_messages", "estimate_tokens", "listed"]
 
 MESSAGE_OVERHEAD = 4  # tokens a chat message costs beyond its text (role, separators)
 MIN_PART_TOKENS = 64  # a file is cut at a line only when at least this much of it fits
@@ -48,6 +48,12 @@ class Prompt(msgspec.Struct, frozen=True, kw_only=True):
     left_out: tuple[str, ...] = ()
     budget_tokens: int
     estimated_tokens: int
+
+
+def listed(labels: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The first ``LISTED_LEFT_OUT`` labels, and how many more there were."""
+    more = len(labels) - LISTED_LEFT_OUT
+    return tuple(labels[:LISTED_LEFT_OUT]) + ((f"and {more} more",) if more > 0 else ())
 
 
 def estimate_tokens(text: str) -> int:
@@ -475,10 +481,8 @@ def _surviving(state: RunState, step: PlannedStep) -> Iterable[tuple[Finding, st
 def _left_out_note(labels: list[str], *, upstream: bool) -> str:
     if not labels:
         return ""
-    shown = "; ".join(labels[:LISTED_LEFT_OUT])
-    more = len(labels) - LISTED_LEFT_OUT
-    tail = f"; and {more} more" if more > 0 else ""
+    shown = "; ".join(listed(labels))
     how = "Read files with read_file, grep or glob when you need them."
     if upstream:
         how += " Upstream results left out cannot be read with the tools; say which you did not see."
-    return f"## Not included for space\n\n{shown}{tail}.\n{how}"
+    return f"## Not included for space\n\n{shown}.\n{how}"

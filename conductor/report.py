@@ -166,6 +166,7 @@ class AgentView(msgspec.Struct, frozen=True, kw_only=True):
     parse_error: str = ""
     error: str = ""
     failures: tuple[str, ...] = ()
+    left_out: tuple[str, ...] = ()  # what its prompt left out for space
 
 
 class StepSummary(msgspec.Struct, frozen=True, kw_only=True):
@@ -492,7 +493,7 @@ def _agent_view(st: StepState, parsed) -> AgentView:
         tokens_out=st.tokens_out, duration_s=duration, findings=len(st.findings), verified=verified,
         summary=(parsed.summary if parsed is not None else ""),
         parse_error=st.parse_error, error=st.error if st.status == "failed" else "",
-        failures=tuple(st.failures),
+        failures=tuple(st.failures), left_out=st.left_out,
     )
 
 
@@ -839,7 +840,8 @@ def _md_section(section: Section, report: Report, by_id: dict[str, FindingView])
 
 
 def agent_problems(report: Report) -> list[tuple[AgentView, str]]:
-    """Each agent that failed, retried or answered unreadably, with what happened."""
+    """Each agent that failed, retried, answered unreadably or without part of its context,
+    with what happened."""
     out = []
     for a in report.agents:
         what = []
@@ -849,6 +851,8 @@ def agent_problems(report: Report) -> list[tuple[AgentView, str]]:
             what.append("attempts: " + "; ".join(a.failures))
         if a.parse_error:
             what.append(f"output: {a.parse_error}")
+        if a.left_out:
+            what.append("answered without (left out of its prompt for space): " + "; ".join(a.left_out))
         if what:
             out.append((a, " — ".join(what)))
     return out

@@ -75,6 +75,7 @@ class StepState(msgspec.Struct, kw_only=True):
     started_ts: float | None = None
     ended_ts: float | None = None
     evidence: tuple[EvidenceResult, ...] | None = None  # None until checked
+    left_out: tuple[str, ...] = ()  # what the current attempt's prompt left out for space
 
     @property
     def step_id(self) -> str:
@@ -156,6 +157,7 @@ def apply(state: RunState, event: AgentEvent) -> RunState:
             st.status = "queued"
             st.attempt, st.pickup = event.attempt, event.pickup
             st.queued_ts = event.ts
+            st.left_out = event.left_out
             st.error, st.retryable = "", False
             state.status = "running" if not state.terminal else state.status
         case StepStarted():

@@ -207,6 +207,9 @@ class StepQueued(StepEvent, tag="step_queued", frozen=True, kw_only=True):
 
     persona: str
     phase: str
+    # What its prompt left out for space (files, diffs, upstream results, brief sections),
+    # the first few named: the report says what the agent answered without.
+    left_out: tuple[str, ...] = ()
 
 
 class StepStarted(StepEvent, tag="step_started", frozen=True, kw_only=True):

@@ -277,3 +277,25 @@ def test_bad_launch_writes_nothing(orch, repo, tmp_path):
             orch.launch(req)
         assert str(err.value)
     assert orch.log.max_seq() == before
+
+
+def test_the_report_names_what_each_agent_answered_without(orch, repo):
+    # A file far over the prompt budget (2,048 tokens by default): left out, and the report
+    # says so for every agent whose prompt went without it.
+    (repo / "big.py").write_text("".join(f"value_{i} = {i}  # a line of padding\n" for i in range(3000)))
+    run_id = orch.launch(LaunchRequest(flow="code-review", repo=str(repo), text="scenario-big"))
+    assert orch.wait(run_id, 120) == "finished"
+
+    queued = [e for e in _events(orch, run_id) if e.__struct_config__.tag == "step_queued"]
+    without_big = [e for e in queued if "big.py" in e.left_out]
+    assert without_big and all("diff of big.py (lines " in " ".join(e.left_out) for e in without_big)
+    appendix = orch.report(run_id, "md").split("## Agent appendix", 1)[1]
+    for e in queued:
+        lines = [ln for ln in appendix.splitlines() if ln.startswith("- ") and f"({e.step_id})" in ln]
+        if not e.left_out:
+            assert not any("answered without" in ln for ln in lines)
+            continue
+        (line,) = lines
+        assert "answered without (left out of its prompt for space): " + "; ".join(e.left_out) in line
+    agents = {a["step_id"]: a for a in json.loads(orch.report(run_id, "json"))["agents"]}
+    assert all(tuple(agents[e.step_id]["left_out"]) == e.left_out for e in queued)

@@ -242,3 +242,12 @@ def test_fencing_a_long_run_of_brackets_is_linear():
     block = fence("<" * 200_000 + "UNTRUSTED DATA x>>>", source="a.py")
     assert time.perf_counter() - started < 1.0
     assert len(_fences(block)) == 1 and "1 marker look-alike inside neutralised" in block
+
+
+def test_what_a_prompt_left_out_is_listed_for_the_log_with_how_many_more():
+    from conductor.prompts import LISTED_LEFT_OUT, listed
+
+    labels = [f"app/m{i}.py" for i in range(LISTED_LEFT_OUT + 7)]
+    assert listed(labels) == (*labels[:LISTED_LEFT_OUT], "and 7 more")
+    assert listed(labels[:3]) == tuple(labels[:3])
+    assert listed([]) == ()
