@@ -262,6 +262,28 @@ def test_an_agent_whose_answer_was_not_json_says_what_was_kept(page: Page):
     expect(reviewer.locator(".orch-agent-status")).to_have_text("finished")
 
 
+def test_an_agent_shows_what_its_prompt_went_without(page: Page):
+    # The default 2,048-token context cuts a persona brief: the open stream says what was left out.
+    pane = slash_launch(page, "/code-review small")
+    wait_terminal(pane)
+    run_id = pane.get_attribute("run-id")
+    base = page.url.rstrip("/").split("?")[0].split("#")[0]
+    report = page.request.get(f"{base}/api/runs/{run_id}/report?format=json").json()
+    agents = [a for a in report["agents"] if a["left_out"]]
+    assert agents, "no prompt left anything out: the test needs a case that does"
+    for agent in agents:
+        row = pane.locator(f".orch-agent[data-step='{agent['step_id']}']")
+        row.locator(".orch-agent-row").click()
+        expect(row.locator(".orch-stream-note")).to_have_text(
+            "Answered without (left out of its prompt for space): " + "; ".join(agent["left_out"]))
+    quiet = [a for a in report["agents"] if not a["left_out"]]
+    for agent in quiet:
+        row = pane.locator(f".orch-agent[data-step='{agent['step_id']}']")
+        row.locator(".orch-agent-row").click()
+        expect(row.locator(".orch-stream-body")).to_be_visible()
+        expect(row.locator(".orch-stream-note")).to_have_count(0)
+
+
 def test_the_workflow_button_opens_the_launcher(page: Page):
     dialog = page.locator("dialog.orch-dialog")
     flow = dialog.locator("select[name=flow]")

@@ -42,6 +42,7 @@ function newStep(planned) {
     error: "",
     failures: [],
     parse_error: "",
+    left_out: [],
     queued_ts: null,
     started_ts: null,
     ended_ts: null,
@@ -80,6 +81,7 @@ export function apply(run, ev, seq = 0) {
       st.attempt = attempt;
       st.pickup = pickup;
       st.queued_ts = ev.ts;
+      st.left_out = ev.left_out ?? [];
       st.error = "";
       if (!TERMINAL.has(run.status)) run.status = "running";
       return ev.step_id;

@@ -322,6 +322,8 @@ export class OrchRunPane extends HTMLElement {
     if (st.status === "finished" && st.findings.length) {
       parts.push(h("div", { class: "orch-stream-findings" }, `${st.findings.length} finding${st.findings.length > 1 ? "s" : ""}: `, st.findings.map((f) => h("span", { class: "orch-chip", "data-severity": f.severity }, `${f.severity} · ${f.title}`))));
     }
+    // Said first: the answer below was written without these.
+    if (st.left_out.length) parts.unshift(h("div", { class: "orch-stream-note" }, `Answered without (left out of its prompt for space): ${st.left_out.join("; ")}`));
     row.body.replaceChildren(...parts);
     if (pinned) stream.scrollTop = stream.scrollHeight;
   }
