@@ -405,6 +405,7 @@ def test_history_reopens_a_run_and_its_report_can_be_saved_copied_and_sent(page:
 
 
 def test_analytics_charts(page: Page):
+    wait_terminal(slash_launch(page, "/code-review small"))  # a run of its own to chart
     page.locator(".orch-top-analytics").click()
     panel = page.locator("#orch-analytics-panel")
     expect(panel.locator("figure.orch-chart")).to_have_count(10)
