@@ -50,6 +50,9 @@ class Prompt(msgspec.Struct, frozen=True, kw_only=True):
     estimated_tokens: int
 
 
+BRIEF = "persona brief: "  # how the left-out labels name a cut of the persona's brief
+
+
 def listed(labels: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     """The first ``LISTED_LEFT_OUT`` labels, and how many more there were."""
     more = len(labels) - LISTED_LEFT_OUT
@@ -100,7 +103,7 @@ def build_messages(
     body, cut_sections = _fit_body(persona.body, budget_tokens - reserve - _messages_tokens(rules, task))
     system = f"{body}\n\n{rules}" if body else rules
 
-    cut = [f"persona brief: {s}" for s in cut_sections]
+    cut = [BRIEF + s for s in cut_sections]
     base = _messages_tokens(system, task) + SECTION_SLACK
     sections, skipped, used = _fill(items, budget_tokens - base)
     if skipped:

@@ -30,6 +30,7 @@ import msgspec
 from conductor.collect import LEVELS, Citation, Item, collect
 from conductor.evidence import finding_status
 from conductor.findings import parse_output
+from conductor.prompts import BRIEF
 from conductor.snapshot import Snapshot
 from conductor.state import RunState, StepState
 from conductor.validator import Validated, apply_verdicts
@@ -370,7 +371,7 @@ def build_report(state: RunState, snapshot: Snapshot | None = None) -> Report:
         omitted=omitted,
         validator=validator,
         agents=agents,
-        notes=got.notes,
+        notes=got.notes + _brief_notes(agents),
     )
 
 
@@ -494,6 +495,23 @@ def _agent_view(st: StepState, parsed) -> AgentView:
         summary=(parsed.summary if parsed is not None else ""),
         parse_error=st.parse_error, error=st.error if st.status == "failed" else "",
         failures=tuple(st.failures), left_out=st.left_out,
+    )
+
+
+def _brief_notes(agents: tuple[AgentView, ...]) -> tuple[str, ...]:
+    """One note per set of brief cuts (a small context cuts the same sections of every
+    brief, so they are said once, not on each agent's line)."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for a in agents:
+        cuts = tuple(
+            x.removeprefix(BRIEF).removesuffix(" (cut for space)") for x in a.left_out if x.startswith(BRIEF)
+        )
+        if cuts:
+            groups.setdefault(cuts, []).append(a.persona)
+    return tuple(
+        f"to fit the model's context (ORCH_CONTEXT_TOKENS), the briefs of {', '.join(personas)} "
+        f"went without {'; '.join(cuts)}"
+        for cuts, personas in groups.items()
     )
 
 
@@ -851,8 +869,9 @@ def agent_problems(report: Report) -> list[tuple[AgentView, str]]:
             what.append("attempts: " + "; ".join(a.failures))
         if a.parse_error:
             what.append(f"output: {a.parse_error}")
-        if a.left_out:
-            what.append("answered without (left out of its prompt for space): " + "; ".join(a.left_out))
+        context = [x for x in a.left_out if not x.startswith(BRIEF)]
+        if context:
+            what.append("answered without (left out of its prompt for space): " + "; ".join(context))
         if what:
             out.append((a, " — ".join(what)))
     return out

@@ -289,13 +289,23 @@ def test_the_report_names_what_each_agent_answered_without(orch, repo):
     queued = [e for e in _events(orch, run_id) if e.__struct_config__.tag == "step_queued"]
     without_big = [e for e in queued if "big.py" in e.left_out]
     assert without_big and all("diff of big.py (lines " in " ".join(e.left_out) for e in without_big)
-    appendix = orch.report(run_id, "md").split("## Agent appendix", 1)[1]
+    md = orch.report(run_id, "md")
+    appendix = md.split("## Agent appendix", 1)[1]
     for e in queued:
         lines = [ln for ln in appendix.splitlines() if ln.startswith("- ") and f"({e.step_id})" in ln]
-        if not e.left_out:
+        code = [x for x in e.left_out if not x.startswith("persona brief: ")]
+        if not code:
             assert not any("answered without" in ln for ln in lines)
             continue
         (line,) = lines
-        assert "answered without (left out of its prompt for space): " + "; ".join(e.left_out) in line
+        assert "answered without (left out of its prompt for space): " + "; ".join(code) in line
+    # Cuts of the personas' briefs repeat on every agent: said once, in a note naming each.
+    briefs = [e for e in queued if any(x.startswith("persona brief: ") for x in e.left_out)]
+    assert briefs
+    notes = [ln for ln in appendix.splitlines() if ln.startswith("Note: to fit the model's context")]
+    for e in briefs:
+        cuts = "; ".join(x.removeprefix("persona brief: ").removesuffix(" (cut for space)")
+                         for x in e.left_out if x.startswith("persona brief: "))
+        assert any(e.persona in n and n.endswith(f"went without {cuts}") for n in notes), e.persona
     agents = {a["step_id"]: a for a in json.loads(orch.report(run_id, "json"))["agents"]}
     assert all(tuple(agents[e.step_id]["left_out"]) == e.left_out for e in queued)
