@@ -57,7 +57,7 @@ from typing import Literal
 
 import msgspec
 
-__all__ = ["Entry", "GitSnapshot", "Mode", "SnapshotError", "pin"]
+__all__ = ["Entry", "GitSnapshot", "Mode", "SnapshotError", "check_outside", "pin"]
 
 Mode = Literal["uncommitted", "branch", "paths", "tree"]
 
@@ -262,8 +262,7 @@ def pin(
     scope = tuple(_clean_scope(p) for p in paths)
     work = Path(work_dir).expanduser().resolve()
     where = _locate(source)
-    if where is not None and work.is_relative_to(where.root):
-        raise SnapshotError(f"the run's data directory {work} is inside the repository {where.root}")
+    _refuse_inside(work, Path(where.root) if where is not None else source, "the run's data directory")
     created = not work.exists()
     store = work / STORE
     if store.exists():
@@ -296,6 +295,24 @@ class _Where(msgspec.Struct, frozen=True):
     bare: bool
     objects: str
     index: str
+
+
+def check_outside(repo: str | Path, directory: str | Path, what: str) -> None:
+    """Refuse ``directory`` (a data directory, perhaps not made yet) when it lies inside the
+    tree a run of ``repo`` reads: its git work tree, or the plain directory itself."""
+    source = Path(repo).expanduser().resolve()
+    if not source.is_dir():
+        return  # pin says what is wrong with it
+    where = _locate(source)
+    _refuse_inside(Path(directory).expanduser().resolve(), Path(where.root) if where else source, what)
+
+
+def _refuse_inside(directory: Path, root: Path, what: str) -> None:
+    if directory.is_relative_to(root):
+        raise SnapshotError(
+            f"{what} {directory} is inside the repository {root}; Orchestrator never writes "
+            "into what it analyses: choose a data directory outside it (--data-dir, ORCH_DATA_DIR)"
+        )
 
 
 def _locate(source: Path) -> _Where | None:
@@ -469,8 +486,7 @@ def _pin_copy(
     if base is not None:
         raise SnapshotError(f"a base ref needs a git repository; {source} is a plain directory")
     tree = store / "tree"
-    skip = {store.parent, store}  # never copy the run's own data into itself
-    plan, skipped, total = _plan_copy(source, skip, limit)
+    plan, skipped, total = _plan_copy(source, limit)  # the store is outside source (pin checks)
     _copy(source, tree, plan, limit)
     env = _base_env()
     _git(str(tree), ["init", "-q", "--template=", "-b", "main"], env)
@@ -490,7 +506,7 @@ def _pin_copy(
     )
 
 
-def _plan_copy(source: Path, skip: set[Path], limit: int) -> tuple[list[tuple[str, str]], list[str], int]:
+def _plan_copy(source: Path, limit: int) -> tuple[list[tuple[str, str]], list[str], int]:
     """Walk without following links: what to copy, what is skipped, and the total size."""
     plan: list[tuple[str, str]] = []  # (relative path, "dir" | "file" | "link")
     skipped: list[str] = []
@@ -510,9 +526,6 @@ def _plan_copy(source: Path, skip: set[Path], limit: int) -> tuple[list[tuple[st
             elif stat.S_ISLNK(st.st_mode):
                 plan.append((path, "link"))
             elif stat.S_ISDIR(st.st_mode):
-                if Path(entry.path).resolve() in skip:
-                    skipped.append(path)
-                    continue
                 plan.append((path, "dir"))
                 stack.append(path)
             elif stat.S_ISREG(st.st_mode):

@@ -66,6 +66,7 @@ def run(args: argparse.Namespace, settings) -> int:
     url = _server_url(settings)
     if url:
         return _run_through_server(url, req, settings, args)
+    _check_data_dir(req, settings)
     _check_engine(req, settings)
     # Stdout is the report's alone (programs read ``--json``): Ray's driver prints what it
     # hears of its workers there (a model replica that died, say), so that goes to stderr.
@@ -169,6 +170,16 @@ def _check_early(req) -> None:
             FLOWS,
         )
     except RequestError as exc:
+        raise CommandError(str(exc), 2) from None
+
+
+def _check_data_dir(req, settings) -> None:
+    """A data directory inside the analysed tree is refused before it is made there."""
+    from actors.snapshot import SnapshotError, check_outside
+
+    try:
+        check_outside(req.repo, settings.data_dir, "the data directory")
+    except SnapshotError as exc:
         raise CommandError(str(exc), 2) from None
 
 

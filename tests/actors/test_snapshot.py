@@ -259,11 +259,21 @@ def test_uncommitted_changes_over_the_copy_limit_are_an_error(repo, tmp_path):
     assert pin(repo, work_dir=tmp_path / "run", copy_limit_bytes=6000).read("src/big.bin") == b"x" * 5000
 
 
-def test_data_directory_inside_the_repository_is_refused(repo):
+def test_data_directory_inside_the_repository_is_refused(repo, tmp_path):
     before = fingerprint(repo)
     with pytest.raises(SnapshotError, match="inside the repository"):
         pin(repo, work_dir=repo / ".orchestrator")
+    # From a subdirectory too: the whole work tree is what a run reads.
+    with pytest.raises(SnapshotError, match=f"inside the repository {repo}"):
+        pin(repo / "src", work_dir=repo / "src" / ".orchestrator")
     assert fingerprint(repo) == before
+    # A plain directory is copied, so a data directory in it would be written into it.
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "a.py").write_text("A = 1\n")
+    with pytest.raises(SnapshotError, match=f"inside the repository {plain}"):
+        pin(plain, work_dir=plain / ".orchestrator" / "runs" / "r1")
+    assert sorted(p.name for p in plain.iterdir()) == ["a.py"]
 
 
 def test_bare_repository_pins_head(repo, tmp_path):
@@ -321,12 +331,6 @@ def test_plain_directory_over_the_copy_limit_is_an_error(plain, tmp_path):
 def test_plain_directory_with_a_base_ref_is_an_error(plain, tmp_path):
     with pytest.raises(SnapshotError, match="needs a git repository"):
         pin(plain, base="main", work_dir=tmp_path / "run")
-
-
-def test_plain_directory_holding_the_runs_data_skips_it(plain):
-    snap = pin(plain, work_dir=plain / "data" / "run")
-    assert not any(p.startswith("data/") for p in snap.paths())
-    assert snap.skipped == ("data/run", "pipe")
 
 
 # --- re-opening -----------------------------------------------------------------------------

@@ -247,6 +247,25 @@ def test_an_engine_that_cannot_run_here_is_refused_before_anything_starts(tmp_pa
     assert not data.exists()  # refused before Ray, the log or the data directory
 
 
+@pytest.mark.parametrize("kind", ["git", "plain"])
+def test_a_data_directory_inside_the_analysed_tree_is_refused_before_it_is_made(tmp_path, repo, kind):
+    if kind == "plain":
+        repo = tmp_path / "plain"
+        repo.mkdir()
+        (repo / "calc.py").write_text("def add(a, b):\n    return a - b\n")
+    before = fingerprint(repo) if kind == "git" else sorted(p.name for p in repo.iterdir())
+    data = repo / ".orchestrator"
+    done = orchestrator(data, "run", "code-review", "--repo", str(repo), "--engine", "scripted", timeout=60)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0] == (
+        f"orchestrator: the data directory {data} is inside the repository {repo}; Orchestrator never "
+        "writes into what it analyses: choose a data directory outside it (--data-dir, ORCH_DATA_DIR)"
+    )
+    assert not data.exists()
+    assert before == (fingerprint(repo) if kind == "git" else sorted(p.name for p in repo.iterdir()))
+
+
 @pytest.mark.parametrize(
     "base, message",
     [("no-such-ref", "no-such-ref"),
