@@ -338,7 +338,7 @@ def build_report(state: RunState, snapshot: Snapshot | None = None) -> Report:
     finished_finders = any(
         st.status == "finished" and st.step.role in ("discovery", "synthesis") for st in state.steps.values()
     )
-    recommendation = _recommendation(flow_name, levels, len(findings), finished_finders)
+    recommendation = _recommendation(flow_name, levels, len(findings), finished_finders, len(unverified))
     counts = {
         "critical": levels["critical"],
         "warning": levels["warning"],
@@ -515,7 +515,7 @@ def _brief_notes(agents: tuple[AgentView, ...]) -> tuple[str, ...]:
     )
 
 
-def _recommendation(flow: str, levels: dict[str, int], n: int, finished: bool) -> str:
+def _recommendation(flow: str, levels: dict[str, int], n: int, finished: bool, unverified: int = 0) -> str:
     if not finished:
         return INCONCLUSIVE
     ladder = _LADDERS.get(flow, _DEFAULT_LADDER)
@@ -527,6 +527,12 @@ def _recommendation(flow: str, levels: dict[str, int], n: int, finished: bool) -
         rung = ladder[2]
     else:
         rung = ladder[3]
+        # "Approve" alone would hide claims a weak citation kept out (the overview's own
+        # last rung already says nothing could be checked).
+        if unverified and flow != "code-overview":
+            them = "it" if unverified == 1 else "them"
+            rung += (f" {_plural(unverified, 'claim')} could not be checked against the code: "
+                     f"read {them} below before relying on this.")
     return rung.format(n=n)
 
 

@@ -158,6 +158,18 @@ def test_the_recommendation_ladder_of_a_code_review():
     assert empty.recommendation == "Approve: no finding survived the checks."
 
 
+def test_a_review_whose_claims_all_failed_their_citations_says_so_beside_approve():
+    ghost = Finding(id="JD-001", severity="Blocks decision", title="a ghost",
+                    evidence=(Evidence(path="nowhere.py", line_start=1, line_end=1, quote="x"),))
+    report = build_report(make_run({"s": ("junior-developer", [ghost])}, snapshot=HOSTILE_SNAP))
+    assert report.counts["findings"] == 0 and report.counts["unverified"] == 1
+    assert report.recommendation == (
+        "Approve: no finding survived the checks. 1 claim could not be checked against the code: "
+        "read it below before relying on this.")
+    for render in RENDERERS.values():
+        assert "1 claim could not be checked against the code" in render(report)
+
+
 def test_the_recommendation_is_phrased_per_flow():
     arch = _one("structural-analyst", "High", flow="architectural-analysis")
     assert arch.recommendation == "Sound enough to build on; plan work for the warnings."
