@@ -509,8 +509,8 @@ def _brief_notes(agents: tuple[AgentView, ...]) -> tuple[str, ...]:
         if cuts:
             groups.setdefault(cuts, []).append(a.persona)
     return tuple(
-        f"to fit the model's context (ORCH_CONTEXT_TOKENS), the briefs of {', '.join(personas)} "
-        f"went without {'; '.join(cuts)}"
+        f"to fit the model's context (ORCH_CONTEXT_TOKENS), the brief{'s' if len(personas) > 1 else ''} "
+        f"of {', '.join(personas)} went without {'; '.join(cuts)}"
         for cuts, personas in groups.items()
     )
 

@@ -303,6 +303,7 @@ def test_the_report_names_what_each_agent_answered_without(orch, repo):
     briefs = [e for e in queued if any(x.startswith("persona brief: ") for x in e.left_out)]
     assert briefs
     notes = [ln for ln in appendix.splitlines() if ln.startswith("Note: to fit the model's context")]
+    assert all(("the briefs of " in n) == (", " in n.split(" of ", 1)[1].split(" went ")[0]) for n in notes)
     for e in briefs:
         cuts = "; ".join(x.removeprefix("persona brief: ").removesuffix(" (cut for space)")
                          for x in e.left_out if x.startswith("persona brief: "))
