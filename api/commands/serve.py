@@ -118,6 +118,7 @@ def run(args: argparse.Namespace, settings) -> int:
         except (OSError, ValueError) as exc:
             raise CommandError(f"cannot read the script {args.script}: {exc}") from None
 
+    problem = _engine_problem(settings)
     data_dir = Path(settings.data_dir).expanduser().resolve()
     claim_path = claim(data_dir)
     try:
@@ -144,6 +145,8 @@ def run(args: argparse.Namespace, settings) -> int:
         )
         server = _server(config, gate)
         print(f"orchestrator: serving {url} (data {data_dir}, engine {args.engine or settings.engine})", flush=True)
+        if problem:
+            print(f"orchestrator: warning: {problem}", flush=True)
         # What start-up built (Ray, the app, the backend) lives as long as the process: kept
         # out of the collector's full passes, which otherwise stalled every WebSocket client
         # for ~90 ms at a run's launch (a full pass over ~140,000 objects).
@@ -154,6 +157,22 @@ def run(args: argparse.Namespace, settings) -> int:
         return 0
     finally:
         _release(claim_path)
+
+
+def _engine_problem(settings) -> str:
+    """Why the default engine, named outright, cannot run now ('' if it can). The server
+    still starts (a launch may name another engine, an endpoint may come up later), but the
+    person starting it is told now, not by the first launch refused."""
+    from actors.config import ConfigError
+    from actors.engines import select_engine
+
+    if settings.engine in ("auto", "scripted"):
+        return ""
+    try:
+        select_engine(settings)
+    except ConfigError as exc:
+        return f"{exc}; launches on the {settings.engine} engine are refused while that lasts"
+    return ""
 
 
 def _start_backend(settings, engine, script):

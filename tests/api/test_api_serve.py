@@ -100,6 +100,26 @@ def test_a_persona_directory_that_cannot_load_stops_serve_at_start(tmp_path):
     assert not (data / "events.duckdb").exists()
 
 
+def test_a_default_engine_that_cannot_run_is_named_at_start_and_serve_still_serves(tmp_path):
+    root = tmp_path / "repos"
+    make_repo(root / "demo")
+    data = tmp_path / "data"
+    proc = serve(data, root, "--engine", "openai")  # and no ORCH_OPENAI_BASE_URL
+    try:
+        url = wait_url(proc, data / "server.json")
+        with httpx.Client(base_url=url, timeout=30) as http:
+            assert http.get("/api/info").status_code == 200
+            refused = http.post("/api/runs", json={"flow": "code-review", "repo": "demo"})
+            assert refused.status_code == 422 and "ORCH_OPENAI_BASE_URL" in refused.text
+    finally:
+        code, out = stop(proc)
+    assert code == 0
+    assert (
+        "orchestrator: warning: the openai engine needs ORCH_OPENAI_BASE_URL (e.g. http://127.0.0.1:8000/v1); "
+        "launches on the openai engine are refused while that lasts"
+    ) in out.splitlines()
+
+
 def test_a_stop_sent_to_the_whole_process_group_stops_serve_promptly(tmp_path):
     # `timeout` and systemd's default stop signal Ray's own processes too. Before: every Ray
     # call in the shutdown waited a minute for them, then Ray ended the process (claim left).
