@@ -21,6 +21,7 @@ __all__ = [
     "Guard",
     "ToolCallDelta",
     "Usage",
+    "engine_problem",
     "guarded",
     "make_engine",
     "select_engine",
@@ -64,6 +65,18 @@ def select_engine(settings: Settings, *, gpu_available: bool | None = None) -> t
     if name == "scripted":
         return name, settings.model or "scripted"
     raise ConfigError(f"unknown engine {name!r}")
+
+
+def engine_problem(settings: Settings) -> str:
+    """Why ``settings.engine``, named outright, cannot run here, or '' if it can. ``auto`` is
+    not judged: its choice depends on the GPUs of the cluster Ray joins."""
+    if settings.engine in ("auto", "scripted"):
+        return ""
+    try:
+        select_engine(settings)
+    except ConfigError as exc:
+        return str(exc)
+    return ""
 
 
 def _openai_model(settings: Settings) -> str:

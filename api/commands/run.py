@@ -186,18 +186,13 @@ def _check_data_dir(req, settings) -> None:
 def _check_engine(req, settings) -> None:
     """An engine named outright that cannot run here (vLLM not installed, an OpenAI endpoint
     unset or not answering, a model file that is not there) is refused before Ray starts,
-    not ~6 s later at launch. ``auto`` waits for the launch: its choice depends on the GPUs
-    of the cluster Ray joins."""
-    from actors.config import ConfigError
-    from actors.engines import select_engine
+    not ~6 s later at launch."""
+    from actors.engines import engine_problem
 
     engine = req.engine or settings.engine
-    if engine in ("auto", "scripted"):
-        return
-    try:
-        select_engine(msgspec.structs.replace(settings, engine=engine, model=req.model or settings.model))
-    except ConfigError as exc:
-        raise CommandError(str(exc), 2) from None
+    problem = engine_problem(msgspec.structs.replace(settings, engine=engine, model=req.model or settings.model))
+    if problem:
+        raise CommandError(problem, 2)
 
 
 async def _watch(orch, run_id: str, *, live: bool):

@@ -160,19 +160,13 @@ def run(args: argparse.Namespace, settings) -> int:
 
 
 def _engine_problem(settings) -> str:
-    """Why the default engine, named outright, cannot run now ('' if it can). The server
-    still starts (a launch may name another engine, an endpoint may come up later), but the
-    person starting it is told now, not by the first launch refused."""
-    from actors.config import ConfigError
-    from actors.engines import select_engine
+    """Why the default engine cannot run now ('' if it can). The server still starts (a
+    launch may name another engine, an endpoint may come up later), but the person starting
+    it is told now, not by the first launch refused."""
+    from actors.engines import engine_problem
 
-    if settings.engine in ("auto", "scripted"):
-        return ""
-    try:
-        select_engine(settings)
-    except ConfigError as exc:
-        return f"{exc}; launches on the {settings.engine} engine are refused while that lasts"
-    return ""
+    problem = engine_problem(settings)
+    return f"{problem}; launches on the {settings.engine} engine are refused while that lasts" if problem else ""
 
 
 def _start_backend(settings, engine, script):
