@@ -276,6 +276,7 @@ def test_an_agent_shows_what_its_prompt_went_without(page: Page):
         row.locator(".orch-agent-row").click()
         expect(row.locator(".orch-stream-note")).to_have_text(
             "Answered without (left out of its prompt for space): " + "; ".join(agent["left_out"]))
+    shot(page, "03c-what-a-prompt-went-without")
     quiet = [a for a in report["agents"] if not a["left_out"]]
     for agent in quiet:
         row = pane.locator(f".orch-agent[data-step='{agent['step_id']}']")
