@@ -31,7 +31,7 @@ from conductor.state import RunState, StepState
 from events.types import Finding, PlannedStep
 from personas.model import Persona
 
-__all__ = ["Prompt", "build_messages", "estimate_tokens", "listed"]
+__all__ = ["Prompt", "brief_cuts", "build_messages", "estimate_tokens", "listed"]
 
 MESSAGE_OVERHEAD = 4  # tokens a chat message costs beyond its text (role, separators)
 MIN_PART_TOKENS = 64  # a file is cut at a line only when at least this much of it fits
@@ -50,13 +50,26 @@ class Prompt(msgspec.Struct, frozen=True, kw_only=True):
     estimated_tokens: int
 
 
-BRIEF = "persona brief: "  # how the left-out labels name a cut of the persona's brief
+# How a left-out label names a cut of the persona's brief: BRIEF + what + CUT.
+BRIEF, CUT = "persona brief: ", " (cut for space)"
 
 
 def listed(labels: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     """The first ``LISTED_LEFT_OUT`` labels, and how many more there were."""
     more = len(labels) - LISTED_LEFT_OUT
     return tuple(labels[:LISTED_LEFT_OUT]) + ((f"and {more} more",) if more > 0 else ())
+
+
+def brief_cuts(labels: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Left-out labels split into what was cut of the persona's brief (``"section 'X'"``)
+    and everything else (files, diffs, upstream results)."""
+    cuts, rest = [], []
+    for label in labels:
+        if label.startswith(BRIEF):
+            cuts.append(label.removeprefix(BRIEF).removesuffix(CUT))
+        else:
+            rest.append(label)
+    return tuple(cuts), tuple(rest)
 
 
 def estimate_tokens(text: str) -> int:
@@ -103,7 +116,7 @@ def build_messages(
     body, cut_sections = _fit_body(persona.body, budget_tokens - reserve - _messages_tokens(rules, task))
     system = f"{body}\n\n{rules}" if body else rules
 
-    cut = [BRIEF + s for s in cut_sections]
+    cut = [BRIEF + s + CUT for s in cut_sections]
     base = _messages_tokens(system, task) + SECTION_SLACK
     sections, skipped, used = _fill(items, budget_tokens - base)
     if skipped:
@@ -276,7 +289,7 @@ def _fit_body(body: str, room: int) -> tuple[str, list[str]]:
     if estimate_tokens(body) <= room:
         return body, []
     if room < MIN_PART_TOKENS:
-        return "", ["the whole brief (cut for space)"]
+        return "", ["the whole brief"]
     parts = [p for p in re.split(r"(?m)^(?=## )", body) if p.strip()]
     titles = [p.splitlines()[0].lstrip("#").strip() for p in parts]
     keep = list(range(len(parts)))
@@ -287,13 +300,13 @@ def _fit_body(body: str, room: int) -> tuple[str, list[str]]:
         if estimate_tokens("".join(parts[k] for k in keep)) <= room or len(keep) == 1:
             break
         keep.remove(i)
-        cut.append(f"section {titles[i]!r} (cut for space)")
+        cut.append(f"section {titles[i]!r}")
     text = "".join(parts[k] for k in keep).strip()
     if estimate_tokens(text) > room:
         head = text[: room * 4]
         head = head[: head.rfind("\n\n")] if "\n\n" in head else head
         kept_title = titles[keep[0]]
-        cut.append(f"section {kept_title!r} after {len(head)} characters (cut for space)")
+        cut.append(f"section {kept_title!r} after {len(head)} characters")
         text = head.rstrip()
     return text, cut
 

@@ -30,7 +30,7 @@ import msgspec
 from conductor.collect import LEVELS, Citation, Item, collect
 from conductor.evidence import finding_status
 from conductor.findings import parse_output
-from conductor.prompts import BRIEF
+from conductor.prompts import brief_cuts
 from conductor.snapshot import Snapshot
 from conductor.state import RunState, StepState
 from conductor.validator import Validated, apply_verdicts
@@ -503,9 +503,7 @@ def _brief_notes(agents: tuple[AgentView, ...]) -> tuple[str, ...]:
     brief, so they are said once, not on each agent's line)."""
     groups: dict[tuple[str, ...], list[str]] = {}
     for a in agents:
-        cuts = tuple(
-            x.removeprefix(BRIEF).removesuffix(" (cut for space)") for x in a.left_out if x.startswith(BRIEF)
-        )
+        cuts, _ = brief_cuts(a.left_out)
         if cuts:
             groups.setdefault(cuts, []).append(a.persona)
     return tuple(
@@ -875,7 +873,7 @@ def agent_problems(report: Report) -> list[tuple[AgentView, str]]:
             what.append("attempts: " + "; ".join(a.failures))
         if a.parse_error:
             what.append(f"output: {a.parse_error}")
-        context = [x for x in a.left_out if not x.startswith(BRIEF)]
+        _, context = brief_cuts(a.left_out)
         if context:
             what.append("answered without (left out of its prompt for space): " + "; ".join(context))
         if what:
