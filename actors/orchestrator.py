@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import threading
 import time
 import uuid
@@ -96,7 +97,7 @@ class Orchestrator:
         engine, model = self._resolve_engine(requested)
         run_id, actor = self._take_spare()
         requested = msgspec.structs.replace(requested, run_id=run_id)
-        written = False
+        appending = written = False
         try:
             try:
                 snapshot = pin(
@@ -115,12 +116,15 @@ class Orchestrator:
             except RequestError as exc:
                 raise LaunchError(str(exc), exc.code) from None
             port = self._ensure_model(engine, model)
+            appending = True
             self.log.append([requested, planned], [f"{run_id}/requested", f"{run_id}/planned"])
             written = True
             ray.get(actor.start.remote(port))
         except BaseException as exc:
             if written:  # left planned, the next server start would resume a run nobody has
                 self._abandon(run_id, actor, exc)
+            elif not appending:  # refused before any event: leave nothing, not even its snapshot
+                shutil.rmtree(self.names.run_dir(run_id), ignore_errors=True)
             self._give_back(run_id, actor)
             raise
         self._runs[run_id] = actor

@@ -283,6 +283,25 @@ def test_a_base_that_gives_nothing_to_review_is_refused_after_start_and_writes_n
     assert done.returncode == 2, done.stderr
     assert message in done.stderr.strip().splitlines()[-1]
     assert events_in(data) == 0
+    assert not list((data / "runs").glob("*"))  # not even the snapshot it had pinned
+
+
+def test_a_plain_directory_with_nothing_to_analyse_leaves_no_copy_behind(tmp_path):
+    # The pin copies a plain directory into the run's data before the plan finds nothing to
+    # read in it besides the document: the refused run keeps no copy.
+    plain = tmp_path / "plain"
+    (plain / "docs").mkdir(parents=True)
+    (plain / "docs" / "spec.md").write_text("# Spec\n\nadd(a, b) returns a + b.\n")
+    data = tmp_path / "data"
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps(SCRIPT))
+    done = orchestrator(data, "run", "gap-analysis", "--repo", str(plain), "--focus", "docs/spec.md",
+                        "--engine", "scripted", "--script", str(script), timeout=180)
+    assert done.returncode == 2, done.stderr
+    assert "nothing to analyse: no file in scope besides the document" in done.stderr.strip().splitlines()[-1]
+    assert events_in(data) == 0
+    assert not list((data / "runs").glob("*"))
+    assert sorted(p.name for p in plain.rglob("*")) == ["docs", "spec.md"]
 
 
 def test_a_data_directory_another_process_writes_is_one_clear_line(tmp_path, repo):
