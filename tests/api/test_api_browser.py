@@ -356,6 +356,9 @@ def test_history_reopens_a_run_and_its_report_can_be_saved_copied_and_sent(page:
     assert runs, "an earlier test finishes a code review"
     run_id = runs[0]["run_id"]
     with server.client() as http:
+        cancelled = http.get("/api/runs", params={"status": "cancelled"}).json()["runs"]
+    assert cancelled, "an earlier test cancels a run"
+    with server.client() as http:
         counts = http.get(f"/api/runs/{run_id}/report", params={"format": "json"}).json()["counts"]
     assert counts["findings"], "the scripted review keeps findings"
     side = page.locator("#orch-side")
@@ -363,6 +366,9 @@ def test_history_reopens_a_run_and_its_report_can_be_saved_copied_and_sent(page:
         page.locator(".orch-top-history").click()
     expect(side).to_be_visible()
     side.locator(".orch-history-status").select_option("finished")
+    # Only finished runs are listed, not the cancelled one.
+    expect(side.locator(f".orch-history-item[data-run='{cancelled[0]['run_id']}']")).to_have_count(0)
+    expect(side.locator(".orch-history-item:not([data-status='finished'])")).to_have_count(0)
     item = side.locator(f".orch-history-item[data-run='{run_id}'] button")
     expect(item).to_be_visible()
     # The card counts what the report kept, not every claim the agents raised.

@@ -46,6 +46,10 @@ export function when(ts) {
     : d.toLocaleDateString([], { month: "short", day: "numeric" }) + " " + d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
 }
 
+export function capital(text) {
+  return text ? text[0].toUpperCase() + text.slice(1) : text;
+}
+
 export function basename(path) {
   return (path || "").replace(/\/+$/, "").split("/").pop() || path || "";
 }

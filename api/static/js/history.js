@@ -3,7 +3,7 @@
 // or changes status anywhere on the page.
 
 import { client } from "./client.js";
-import { basename, button, duration, h, toast, when } from "./dom.js";
+import { basename, button, capital, duration, h, toast, when } from "./dom.js";
 
 const PAGE = 30;
 const STATUSES = ["running", "finished", "failed", "cancelled", "planned", "requested"];
@@ -14,7 +14,7 @@ export class OrchHistory extends HTMLElement {
     this.built = true;
     this.classList.add("orch-history");
     this.flow = h("select", { "aria-label": "Filter by workflow", class: "orch-history-flow" }, h("option", { value: "" }, "All workflows"));
-    this.status = h("select", { "aria-label": "Filter by status", class: "orch-history-status" }, h("option", { value: "" }, "Any status"), ...STATUSES.map((s) => h("option", { value: s }, s)));
+    this.status = h("select", { "aria-label": "Filter by status", class: "orch-history-status" }, h("option", { value: "" }, "Any status"), ...STATUSES.map((s) => h("option", { value: s }, capital(s))));
     this.q = h("input", { type: "search", class: "orch-history-q", placeholder: "Search runs", "aria-label": "Search runs" });
     this.list = h("ul", { class: "orch-history-list", role: "list", "aria-label": "Runs" });
     this.more = h("button", { type: "button", class: "orch-btn orch-quiet orch-history-more", hidden: true, onclick: () => this.load(true) }, h("span", { class: "orch-label-keep" }, "Older runs"));

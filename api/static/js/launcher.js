@@ -3,7 +3,7 @@
 // open(flowName?) shows it; Escape closes it. Emits "orch-launched" {run_id, request}.
 
 import { client } from "./client.js";
-import { h } from "./dom.js";
+import { capital, h } from "./dom.js";
 import { icon } from "./icons.js";
 import { currentRepo, newThread } from "./prefs.js";
 
@@ -139,10 +139,6 @@ export class OrchLauncher extends HTMLElement {
       this.launchBtn.disabled = false;
     }
   }
-}
-
-function capital(text) {
-  return text ? text[0].toUpperCase() + text.slice(1) : text;
 }
 
 customElements.define("orch-launcher", OrchLauncher);
