@@ -420,9 +420,12 @@ def test_analytics_charts(page: Page):
     data = page.request.get(page.url.rstrip("/") + "/api/analytics").json()
     raised = sum(r["findings"] for r in data["analytics_flow"])
     reported = sum(r["report_findings"] for r in data["analytics_flow"])
+    runs = sum(r["runs"] for r in data["analytics_flow"])
     # The agents' raw claims and what the reports kept are different numbers, named apart.
     expect(panel.locator(".orch-analytics-summary")).to_contain_text(
-        f"{raised} findings raised, {reported} in reports")
+        f"{raised} finding{'' if raised == 1 else 's'} raised, {reported} in reports")
+    expect(panel.locator(".orch-analytics-summary")).to_contain_text(
+        f"{runs} run{'' if runs == 1 else 's'} · ")
     # Scripted steps take well under a second: their averages read in tenths, not "0s" each.
     steps = panel.locator("figure.orch-chart", has_text="Average step duration by persona")
     expected = [f"{r['avg_duration_s']:.1f}s" for r in data["analytics_persona"]]

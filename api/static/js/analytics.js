@@ -3,7 +3,7 @@
 // evidence checks and failure rates.
 
 import { client } from "./client.js";
-import { button, compact, duration, h, toast } from "./dom.js";
+import { button, compact, count, duration, h, toast } from "./dom.js";
 
 const SVG = "http://www.w3.org/2000/svg";
 const W = 360;
@@ -162,7 +162,7 @@ export class OrchAnalytics extends HTMLElement {
     try {
       const data = await client().get("/api/analytics");
       const flows = data.analytics_flow || [];
-      this.summary.textContent = `${sum(flows, "runs")} runs · ${compact(sum(flows, "tokens_out"))} generated tokens · ${sum(flows, "findings")} findings raised, ${sum(flows, "report_findings")} in reports`;
+      this.summary.textContent = `${count(sum(flows, "runs"), "run")} · ${compact(sum(flows, "tokens_out"))} generated tokens · ${count(sum(flows, "findings"), "finding")} raised, ${sum(flows, "report_findings")} in reports`;
       this.grid.replaceChildren(...charts(data));
     } catch (err) {
       toast(`Analytics could not be loaded: ${err.message}`, "error");

@@ -46,6 +46,11 @@ export function when(ts) {
     : d.toLocaleDateString([], { month: "short", day: "numeric" }) + " " + d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
 }
 
+// "1 run", "3 runs": a count with its noun.
+export function count(n, noun) {
+  return `${n} ${noun}${n === 1 ? "" : "s"}`;
+}
+
 export function capital(text) {
   return text ? text[0].toUpperCase() + text.slice(1) : text;
 }

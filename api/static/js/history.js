@@ -3,7 +3,7 @@
 // or changes status anywhere on the page.
 
 import { client } from "./client.js";
-import { basename, button, capital, duration, h, toast, when } from "./dom.js";
+import { basename, button, capital, count, duration, h, toast, when } from "./dom.js";
 
 const PAGE = 30;
 const STATUSES = ["running", "finished", "failed", "cancelled", "planned", "requested"];
@@ -91,7 +91,7 @@ export class OrchHistory extends HTMLElement {
 // What the report kept (not all the agents raised): the count a reader finds in the report.
 function reported(r) {
   const parts = [];
-  if (r.report_findings) parts.push(`${r.report_findings} finding${r.report_findings > 1 ? "s" : ""}`);
+  if (r.report_findings) parts.push(count(r.report_findings, "finding"));
   if (r.report_unverified) parts.push(`${r.report_unverified} unverified`);
   return parts.map((p) => ` · ${p}`).join("");
 }

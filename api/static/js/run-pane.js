@@ -3,7 +3,7 @@
 // roster with one agent expanded at a time to watch its stream, and the run's chat thread.
 
 import { client, requestId } from "./client.js";
-import { basename, button, compact, duration, h, toast } from "./dom.js";
+import { basename, button, compact, count, duration, h, toast } from "./dom.js";
 import { apply, newRun, TERMINAL, tokens } from "./fold.js";
 import { icon } from "./icons.js";
 import { sanitize } from "./sanitize.js";
@@ -282,7 +282,7 @@ export class OrchRunPane extends HTMLElement {
     const failures = st.failures.length;
     row.fail.hidden = !failures && !st.parse_error;
     // The reader's own words ("output was cut off; kept the complete items before the cut").
-    row.fail.textContent = failures ? `${failures} failed attempt${failures > 1 ? "s" : ""}` : st.parse_error;
+    row.fail.textContent = failures ? count(failures, "failed attempt") : st.parse_error;
     row.fail.title = [...st.failures, st.parse_error].filter(Boolean).join("\n");
     const denied = st.tools.filter((c) => c.outcome?.kind === "tool_denied").length;
     row.li.classList.toggle("orch-has-denied", denied > 0);
@@ -320,7 +320,7 @@ export class OrchRunPane extends HTMLElement {
     if (st.status === "running") parts.push(h("span", { class: "orch-caret", "aria-hidden": "true" }));
     if (st.error) parts.push(h("div", { class: "orch-stream-error" }, icon("alert"), ` ${st.error}`));
     if (st.status === "finished" && st.findings.length) {
-      parts.push(h("div", { class: "orch-stream-findings" }, `${st.findings.length} finding${st.findings.length > 1 ? "s" : ""}: `, st.findings.map((f) => h("span", { class: "orch-chip", "data-severity": f.severity }, `${f.severity} · ${f.title}`))));
+      parts.push(h("div", { class: "orch-stream-findings" }, `${count(st.findings.length, "finding")}: `, st.findings.map((f) => h("span", { class: "orch-chip", "data-severity": f.severity }, `${f.severity} · ${f.title}`))));
     }
     // Said first: the answer below was written without these.
     if (st.left_out.length) parts.unshift(h("div", { class: "orch-stream-note" }, `Answered without (left out of its prompt for space): ${st.left_out.join("; ")}`));
