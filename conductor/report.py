@@ -501,11 +501,11 @@ def _agent_view(st: StepState, parsed) -> AgentView:
 def _brief_notes(agents: tuple[AgentView, ...]) -> tuple[str, ...]:
     """One note per set of brief cuts (a small context cuts the same sections of every
     brief, so they are said once, not on each agent's line)."""
-    groups: dict[tuple[str, ...], list[str]] = {}
+    groups: dict[tuple[str, ...], dict[str, None]] = {}  # a persona's steps share its brief
     for a in agents:
         cuts, _ = brief_cuts(a.left_out)
         if cuts:
-            groups.setdefault(cuts, []).append(a.persona)
+            groups.setdefault(cuts, {})[a.persona] = None
     return tuple(
         f"to fit the model's context (ORCH_CONTEXT_TOKENS), the brief{'s' if len(personas) > 1 else ''} "
         f"of {', '.join(personas)} went without {'; '.join(cuts)}"

@@ -29,9 +29,18 @@ from conductor.report import (
     report_digest,
     summary_counts,
 )
+from conductor.prompts import BRIEF, CUT
 from conductor.snapshot import MemorySnapshot
 from conductor.state import apply, fold
-from events.types import Evidence, Finding, PlannedStep, StepFailed, StepStarted
+from events.types import (
+    Evidence,
+    Finding,
+    PlannedStep,
+    StepFailed,
+    StepFinished,
+    StepQueued,
+    StepStarted,
+)
 
 GOLDEN = Path(__file__).parent / "golden"
 RENDERERS = {"md": render_markdown, "json": render_json, "html": render_html}
@@ -189,6 +198,25 @@ def test_a_run_where_every_agent_failed_is_inconclusive_not_approved():
         assert "model server unreachable" in render(report)
     (agent,) = report.agents
     assert (agent.status, agent.duration_s, agent.error) == ("failed", 2.5, "model server unreachable")
+
+
+def test_a_brief_cut_names_each_persona_once_however_many_steps_it_has():
+    # investigate sends one persona on several angles: its brief is one brief, named once.
+    state = make_run({}, snapshot=HOSTILE_SNAP, flow="investigate")
+    steps = [("ev-1", "evidence-based-investigator"), ("ev-2", "evidence-based-investigator"),
+             ("ev-3", "evidence-based-investigator"), ("val", "adversarial-validator")]
+    apply(state, msgspec.structs.replace(state.plan, steps=tuple(
+        PlannedStep(step_id=sid, persona=p, phase="evidence", wave=0) for sid, p in steps)))
+    cut = BRIEF + "section 'Protocols'" + CUT
+    for i, (sid, persona) in enumerate(steps):
+        apply(state, StepQueued(run_id=state.run_id, ts=3.0 + i, step_id=sid, persona=persona,
+                                phase="evidence", left_out=(cut,)))
+        apply(state, StepStarted(run_id=state.run_id, ts=3.5 + i, step_id=sid))
+        apply(state, StepFinished(run_id=state.run_id, ts=3.7 + i, step_id=sid, output=""))
+    report = build_report(state)
+    assert [n for n in report.notes if "ORCH_CONTEXT_TOKENS" in n] == [
+        "to fit the model's context (ORCH_CONTEXT_TOKENS), the briefs of evidence-based-investigator, "
+        "adversarial-validator went without section 'Protocols'"]
 
 
 def test_flow_sections_place_each_personas_findings():
