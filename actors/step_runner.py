@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from conductor.prompts import MESSAGE_OVERHEAD, estimate_tokens
+from conductor.prompts import MESSAGE_OVERHEAD, estimate_tokens, messages_tokens
 from events.log import Record
 from events.types import (
     AgentEvent,
@@ -627,12 +627,7 @@ def _room(messages: list[dict[str, Any]], spec: StepSpec) -> int | None:
     prompt builder does (None: no bound given)."""
     if spec.context_tokens <= 0:
         return None
-    used = 0
-    for m in messages:
-        used += MESSAGE_OVERHEAD + estimate_tokens(m.get("content") or "")
-        if m.get("tool_calls"):
-            used += estimate_tokens(json.dumps(m["tool_calls"]))
-    return spec.context_tokens - used
+    return spec.context_tokens - messages_tokens(messages)
 
 
 def _fitted(result: str, tokens: int) -> str:

@@ -22,6 +22,8 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 
+from typing import Any
+
 import msgspec
 
 from conductor import contracts
@@ -31,7 +33,14 @@ from conductor.state import RunState, StepState
 from events.types import Finding, PlannedStep
 from personas.model import Persona
 
-__all__ = ["Prompt", "brief_cuts", "build_messages", "estimate_tokens", "listed"]
+__all__ = [
+    "Prompt",
+    "brief_cuts",
+    "build_messages",
+    "estimate_tokens",
+    "listed",
+    "messages_tokens",
+]
 
 MESSAGE_OVERHEAD = 4  # tokens a chat message costs beyond its text (role, separators)
 MIN_PART_TOKENS = 64  # a file is cut at a line only when at least this much of it fits
@@ -74,6 +83,16 @@ def brief_cuts(labels: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]
 
 def estimate_tokens(text: str) -> int:
     return (len(text) + 3) // 4
+
+
+def messages_tokens(messages: Iterable[Mapping[str, Any]]) -> int:
+    """The estimate of a chat's prompt: each message's text and tool calls, and its overhead."""
+    used = 0
+    for m in messages:
+        used += MESSAGE_OVERHEAD + estimate_tokens(m.get("content") or "")
+        if m.get("tool_calls"):
+            used += estimate_tokens(json.dumps(m["tool_calls"]))
+    return used
 
 
 def _messages_tokens(system: str, user: str) -> int:

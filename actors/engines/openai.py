@@ -16,6 +16,7 @@ import httpx
 import msgspec
 
 from actors.engines.base import ChatRequest, Delta, EngineError, ToolCallDelta, Usage, check_request
+from conductor.prompts import messages_tokens
 
 # Servers whose /models answer says they can continue a partial assistant message.
 CONTINUING_SERVERS = ("vllm",)
@@ -142,13 +143,14 @@ class Assembler:
         self.pieces += tokens
         return Delta(text=text, tokens=tokens) if text else None
 
-    def done(self) -> Delta:
+    def done(self, prompt_estimate: int = 0) -> Delta:
         calls = [
             ToolCallDelta(id=c["id"], name=c["name"], arguments=c["arguments"])
             for _, c in sorted(self._calls.items())
         ]
-        # Servers that send no usage (llama-cpp-python) get one token per streamed piece.
-        usage = self.usage or Usage(completion_tokens=self.pieces)
+        # A server that sends no usage in a stream (llama-cpp-python's) gets the prompt
+        # builder's estimate of the prompt and one token per streamed piece.
+        usage = self.usage or Usage(prompt_tokens=prompt_estimate, completion_tokens=self.pieces)
         return Delta(tool_calls=calls, finish_reason=self.finish or "stop", usage=usage)
 
 
@@ -222,7 +224,7 @@ class OpenAIEngine:
                             continue
                         raise _http_error(resp.status_code, text, self.base_url)
                     self._schema_style = style
-                    async for delta in _read_sse(resp):
+                    async for delta in _read_sse(resp, messages_tokens(req.messages)):
                         yield delta
                     return
             except httpx.TimeoutException as exc:
@@ -234,7 +236,7 @@ class OpenAIEngine:
         await self._client.aclose()
 
 
-async def _read_sse(resp: httpx.Response) -> AsyncIterator[Delta]:
+async def _read_sse(resp: httpx.Response, prompt_estimate: int) -> AsyncIterator[Delta]:
     asm = Assembler()
     finished = False
     async for line in resp.aiter_lines():
@@ -261,4 +263,4 @@ async def _read_sse(resp: httpx.Response) -> AsyncIterator[Delta]:
             else ""
         )
         raise EngineError(f"model endpoint closed the stream before the answer finished{hint}", True)
-    yield asm.done()
+    yield asm.done(prompt_estimate)

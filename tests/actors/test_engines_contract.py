@@ -59,6 +59,8 @@ class EngineContract:
         assert all(d.finish_reason is None and d.usage is None for d in pieces)
         assert last.finish_reason in ("stop", "length")
         assert last.usage is not None and 0 < last.usage.completion_tokens <= 32
+        # Counted by the server or, where it sends no usage in a stream, estimated: never 0.
+        assert last.usage.prompt_tokens > 0
         # The pieces' token counts add up to what the usage says was generated.
         assert sum(d.tokens for d in deltas) == last.usage.completion_tokens
 
