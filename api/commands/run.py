@@ -94,10 +94,20 @@ def run(args: argparse.Namespace, settings) -> int:
                 raise
             # This process runs the run: Ctrl-C means stop it, and the history says so
             # (left open, it would read "running" until a server resumed it).
-            orch.cancel(run_id, "interrupted on the command line")
+            try:
+                orch.cancel(run_id, "interrupted on the command line")
+            except KeyboardInterrupt:  # pressed again before the cancel was recorded
+                raise CommandError(
+                    f"run {run_id} left open: interrupted again before its cancel was recorded; "
+                    f"`orchestrator cancel {run_id}` closes it, a server would resume it", 130
+                ) from None
             raise CommandError(f"run {run_id} cancelled: interrupted", 130) from None
         finally:
-            orch.close()
+            # The run is settled either way: a stop from here on only ends the process (it
+            # would otherwise break into Ray's shutdown with a traceback).
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            with contextlib.suppress(KeyboardInterrupt):
+                orch.close()
     print(report, file=out)
     return 0
 

@@ -116,6 +116,39 @@ def test_stopping_the_command_cancels_the_run_and_the_history_says_so(tmp_path, 
     assert [(r["status"], r["error"]) for r in runs] == [("cancelled", "interrupted on the command line")]
 
 
+def test_ctrl_c_twice_says_truly_whether_the_run_was_cancelled(tmp_path, repo):
+    # An impatient second Ctrl-C lands while the first one's cancel or the shutdown goes on:
+    # the last word is the run's fate, which the history then shows, not a bare "interrupted".
+    data = tmp_path / "data"
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps({"tokens_per_s": 2, "replies": [{"json": {"final": {
+        "summary": "an answer slow enough to interrupt", "findings": []}}}]}))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "--data-dir", str(data), "run", "code-review", "--repo",
+         str(repo), "--engine", "scripted", "--script", str(script), "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (data / "runs").is_dir() or not any((data / "runs").iterdir()):  # launched
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.2)
+    time.sleep(6)  # the run is under way
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    said = [ln for ln in err.splitlines() if ln.startswith("orchestrator: ")]
+    assert said and "Traceback" not in err, err
+    (run,) = json.loads(orchestrator(data, "runs", "--json").stdout)
+    if said[-1].endswith("cancelled: interrupted"):
+        assert run["status"] == "cancelled"
+    else:
+        assert said[-1].startswith(f"orchestrator: run {run['run_id']} left open: interrupted again")
+        assert run["status"] == "running"
+        assert orchestrator(data, "cancel", run["run_id"]).returncode == 0
+
+
 def test_the_json_report_is_all_of_stdout_even_when_a_model_replica_dies(tmp_path, repo):
     # Ray's driver prints a dead worker's notice on stdout: it once came out ahead of the
     # JSON report, so a program reading ``--json`` could not parse it.
