@@ -90,9 +90,9 @@ def test_run_prints_the_report_and_history_reopens_it(tmp_path, repo):
     assert again.returncode != 0 and "already finished" in again.stderr
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_stopping_the_command_cancels_the_run_and_the_history_says_so(tmp_path, repo, sig):
-    data = tmp_path / "data"
+def _slow_run_under_way(tmp_path, repo, data) -> subprocess.Popen:
+    """An `orchestrator run` of a slow scripted review, once it is under way (its model
+    deployed, its agents streaming)."""
     script = tmp_path / "script.json"
     script.write_text(json.dumps({"tokens_per_s": 2, "replies": [{"json": {"final": {
         "summary": "an answer slow enough to interrupt", "findings": []}}}]}))
@@ -105,7 +105,14 @@ def test_stopping_the_command_cancels_the_run_and_the_history_says_so(tmp_path, 
     while not (data / "runs").is_dir() or not any((data / "runs").iterdir()):  # launched
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
         time.sleep(0.2)
-    time.sleep(6)  # the run is under way (its model deployed, its agents streaming)
+    time.sleep(6)
+    return proc
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_stopping_the_command_cancels_the_run_and_the_history_says_so(tmp_path, repo, sig):
+    data = tmp_path / "data"
+    proc = _slow_run_under_way(tmp_path, repo, data)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
@@ -120,19 +127,7 @@ def test_ctrl_c_twice_says_truly_whether_the_run_was_cancelled(tmp_path, repo):
     # An impatient second Ctrl-C lands while the first one's cancel or the shutdown goes on:
     # the last word is the run's fate, which the history then shows, not a bare "interrupted".
     data = tmp_path / "data"
-    script = tmp_path / "script.json"
-    script.write_text(json.dumps({"tokens_per_s": 2, "replies": [{"json": {"final": {
-        "summary": "an answer slow enough to interrupt", "findings": []}}}]}))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "--data-dir", str(data), "run", "code-review", "--repo",
-         str(repo), "--engine", "scripted", "--script", str(script), "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    deadline = time.monotonic() + 120
-    while not (data / "runs").is_dir() or not any((data / "runs").iterdir()):  # launched
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
-        time.sleep(0.2)
-    time.sleep(6)  # the run is under way
+    proc = _slow_run_under_way(tmp_path, repo, data)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
