@@ -180,7 +180,9 @@ class _Writer:
         self._start.add_done_callback(self._started)
 
     def _started(self, future: asyncio.Future) -> None:
-        if not future.cancelled() and future.exception() is not None:
+        if future.cancelled():  # the step was stopped before its start was sent
+            return
+        if future.exception() is not None:
             self.failed = future.exception()
             return
         held, self._held = self._held, []
@@ -216,6 +218,16 @@ class _Writer:
         # (a replayed tool outcome still names the pickup it was first written by).
         pickup = self.pickup
         return [e if e.pickup == pickup else msgspec.structs.replace(e, pickup=pickup) for e in events]
+
+    async def settle(self) -> None:
+        """For a step being stopped: its writes not yet sent are dropped, and the append
+        under way (it may hold its start or text) is waited for, so nothing of the step is
+        committed after it has ended."""
+        self.agent.drop(self)
+        if self._start is not None:
+            self._start.cancel()
+        with contextlib.suppress(Exception):
+            await self.agent.write(self, [])  # goes once the append under way has returned
 
     def check(self) -> None:
         """Raise why a write of this step's text failed, if one did."""
@@ -261,6 +273,13 @@ class AgentWriter:
     def forget(self, coalescer: _Coalescer) -> None:
         self._texts.pop(coalescer, None)
 
+    def drop(self, step: _Writer) -> None:
+        """Send none of ``step``'s writes not yet taken into an append (it is being stopped)."""
+        for entry in self._waiting:
+            if entry[0] is step:
+                entry[2].cancel()
+        self._waiting = [entry for entry in self._waiting if entry[0] is not step]
+
     def _kick(self) -> None:
         if self._task is None or self._task.done():
             self._wake = asyncio.Event()
@@ -288,6 +307,8 @@ class AgentWriter:
                 keys.append(coalescer.step.key())
             waiting, taken, self._waiting = [], self._waiting, []
             for step, evs, future in taken:
+                if future.done():  # its step stopped waiting: it was cancelled
+                    continue
                 if step.failed is not None:  # its text was lost: it must not go on as if not
                     _settle(future, step.failed)
                     continue
@@ -448,123 +469,127 @@ async def run_step(
         )
     )
 
-    async def call_tool(name: str, args: dict[str, Any], call_id: str) -> ToolResult | ToolDenied:
-        replay = earlier.get(_call_key(name, args))
-        if replay is not None:
-            return msgspec.structs.replace(replay, attempt=attempt, call_id=call_id, ts=time.time())
-        # Tools served by another process (an agent off the head) are awaited, so the other
-        # steps of this agent keep streaming meanwhile; local ones answer in a millisecond.
-        call_async = getattr(tools, "call_async", None)
-        outcome = await call_async(name, args) if call_async is not None else tools.call(name, args)
-        return outcome_event(
-            outcome,
-            run_id=spec.run_id,
-            step_id=spec.step_id,
-            attempt=attempt,
-            call_id=call_id,
-            tool=name,
-            args=args,
-            ts=time.time(),
-        )
-
-    native_tools = model.supports_tools
-    # An engine without native tools is held to "call one tool or answer"; on the last turn to
-    # the answer alone, since a tool result asked for then could not be given.
-    schema = None if native_tools else call_schema(spec.final_schema)
-    answer_only = None if native_tools else call_schema(spec.final_schema, tools=False)
-    messages = list(spec.messages)
-    # Replay committed turns: the model's text of each finished turn and its tool outcomes.
-    for call in done.calls:
-        outcome = done.outcomes.get(call.call_id)
-        if outcome is None:  # called, but its outcome never reached the log
-            outcome = await call_tool(call.tool, dict(call.args), call.call_id)
-            await writer.write(outcome)
-        messages += _tool_messages(done.turn_text(call.turn), call, outcome, native_tools, _room(messages, spec))
-
-    tokens_in = tokens_out = 0
-    coalescer = _Coalescer(writer, spec, attempt, len(keep), turn)
-    agent.streaming += 1
     try:
-        while True:
-            room = _room(messages, spec)
-            last = turn + 1 >= spec.turn_limit or (room is not None and room < MIN_TOOL_ROOM)
-            request = ChatRequest(
-                messages=messages + ([{"role": "assistant", "content": partial}] if partial else []),
-                tools=TOOL_SPECS if native_tools else None,
-                response_schema=answer_only if last else schema,
-                max_tokens=spec.max_tokens,
-                temperature=0.0,
-                continue_final=bool(partial),
-                tag=f"{spec.persona}/{spec.step_id}/{spec.run_id}",
-            )
-            text, calls = partial, []
-            async for delta in stream(request):
-                if delta.text or delta.tokens:
-                    text += delta.text
-                    await coalescer.add(delta.text, delta.tokens)
-                calls.extend(delta.tool_calls or ())
-                if delta.usage is not None:
-                    tokens_in += delta.usage.prompt_tokens
-                    tokens_out += delta.usage.completion_tokens
-            # The turn's last text goes in the same append as what the step writes next.
-            writer.check()
-            partial = ""
-            wanted = _wanted_call(text, calls, native_tools, turn)
-            if wanted is None or last:
-                final = _final_text(text, native_tools)
-                parsed = parse_output(final, persona=spec.persona, step_id=spec.step_id, role=spec.role)
-                note = parsed.error
-                if wanted is not None:
-                    why = (
-                        f"turn limit ({spec.turn_limit}) reached"
-                        if turn + 1 >= spec.turn_limit
-                        else f"no room left in the model's context ({spec.context_tokens} tokens)"
-                    )
-                    note = (note + "; " if note else "") + f"{why} while the model still asked for tools"
-                await writer.write(
-                    StepFinished(
-                        run_id=spec.run_id,
-                        ts=time.time(),
-                        step_id=spec.step_id,
-                        attempt=attempt,
-                        output=final,
-                        findings=parsed.findings,
-                        parse_error=note,
-                        tokens_in=tokens_in,
-                        tokens_out=tokens_out,
-                    )
-                )
-                return StepOutcome(step_id=spec.step_id, attempt=attempt, status="finished")
-            name, args, call_id = wanted
-            called = ToolCalled(
+        async def call_tool(name: str, args: dict[str, Any], call_id: str) -> ToolResult | ToolDenied:
+            replay = earlier.get(_call_key(name, args))
+            if replay is not None:
+                return msgspec.structs.replace(replay, attempt=attempt, call_id=call_id, ts=time.time())
+            # Tools served by another process (an agent off the head) are awaited, so the other
+            # steps of this agent keep streaming meanwhile; local ones answer in a millisecond.
+            call_async = getattr(tools, "call_async", None)
+            outcome = await call_async(name, args) if call_async is not None else tools.call(name, args)
+            return outcome_event(
+                outcome,
                 run_id=spec.run_id,
-                ts=time.time(),
                 step_id=spec.step_id,
                 attempt=attempt,
                 call_id=call_id,
                 tool=name,
                 args=args,
-                turn=turn,
+                ts=time.time(),
             )
-            outcome = await call_tool(name, args, call_id)
-            await writer.write(called)
-            await writer.write(outcome)
-            messages += _tool_messages(text, called, outcome, native_tools, room)
-            turn += 1
-            coalescer.turn = turn
+
+        native_tools = model.supports_tools
+        # An engine without native tools is held to "call one tool or answer"; on the last turn to
+        # the answer alone, since a tool result asked for then could not be given.
+        schema = None if native_tools else call_schema(spec.final_schema)
+        answer_only = None if native_tools else call_schema(spec.final_schema, tools=False)
+        messages = list(spec.messages)
+        # Replay committed turns: the model's text of each finished turn and its tool outcomes.
+        for call in done.calls:
+            outcome = done.outcomes.get(call.call_id)
+            if outcome is None:  # called, but its outcome never reached the log
+                outcome = await call_tool(call.tool, dict(call.args), call.call_id)
+                await writer.write(outcome)
+            messages += _tool_messages(done.turn_text(call.turn), call, outcome, native_tools, _room(messages, spec))
+
+        tokens_in = tokens_out = 0
+        coalescer = _Coalescer(writer, spec, attempt, len(keep), turn)
+        agent.streaming += 1
+        try:
+            while True:
+                room = _room(messages, spec)
+                last = turn + 1 >= spec.turn_limit or (room is not None and room < MIN_TOOL_ROOM)
+                request = ChatRequest(
+                    messages=messages + ([{"role": "assistant", "content": partial}] if partial else []),
+                    tools=TOOL_SPECS if native_tools else None,
+                    response_schema=answer_only if last else schema,
+                    max_tokens=spec.max_tokens,
+                    temperature=0.0,
+                    continue_final=bool(partial),
+                    tag=f"{spec.persona}/{spec.step_id}/{spec.run_id}",
+                )
+                text, calls = partial, []
+                async for delta in stream(request):
+                    if delta.text or delta.tokens:
+                        text += delta.text
+                        await coalescer.add(delta.text, delta.tokens)
+                    calls.extend(delta.tool_calls or ())
+                    if delta.usage is not None:
+                        tokens_in += delta.usage.prompt_tokens
+                        tokens_out += delta.usage.completion_tokens
+                # The turn's last text goes in the same append as what the step writes next.
+                writer.check()
+                partial = ""
+                wanted = _wanted_call(text, calls, native_tools, turn)
+                if wanted is None or last:
+                    final = _final_text(text, native_tools)
+                    parsed = parse_output(final, persona=spec.persona, step_id=spec.step_id, role=spec.role)
+                    note = parsed.error
+                    if wanted is not None:
+                        why = (
+                            f"turn limit ({spec.turn_limit}) reached"
+                            if turn + 1 >= spec.turn_limit
+                            else f"no room left in the model's context ({spec.context_tokens} tokens)"
+                        )
+                        note = (note + "; " if note else "") + f"{why} while the model still asked for tools"
+                    await writer.write(
+                        StepFinished(
+                            run_id=spec.run_id,
+                            ts=time.time(),
+                            step_id=spec.step_id,
+                            attempt=attempt,
+                            output=final,
+                            findings=parsed.findings,
+                            parse_error=note,
+                            tokens_in=tokens_in,
+                            tokens_out=tokens_out,
+                        )
+                    )
+                    return StepOutcome(step_id=spec.step_id, attempt=attempt, status="finished")
+                name, args, call_id = wanted
+                called = ToolCalled(
+                    run_id=spec.run_id,
+                    ts=time.time(),
+                    step_id=spec.step_id,
+                    attempt=attempt,
+                    call_id=call_id,
+                    tool=name,
+                    args=args,
+                    turn=turn,
+                )
+                outcome = await call_tool(name, args, call_id)
+                await writer.write(called)
+                await writer.write(outcome)
+                messages += _tool_messages(text, called, outcome, native_tools, room)
+                turn += 1
+                coalescer.turn = turn
+        except asyncio.CancelledError:
+            coalescer.close()
+            raise
+        except EngineError as exc:
+            # The text streamed before the error goes first, in the same append.
+            await writer.write(_failed(spec, attempt, str(exc), exc.retryable))
+            return StepOutcome(step_id=spec.step_id, attempt=attempt, status="failed", error=str(exc))
+        except Exception as exc:  # a failed step never takes its run down
+            writer.failed = None  # (a failed write of its text, say): record the failure itself
+            await writer.write(_failed(spec, attempt, f"{type(exc).__name__}: {exc}", False))
+            return StepOutcome(step_id=spec.step_id, attempt=attempt, status="failed", error=str(exc))
+        finally:
+            agent.streaming -= 1
     except asyncio.CancelledError:
-        coalescer.close()
+        await writer.settle()
         raise
-    except EngineError as exc:
-        # The text streamed before the error goes first, in the same append.
-        await writer.write(_failed(spec, attempt, str(exc), exc.retryable))
-        return StepOutcome(step_id=spec.step_id, attempt=attempt, status="failed", error=str(exc))
-    except Exception as exc:  # a failed step never takes its run down
-        writer.failed = None  # (a failed write of its text, say): record the failure itself
-        await writer.write(_failed(spec, attempt, f"{type(exc).__name__}: {exc}", False))
-        return StepOutcome(step_id=spec.step_id, attempt=attempt, status="failed", error=str(exc))
-    finally:
-        agent.streaming -= 1
 
 
 def _failed(spec: StepSpec, attempt: int, error: str, retryable: bool) -> StepFailed:

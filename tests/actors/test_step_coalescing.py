@@ -192,3 +192,56 @@ def test_the_model_is_asked_while_the_start_commits_and_nothing_overtakes_the_st
     events = [r.event for r in log.read(0)]
     assert isinstance(events[0], StepStarted) and isinstance(events[-1], StepFinished)
     assert "".join(e.text for e in events[1:-1]) == ANSWER
+
+
+def test_a_cancelled_step_has_written_all_it_ever_will_once_it_has_ended():
+    # Whoever cancels a step (its run's cancel) writes the run's end once the step has
+    # ended: nothing of the step may commit after that. Step A is cancelled while its start
+    # is in an append under way; step B of the same agent while its start waits behind it.
+    async def main():
+        log = InMemoryLog()
+        release = asyncio.Event()
+        calls = 0
+
+        async def append(events, keys):
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                await release.wait()  # A's start commits slowly
+            return log.append(events, keys)
+
+        async def read_step(run_id, step_id):
+            return log.read(0, run_id=run_id, step_id=step_id)
+
+        async def stream(request):
+            while True:
+                await asyncio.sleep(0.005)
+                yield Delta(text="more ", tokens=1)
+
+        writer = AgentWriter(append, 0.005)
+        port = ModelPort(supports_tools=False, supports_continue=True)
+
+        def start(step):
+            return asyncio.create_task(run_step(
+                step, append=append, read_step=read_step, stream=stream, model=port, tools=None,
+                writer=writer,
+            ))
+
+        a = start(spec())
+        await asyncio.sleep(0.05)
+        b = start(msgspec.structs.replace(spec(), step_id="w1-test-engineer", persona="test-engineer"))
+        await asyncio.sleep(0.05)
+        a.cancel()
+        b.cancel()
+        await asyncio.sleep(0.05)
+        assert not a.done()  # it waits for the append holding its start
+        release.set()
+        await asyncio.wait([a, b], timeout=5)
+        assert a.cancelled() and b.cancelled()
+        ended = len(log.read(0))
+        await asyncio.sleep(0.1)  # the writer had B's start and both steps' text to send
+        events = [r.event for r in log.read(0)]
+        assert len(events) == ended
+        assert [(type(e), e.step_id) for e in events] == [(StepStarted, "w1-junior-developer")]
+
+    asyncio.run(main())
