@@ -20,6 +20,10 @@ from conductor.advance import cancellation
 from conductor.state import RunState, fold
 from events.log import EventLog
 
+# A supervisor cancels in about a second; one stuck longer is passed over, not waited on
+# forever (a command line waiting on it no longer answers Ctrl-C).
+SUPERVISOR_WAIT_S = 30.0
+
 
 def cancel_run(names: Names, log: EventLog, run_id: str, reason: str, supervisor: Any = None) -> bool:
     """Cancel ``run_id``; False if it had already ended. ``supervisor`` is its ``FlowRun``
@@ -30,8 +34,8 @@ def cancel_run(names: Names, log: EventLog, run_id: str, reason: str, supervisor
         supervisor = _lookup(names.flow_run(run_id), names.namespace)
     if supervisor is not None:
         try:
-            return ray.get(supervisor.cancel.remote(reason))
-        except ray.exceptions.RayActorError:  # it died: carry on without it
+            return ray.get(supervisor.cancel.remote(reason), timeout=SUPERVISOR_WAIT_S)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):  # carry on without it
             if _state(log, run_id).terminal:
                 return False
     stop_steps(names, run_id)

@@ -93,21 +93,17 @@ def run(args: argparse.Namespace, settings) -> int:
             if run_id is None:
                 raise
             # This process runs the run: Ctrl-C means stop it, and the history says so
-            # (left open, it would read "running" until a server resumed it).
-            try:
-                orch.cancel(run_id, "interrupted on the command line")
-            except KeyboardInterrupt:  # pressed again before the cancel was recorded
-                raise CommandError(
-                    f"run {run_id} left open: interrupted again before its cancel was recorded; "
-                    f"`orchestrator cancel {run_id}` closes it, a server would resume it", 130
-                ) from None
+            # (left open, it would read "running" until a server resumed it). The cancel is
+            # bounded and short; another Ctrl-C during it only gets a word, since breaking it
+            # off would leave the run's fate unknown to the very line that reports it.
+            _winding_down(f"orchestrator: cancelling run {run_id}; it closes in a moment")
+            orch.cancel(run_id, "interrupted on the command line")
             raise CommandError(f"run {run_id} cancelled: interrupted", 130) from None
         finally:
-            # The run is settled either way: a stop from here on only ends the process (it
-            # would otherwise break into Ray's shutdown with a traceback).
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            with contextlib.suppress(KeyboardInterrupt):
-                orch.close()
+            # The run is settled either way. A stop from here on would only break into the
+            # shutdown of Ray (ours here, Ray's own at exit) with a traceback.
+            _winding_down("orchestrator: shutting down Ray; a moment")
+            orch.close()
     print(report, file=out)
     return 0
 
@@ -120,6 +116,21 @@ def _require_finished(state) -> None:
 
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
+
+
+def _winding_down(notice: str) -> None:
+    """For the rest of this process, Ctrl-C and SIGTERM print ``notice`` (once) instead of
+    interrupting: the process is only winding down (SIGKILL still ends it)."""
+    said = False
+
+    def note(signum, frame) -> None:
+        nonlocal said
+        if not said:
+            print(notice, file=sys.stderr, flush=True)
+            said = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, note)
 
 
 def _server_url(settings) -> str:

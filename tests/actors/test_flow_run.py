@@ -199,6 +199,34 @@ def test_cancel_without_its_supervisor_closes_every_open_step(orch, repo):
     assert orch.cancel(run_id) is False
 
 
+def test_a_cancel_passes_over_a_supervisor_that_does_not_answer(orch, repo, monkeypatch):
+    # Whoever cancels (a Ctrl-C'd command line waits on it) is not held forever by a stuck
+    # supervisor: past the bound, the run is closed as if the supervisor were gone.
+    import ray
+
+    from actors import cancel
+
+    @ray.remote(num_cpus=0)
+    class Stuck:
+        def cancel(self, reason: str) -> bool:
+            time.sleep(3600)
+            return True
+
+    stuck = Stuck.remote()
+    try:
+        run_id = _launch_streaming(orch, repo)
+        # The run's own supervisor goes (a stuck one dispatches nothing); the stuck one is asked.
+        ray.kill(ray.get_actor(orch.names.flow_run(run_id), namespace=orch.names.namespace), no_restart=True)
+        monkeypatch.setattr(cancel, "SUPERVISOR_WAIT_S", 1.0)
+        t0 = time.time()
+        assert cancel.cancel_run(orch.names, orch.log, run_id, "its supervisor hangs", stuck) is True
+        assert time.time() - t0 < 5
+        assert orch.state(run_id).status == "cancelled"
+        assert _events(orch, run_id)[-1].reason == "its supervisor hangs"
+    finally:
+        ray.kill(stuck)
+
+
 def test_hostile_repository_every_write_shell_and_escape_is_denied(orch, tmp_path):
     repo = make_hostile_repo(tmp_path)
     before = fingerprint(repo)

@@ -123,25 +123,22 @@ def test_stopping_the_command_cancels_the_run_and_the_history_says_so(tmp_path, 
     assert [(r["status"], r["error"]) for r in runs] == [("cancelled", "interrupted on the command line")]
 
 
-def test_ctrl_c_twice_says_truly_whether_the_run_was_cancelled(tmp_path, repo):
-    # An impatient second Ctrl-C lands while the first one's cancel or the shutdown goes on:
-    # the last word is the run's fate, which the history then shows, not a bare "interrupted".
+def test_ctrl_c_pressed_again_while_cancelling_still_cancels_the_run(tmp_path, repo):
+    # An impatient user presses Ctrl-C again (and again) while the first one's cancel goes on:
+    # the cancel is not broken off, the last word is the run's fate and the history agrees.
     data = tmp_path / "data"
     proc = _slow_run_under_way(tmp_path, repo, data)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    for _ in range(4):
+        time.sleep(0.15)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
-    said = [ln for ln in err.splitlines() if ln.startswith("orchestrator: ")]
-    assert said and "Traceback" not in err, err
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
     (run,) = json.loads(orchestrator(data, "runs", "--json").stdout)
-    if said[-1].endswith("cancelled: interrupted"):
-        assert run["status"] == "cancelled"
-    else:
-        assert said[-1].startswith(f"orchestrator: run {run['run_id']} left open: interrupted again")
-        assert run["status"] == "running"
-        assert orchestrator(data, "cancel", run["run_id"]).returncode == 0
+    assert err.strip().splitlines()[-1] == f"orchestrator: run {run['run_id']} cancelled: interrupted"
+    assert (run["status"], run["error"]) == ("cancelled", "interrupted on the command line")
 
 
 def test_the_json_report_is_all_of_stdout_even_when_a_model_replica_dies(tmp_path, repo):
