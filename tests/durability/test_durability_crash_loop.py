@@ -5,7 +5,7 @@ the validator) runs code reviews while a client follows every run's committed ev
 the REST events endpoint, as the pane does; what that client saw is what was acknowledged. Each
 trial keeps two runs going (a fresh one when it aims at a tool call or a commit), waits for a
 moment (an analyst streaming its answer then a random wait, a tool call, the validator
-streaming then a random wait, the event log inside a commit's write or fdatasync, or a random
+beginning to stream then a random wait, the event log inside a commit's write or fdatasync, or a random
 delay), then kills the server: usually the whole instance (every process of its session, see
 ``durability_server``), three times in ten the serve process alone. After each whole kill, a
 copy of the data directory's DuckDB file is checked (while ``serve`` starts again): every
@@ -70,13 +70,15 @@ def kill_moment(target: str, watcher: Watcher, since: float, rng: random.Random,
             return False
         if target == "stream":
             return not validator and ev.get("turn") == 1
-        return validator or target == "commit"  # commit: anything streaming, commits flow
+        if target == "validator":  # its first piece: the rest streams for seconds yet
+            return validator and ev.get("offset", 0) == 0  # (0 is left out of the JSON)
+        return target == "commit"  # anything streaming: commits flow
 
     deadline = time.monotonic() + WAIT
     topped = time.monotonic()
     while time.monotonic() < deadline:
         if watcher.first(since, wanted) is not None:
-            time.sleep({"stream": rng.uniform(0.0, 0.4), "validator": rng.uniform(0.0, 0.3)}.get(target, 0.0))
+            time.sleep({"stream": rng.uniform(0.0, 0.4), "validator": rng.uniform(0.0, 0.5)}.get(target, 0.0))
             return target
         if time.monotonic() - topped > 0.5:
             top_up()
@@ -103,7 +105,7 @@ def test_crash_loop_every_run_finishes_and_nothing_acknowledged_is_lost(tmp_path
     rng = random.Random(9)
     repo = make_repo(tmp_path / "repos" / "calc")
     script_file = tmp_path / "script.json"
-    script_file.write_text(json.dumps(script(tokens_per_s=40, validator_tokens_per_s=2)))
+    script_file.write_text(json.dumps(script(tokens_per_s=40, validator_tokens_per_s=0.75)))
     server = Server(tmp_path / "data", script=script_file, env={"ORCH_REPO_ROOTS": str(tmp_path / "repos")})
     watcher = Watcher(server)
     checker = ThreadPoolExecutor(max_workers=1)
@@ -138,8 +140,10 @@ def test_crash_loop_every_run_finishes_and_nothing_acknowledged_is_lost(tmp_path
                     wait_finished(c, watcher.runs[:1])
                     first = c.post(f"api/runs/{watcher.runs[0]}/send", json={"request_id": "crash-loop-send"}).json()
                     assert first["repeated"] is False and first["seq"] > 0
-            # A commit is aimed at while something streams now, so that commits flow.
-            moment = kill_moment(target, watcher, time.monotonic() if target == "commit" else up, rng, top_up)
+            # A commit is aimed at while something streams now, so that commits flow; the
+            # validator as it begins now, so that it is still streaming at the kill.
+            fresh = target in ("commit", "validator")
+            moment = kill_moment(target, watcher, time.monotonic() if fresh else up, rng, top_up)
             if target == "commit":
                 moment += f" ({server.kill_in_commit()})"
             else:

@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import ray
@@ -173,7 +174,7 @@ def main(scratch: Path) -> dict:
         out["model_replica_nodes"] = model_replica_nodes()  # informative: Serve places them
 
         # Wait until a step on a worker node is streaming its answer (turn 1), then kill that node.
-        victim, deadline = None, time.monotonic() + 60
+        victim, deadline = None, time.monotonic() + 120
         while victim is None and time.monotonic() < deadline:
             events = [r.event for r in orch.events(run_id, limit=100_000)]
             started = {e.step_id: e for e in events if e.__struct_config__.tag == "step_started"}
@@ -185,7 +186,11 @@ def main(scratch: Path) -> dict:
                     victim = node
                     break
             time.sleep(0.05)
-        assert victim is not None, "no step streamed on a worker node"
+        assert victim is not None, "no step streamed on a worker node: " + json.dumps({
+            "agents": out["agents_before"], "kinds": dict(Counter(kinds(events))),
+            "starts": {s: e.worker for s, e in started.items()}, "streaming": sorted(streaming),
+            "ended": sorted(ended), "status": orch.state(run_id).status,
+        }, default=str)
         on_victim = sorted(
             s for s, e in started.items() if e.worker.startswith(victim[:8]) and s not in ended
         )
