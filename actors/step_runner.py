@@ -307,8 +307,6 @@ class AgentWriter:
                 keys.append(coalescer.step.key())
             waiting, taken, self._waiting = [], self._waiting, []
             for step, evs, future in taken:
-                if future.done():  # its step stopped waiting: it was cancelled
-                    continue
                 if step.failed is not None:  # its text was lost: it must not go on as if not
                     _settle(future, step.failed)
                     continue
