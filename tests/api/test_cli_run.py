@@ -94,15 +94,19 @@ def _slow_run_under_way(tmp_path, repo, data) -> subprocess.Popen:
     """An `orchestrator run` of a slow scripted review, once it is under way (its model
     deployed, its agents streaming)."""
     script = tmp_path / "script.json"
+    # Each answer streams for ~20 s: the run is surely still going when it is interrupted.
+    summary = "an answer slow enough to interrupt " + "and then some more " * 9
     script.write_text(json.dumps({"tokens_per_s": 2, "replies": [{"json": {"final": {
-        "summary": "an answer slow enough to interrupt", "findings": []}}}]}))
+        "summary": summary, "findings": []}}}]}))
     proc = subprocess.Popen(
         [sys.executable, "-m", "api.cli", "--data-dir", str(data), "run", "code-review", "--repo",
          str(repo), "--engine", "scripted", "--script", str(script), "--quiet"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
+    # Launched once its model replica is up (the launch deploys it before the run's first
+    # event); a busy machine may take many seconds to get there.
     deadline = time.monotonic() + 120
-    while not (data / "runs").is_dir() or not any((data / "runs").iterdir()):  # launched
+    while _descendant(proc.pid, "ServeReplica") is None:
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
         time.sleep(0.2)
     time.sleep(6)
