@@ -7,7 +7,8 @@ fan-out nodes that stream from the stub, checkpointed with its SQLite saver.
 
 Printed: wall time, orchestration overhead (wall minus the ideal critical path: waves × one
 call) for both and their ratio, per-step overhead, and token → subscriber latency p50/p99
-(stub send time → the log subscriber's receipt). Ends with one JSON line.
+(stub send time → the log subscriber's receipt), the output deltas the run wrote and the
+machine's busy CPU seconds during it (what the coalescing saves). Ends with one JSON line.
 
     python bench/fanout.py [--agents 12] [--latency 0.2] [--tokens 40] [--rate 100]
 """
@@ -18,6 +19,7 @@ import argparse
 import asyncio
 import json
 import operator
+import os
 import statistics
 import subprocess
 import sys
@@ -68,6 +70,13 @@ def make_repo(root: Path) -> Path:
     return repo
 
 
+def machine_busy_s() -> float:
+    """CPU seconds all of this machine's cores have spent busy since boot (Linux)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 async def run_orchestrator(stub: StubServer, repo: Path, data_dir: Path, agents: int) -> dict:
     from actors.config import Settings
     from actors.service import LaunchRequest, Orchestrator
@@ -101,11 +110,12 @@ async def run_orchestrator(stub: StubServer, repo: Path, data_dir: Path, agents:
         await loop.run_in_executor(None, orch.wait, warm, 120)
         await loop.run_in_executor(None, orch.settle)  # as a server is between runs
 
-        t0 = time.time()
+        t0, busy0 = time.time(), machine_busy_s()
         run_id = await loop.run_in_executor(None, orch.launch, request)
         latencies: list[float] = []
         to_write: list[float] = []  # stub send -> the step's write of the delta
         write_to_sub: list[float] = []  # the step's write -> subscriber receipt
+        deltas = 0  # output_delta events: how compact the coalescing kept the log
         async for records in orch.subscribe(run_id, 0):
             now = time.time()
             done = False
@@ -113,6 +123,7 @@ async def run_orchestrator(stub: StubServer, repo: Path, data_dir: Path, agents:
                 ev = rec.event
                 kind = ev.__struct_config__.tag
                 if kind == "output_delta":
+                    deltas += 1
                     sent = stamps(ev.text)
                     latencies += [now - ts for ts in sent]
                     to_write += [ev.ts - ts for ts in sent]
@@ -121,7 +132,7 @@ async def run_orchestrator(stub: StubServer, repo: Path, data_dir: Path, agents:
                     done = True
             if done:
                 break
-        wall = time.time() - t0
+        wall, busy = time.time() - t0, machine_busy_s() - busy0
         requests = sorted(a - t0 for a in stub.arrivals if a >= t0)
         state = await loop.run_in_executor(None, orch.state, run_id)
         waves = sorted({st.step.wave for st in state.steps.values()})
@@ -135,6 +146,8 @@ async def run_orchestrator(stub: StubServer, repo: Path, data_dir: Path, agents:
             "steps": len(state.steps),
             "waves": [[st.step.persona for st in state.steps.values() if st.step.wave == w] for w in waves],
             "wall_s": wall,
+            "busy_s": busy,
+            "deltas": deltas,
             "latencies": latencies,
             "to_write": to_write,
             "write_to_sub": write_to_sub,
@@ -232,6 +245,8 @@ def main() -> None:
         "token_to_subscriber_p50_ms": round(pct(lat, 50) * 1000, 1),
         "token_to_subscriber_p99_ms": round(pct(lat, 99) * 1000, 1),
         "tokens_measured": len(lat),
+        "output_deltas": ours["deltas"],
+        "machine_cpu_busy_s": round(ours["busy_s"], 2),
         # Where a token's latency goes: to the step's write of its delta, then to the subscriber.
         # Dispatch: launch to the first model request, and to the last of the first wave.
         "launch_to_first_request_s": round(ours["requests"][0], 3),
@@ -254,6 +269,10 @@ def main() -> None:
     print(
         f"token -> subscriber        p50 {figures['token_to_subscriber_p50_ms']:.1f} ms   "
         f"p99 {figures['token_to_subscriber_p99_ms']:.1f} ms   (target p99 <= 50 ms, {len(lat)} tokens)"
+    )
+    print(
+        f"  {ours['deltas']} output deltas in the log ({len(lat) / max(1, ours['deltas']):.1f} tokens each); "
+        f"the machine's cores were busy {ours['busy_s']:.2f} s during the run"
     )
     print(
         f"  of which stub -> step write  p50 {figures['token_to_write_p50_ms']:.1f} ms   "
