@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 from api.commands import whole_number
@@ -40,6 +41,12 @@ def run(args: argparse.Namespace, settings) -> int:
     if args.json:
         print(json.dumps(rows, indent=2, sort_keys=True))
         return 0
+    if not rows:
+        print("no runs match" if _filtered(args) else "no runs yet")
+        hint = _unknown_flow(args.flow)
+        if hint:
+            print(hint, file=sys.stderr)
+        return 0
     table = Table(box=None)
     for col in ("run", "flow", "band", "status", "steps", "tokens", "started", "repository"):
         table.add_column(col)
@@ -53,3 +60,17 @@ def run(args: argparse.Namespace, settings) -> int:
         console = Console(width=200)  # piped: do not squeeze ids and paths to 80 columns
     console.print(table)
     return 0
+
+
+def _filtered(args: argparse.Namespace) -> bool:
+    return any(getattr(args, name) is not None for name in ("flow", "status", "repo", "text"))
+
+
+def _unknown_flow(flow: str | None) -> str | None:
+    """A note when ``--flow`` names no flow this version has: likely a typo. The filter still
+    ran, since the history may hold runs of a flow a later version dropped."""
+    from conductor.flows import FLOWS
+
+    if flow is None or flow in FLOWS:
+        return None
+    return f"note: no flow is named {flow!r}; the flows are {', '.join(sorted(FLOWS))}"

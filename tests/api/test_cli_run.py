@@ -233,6 +233,28 @@ def test_history_filters_out_of_range_are_refused_before_anything_opens(tmp_path
     assert not data.exists()
 
 
+def test_history_says_when_nothing_matches_and_names_the_flows_for_a_mistyped_one(tmp_path):
+    from events.duckdb_log import DuckDBLog
+    from events.types import RunRequested
+    from projections import Projector
+
+    data = tmp_path / "data"
+    data.mkdir()
+    with DuckDBLog(str(data / "events.duckdb"), Projector()) as log:
+        log.append([RunRequested(run_id="r1", ts=1.0, flow="code-review", repo="/src/app")], ["k"])
+
+    typo = orchestrator(data, "runs", "--flow", "code-reveiw", timeout=60)
+    assert typo.returncode == 0 and typo.stdout.strip() == "no runs match"
+    assert typo.stderr.strip() == (
+        "note: no flow is named 'code-reveiw'; the flows are architectural-analysis, "
+        "automated-test-planning, code-overview, code-review, gap-analysis, investigate"
+    )
+    none_finished = orchestrator(data, "runs", "--status", "finished", timeout=60)
+    assert none_finished.stdout.strip() == "no runs match" and none_finished.stderr == ""
+    listed = orchestrator(data, "runs", "--flow", "code-review", timeout=60)
+    assert listed.returncode == 0 and "r1" in listed.stdout and listed.stderr == ""
+
+
 def test_a_persona_directory_that_cannot_load_stops_run_before_anything_starts(tmp_path, repo):
     personas = tmp_path / "personas"
     personas.mkdir()
