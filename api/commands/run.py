@@ -86,6 +86,9 @@ def run(args: argparse.Namespace, settings) -> int:
                 run_id = orch.launch(req)
             except LaunchError as exc:
                 raise CommandError(str(exc), 2) from None
+            # The id first, so a log of this command names the run while it is still going
+            # (`show` reopens it later), as the server path does.
+            print(f"orchestrator: run {run_id} launched", file=sys.stderr)
             state = asyncio.run(_watch(orch, run_id, live=not args.quiet))
             _require_finished(state)
             report = orch.report(run_id, "json" if args.json else "md")

@@ -75,6 +75,10 @@ def test_run_prints_the_report_and_history_reopens_it(tmp_path, repo):
     runs = json.loads(listed.stdout)
     assert len(runs) == 1 and runs[0]["status"] == "finished"
     run_id = runs[0]["run_id"]
+    # The run was named as soon as it began, before its progress and report.
+    lines = done.stderr.splitlines()
+    launched = lines.index(f"orchestrator: run {run_id} launched")
+    assert launched < next(i for i, line in enumerate(lines) if line.startswith("code-review · "))
 
     shown = orchestrator(data, "show", run_id, "--format", "md")
     assert shown.returncode == 0 and "calc.py:2" in shown.stdout
