@@ -243,6 +243,37 @@ def test_an_idle_writer_checkpoints_after_a_burst(tmp_path):
         assert log.append(*batch("r", "s", 1000, 1)) == [1001]
 
 
+def test_a_big_wal_is_checkpointed_in_a_short_lull_of_a_steady_stream(tmp_path):
+    import time
+
+    wal = tmp_path / "events.duckdb.wal"
+    # The idle gap is out of reach: only the lull rule can checkpoint here.
+    with DuckDBLog(tmp_path / "events.duckdb", idle_gap=600, lull_checkpoint=64 << 10) as log:
+        sizes = []
+        for c in range(40):  # a steady stream: an append every 20 ms
+            log.append(*batch("r", "s", c * 20, 20))
+            sizes.append(wal.stat().st_size if wal.exists() else 0)
+            time.sleep(0.02)
+        # The WAL was folded into the file over and over while the stream went on, never
+        # left to grow to DuckDB's own threshold.
+        drops = sum(1 for a, b in zip(sizes, sizes[1:]) if b < a)
+        assert drops >= 2 and max(sizes) < 1 << 20, sizes
+        assert log.query("SELECT count(*), max(seq) FROM events").rows == [(800, 800)]
+
+
+def test_a_small_wal_waits_for_the_idle_gap(tmp_path):
+    import time
+
+    wal = tmp_path / "events.duckdb.wal"
+    with DuckDBLog(tmp_path / "events.duckdb", idle_gap=600) as log:
+        for c in range(10):
+            log.append(*batch("r", "s", c * 100, 100))
+        size = wal.stat().st_size
+        assert 64 << 10 < size < 4 << 20
+        time.sleep(0.5)  # many lulls long, but the WAL is under the lull bound
+        assert wal.stat().st_size == size
+
+
 def test_a_failing_writer_fails_its_appenders_instead_of_hanging_them(tmp_path, monkeypatch):
     from events.errors import LogClosed
 
