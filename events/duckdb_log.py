@@ -21,9 +21,10 @@ and longer, not shorter, ones at smaller thresholds. So the file is attached wit
 24,000 events here (the wide columns in zstd, below), every ~2.5 s at 10,000 events/s
 (``CHECKPOINT_THRESHOLD``). The writer also checkpoints when appends pause for ``IDLE_GAP``,
 longer than a model's usual pause before its first token, so a checkpoint seldom starts just
-as a stream resumes; and once the WAL holds ``LULL_CHECKPOINT_BYTES``, in any lull of ``LULL``,
-so a steady stream meets checkpoints of half that size, each a shorter stall. DuckDB's buffer pool is bounded, so the writer's memory does not grow
-with the log.
+as a stream resumes; and once the WAL holds ``LULL_CHECKPOINT_BYTES`` (half of
+``CHECKPOINT_THRESHOLD``), in any lull of ``LULL``, so a steady stream meets checkpoints of
+half the size, each a shorter stall. DuckDB's buffer pool is bounded, so the writer's memory
+does not grow with the log.
 """
 
 from __future__ import annotations
@@ -61,9 +62,9 @@ IDLE_GAP = 1.0  # seconds without an append after which the writer counts as idl
 IDLE_CHECKPOINT_BYTES = 64 << 10  # WAL size worth a checkpoint when idle
 # WAL size from which a short lull is enough for the writer to checkpoint: half of DuckDB's own
 # threshold, so under a steady stream (which leaves the writer such lulls) a checkpoint writes
-# half as much and stalls the appends behind it about half as long (9-15 ms instead of 15-35 ms
-# at 10,000 events/s, measured); under a saturating load there is no lull and DuckDB's own
-# threshold applies, so bulk throughput pays no extra checkpoints.
+# half as much and stalls the appends behind it for less (through the actor at 10,000
+# events/s, the longest ack 15-23 ms instead of 27-35, measured); under a saturating load there
+# is no lull and DuckDB's own threshold applies, so bulk throughput pays no extra checkpoints.
 LULL_CHECKPOINT_BYTES = 4 << 20
 LULL = 0.002  # seconds without an append that count as a lull
 # WAL size at which DuckDB checkpoints on its own, inside a commit (its default is 16 MB); the
