@@ -522,11 +522,13 @@ class DuckDBLog(EventLog):
     def _write_loop(self) -> None:
         dirty = False  # committed since the last checkpoint
         while True:
+            # Only this thread writes the WAL: its size, read once here (not under the lock
+            # the appenders queue through), holds until the next commit.
+            wal = self._wal_bytes() if dirty else 0
             with self._cv:
                 idle = False
                 if dirty and not self._queue and not self._closing:
-                    big = self._wal_bytes() >= self._lull_checkpoint
-                    self._cv.wait(LULL if big else self._idle_gap)
+                    self._cv.wait(LULL if wal >= self._lull_checkpoint else self._idle_gap)
                     idle = not self._queue and not self._closing
                 while not idle and not self._queue and not self._closing:
                     self._cv.wait()
@@ -539,7 +541,7 @@ class DuckDBLog(EventLog):
                 # commits, and DuckDB's own, at CHECKPOINT_THRESHOLD of WAL, would stall a
                 # burst for 100-300 ms).
                 dirty = False
-                if self._wal_bytes() >= self._idle_checkpoint:
+                if wal >= self._idle_checkpoint:
                     try:
                         self._checkpoint_now()
                     except duckdb.Error:
