@@ -91,7 +91,7 @@ class Orchestrator:
             thread=req.thread,
         )
         try:
-            validate(requested, FLOWS)
+            validate(requested, FLOWS, self._personas)
         except RequestError as exc:
             raise LaunchError(str(exc), exc.code) from None
         engine, model = self._resolve_engine(requested)

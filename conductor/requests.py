@@ -13,7 +13,7 @@ conductor.requests.RequestError: investigate needs a symptom: what goes wrong, a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from conductor.flows import BANDS, Flow
 from events.types import RunRequested
@@ -31,7 +31,12 @@ class RequestError(ValueError):
         self.code = code
 
 
-def validate(request: RunRequested, flows: Mapping[str, Flow]) -> None:
+def validate(
+    request: RunRequested, flows: Mapping[str, Flow], personas: Collection[str] | None = None
+) -> None:
+    """Raise ``RequestError`` for a request that cannot run. ``personas``, the names of the
+    personas there are, checks the ones the request names (a caller that cannot know them,
+    a client ahead of its server, leaves them to the server)."""
     flow = flows.get(request.flow)
     if flow is None:
         known = ", ".join(sorted(flows))
@@ -53,6 +58,16 @@ def validate(request: RunRequested, flows: Mapping[str, Flow]) -> None:
             names = ", ".join(spec.name for spec in flow.inputs)
             raise RequestError(
                 f"{flow.name} does not take a {field} (it takes: {names})", "bad_input"
+            )
+    if personas is not None:
+        # A mistyped name would otherwise run without the specialist the user asked for.
+        unknown = [n.strip() for n in request.personas if n.strip() and n.strip().lower() not in personas]
+        if unknown:
+            noun = "persona" if len(unknown) == 1 else "personas"
+            raise RequestError(
+                f"unknown {noun} {', '.join(map(repr, unknown))} (`orchestrator personas` lists "
+                "the personas there are)",
+                "unknown_persona",
             )
     for path in request.paths:
         if not path.strip() or path.startswith("/") or ".." in path.replace("\\", "/").split("/"):

@@ -66,6 +66,7 @@ def run(args: argparse.Namespace, settings) -> int:
     url = _server_url(settings)
     if url:
         return _run_through_server(url, req, settings, args)
+    _check_personas(req, settings)
     _check_data_dir(req, settings)
     _check_engine(req, settings)
     # Stdout is the report's alone (programs read ``--json``): Ray's driver prints what it
@@ -178,12 +179,16 @@ def _check_early(req) -> None:
     """Refuse what is obviously wrong before paying for Ray (the launch checks again)."""
     from pathlib import Path
 
+    if not Path(req.repo).expanduser().exists():
+        raise CommandError(f"no such repository: {req.repo}", 2)
+    _validate(req)
+
+
+def _validate(req, personas=None) -> None:
     from conductor.flows import FLOWS
     from conductor.requests import RequestError, validate
     from events.types import RunRequested
 
-    if not Path(req.repo).expanduser().exists():
-        raise CommandError(f"no such repository: {req.repo}", 2)
     try:
         validate(
             RunRequested(
@@ -192,9 +197,19 @@ def _check_early(req) -> None:
                 paths=req.paths, personas=req.personas,
             ),
             FLOWS,
+            personas,
         )
     except RequestError as exc:
         raise CommandError(str(exc), 2) from None
+
+
+def _check_personas(req, settings) -> None:
+    """A persona the request names must be one there is (here, not on a server: the server,
+    whose personas may differ, checks at launch)."""
+    if req.personas:
+        from personas import load_personas
+
+        _validate(req, load_personas(settings.personas_dir or None))
 
 
 def _check_data_dir(req, settings) -> None:

@@ -299,11 +299,15 @@ def test_bad_launch_writes_nothing(orch, repo, tmp_path):
         LaunchRequest(flow="code-review", repo=str(repo), band="huge"),
         LaunchRequest(flow="code-review", repo=str(repo), base="no-such-ref"),
         LaunchRequest(flow="architectural-analysis", repo=str(repo)),  # focus is required
+        LaunchRequest(flow="code-review", repo=str(repo), personas=("test-engineer", "secruity-analyst")),
     ]
+    codes = []
     for req in cases:
         with pytest.raises(LaunchError) as err:
             orch.launch(req)
         assert str(err.value)
+        codes.append(err.value.code)
+    assert codes[-1] == "unknown_persona" and "'secruity-analyst'" in str(err.value)
     assert orch.log.max_seq() == before
 
 

@@ -209,6 +209,7 @@ def _descendant(root: int, marker: str) -> int | None:
         (["run", "code-review", "--repo", "{missing}"], "no such repository"),
         (["run", "code-review", "--repo", "{repo}", "--band", "huge"], "band"),
         (["run", "architectural-analysis", "--repo", "{repo}"], "focus"),
+        (["run", "code-review", "--repo", "{repo}", "--persona", "secruity-analyst"], "unknown persona 'secruity-analyst'"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, repo, args, message):

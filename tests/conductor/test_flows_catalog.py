@@ -86,6 +86,20 @@ def test_bad_requests_get_a_clear_error(make_request, case, flow, fields, code, 
         assert w in str(caught.value)
 
 
+def test_a_persona_the_request_names_must_be_one_there_is(make_request):
+    known = {"test-engineer", "adversarial-security-analyst"}
+    with pytest.raises(RequestError) as caught:
+        validate(make_request("code-review", personas=("secruity-analyst", "Test-Engineer")), FLOWS, known)
+    assert caught.value.code == "unknown_persona"
+    assert str(caught.value).startswith("unknown persona 'secruity-analyst' (`orchestrator personas`")
+    with pytest.raises(RequestError, match="unknown personas 'a', 'b'"):
+        validate(make_request("code-review", personas=("a", "b")), FLOWS, known)
+    # Names are matched as the roster seats them (trimmed, any case); a blank one names nothing.
+    validate(make_request("code-review", personas=(" Test-Engineer ", " ")), FLOWS, known)
+    # A caller that does not know the personas (a client ahead of its server) leaves them be.
+    validate(make_request("code-review", personas=("secruity-analyst",)), FLOWS)
+
+
 @pytest.mark.parametrize("flow,fields", [
     ("code-review", {}),
     ("code-review", {"base": "main", "focus": "the cache", "text": "be brief", "band": "large"}),
