@@ -297,21 +297,26 @@ class _Where(msgspec.Struct, frozen=True):
     index: str
 
 
-def check_outside(repo: str | Path, directory: str | Path, what: str) -> None:
-    """Refuse ``directory`` (a data directory, perhaps not made yet) when it lies inside the
-    tree a run of ``repo`` reads: its git work tree, or the plain directory itself."""
+_DATA_DIR_ADVICE = "choose a data directory outside it (--data-dir, ORCH_DATA_DIR)"
+
+
+def check_outside(
+    repo: str | Path, path: str | Path, what: str, advice: str = _DATA_DIR_ADVICE
+) -> None:
+    """Refuse ``path`` (a data directory or a file to write, perhaps not made yet) when it lies
+    inside the tree a run of ``repo`` reads: its git work tree, or the plain directory itself."""
     source = Path(repo).expanduser().resolve()
     if not source.is_dir():
-        return  # pin says what is wrong with it
+        return  # pin says what is wrong with it (or the repository has gone since)
     where = _locate(source)
-    _refuse_inside(Path(directory).expanduser().resolve(), Path(where.root) if where else source, what)
+    _refuse_inside(Path(path).expanduser().resolve(), Path(where.root) if where else source, what, advice)
 
 
-def _refuse_inside(directory: Path, root: Path, what: str) -> None:
-    if directory.is_relative_to(root):
+def _refuse_inside(path: Path, root: Path, what: str, advice: str = _DATA_DIR_ADVICE) -> None:
+    if path.is_relative_to(root):
         raise SnapshotError(
-            f"{what} {directory} is inside the repository {root}; Orchestrator never writes "
-            "into what it analyses: choose a data directory outside it (--data-dir, ORCH_DATA_DIR)"
+            f"{what} {path} is inside the repository {root}; Orchestrator never writes "
+            f"into what it analyses: {advice}"
         )
 
 

@@ -30,7 +30,20 @@ def run(args: argparse.Namespace, settings) -> int:
     render = {"md": render_markdown, "json": render_json, "html": render_html}[args.format]
     text = render(build_report(state))
     if args.output:
+        if state.request is not None:
+            _check_outside_repo(state.request.repo, args.output)
         write_output(args.output, text)
     else:
         print(text)
     return 0
+
+
+def _check_outside_repo(repo: str, path: str) -> None:
+    """The report file must not land in the repository the run analysed (read-only holds
+    for every path Orchestrator writes, the user's own included)."""
+    from actors.snapshot import SnapshotError, check_outside
+
+    try:
+        check_outside(repo, path, "the report file", "write it somewhere outside the repository")
+    except SnapshotError as exc:
+        raise CommandError(str(exc), 2) from None

@@ -90,6 +90,17 @@ def test_run_prints_the_report_and_history_reopens_it(tmp_path, repo):
     unwritable = orchestrator(data, "show", run_id, "-o", str(tmp_path))  # a directory
     assert unwritable.returncode == 1
     assert unwritable.stderr == f"orchestrator: cannot write {tmp_path}: Is a directory\n"
+    # Not even the user's own -o writes into the analysed repository: not by its path, not
+    # through a link that leads into it.
+    (tmp_path / "into-repo").symlink_to(repo)
+    for target in (repo / "review.md", tmp_path / "into-repo" / "docs" / "review.md"):
+        refused = orchestrator(data, "show", run_id, "-o", str(target))
+        assert refused.returncode == 2
+        assert refused.stderr.startswith("orchestrator: the report file ")
+        assert f"is inside the repository {repo}" in refused.stderr
+        assert "write it somewhere outside the repository" in refused.stderr
+        assert len(refused.stderr.splitlines()) == 1
+    assert fingerprint(repo) == before
     again = orchestrator(data, "cancel", run_id)
     assert again.returncode != 0 and "already finished" in again.stderr
 
