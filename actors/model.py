@@ -222,7 +222,13 @@ def start_model(
             # llama.cpp keeps a core busy per replica; the others only wait on sockets.
             ray_actor_options={"num_cpus": 1 if chosen == "embedded" else 0},
         ).bind(settings, chosen, script)
-    handle = serve.run(app, name=name, route_prefix=None, blocking=False)
+    try:
+        handle = serve.run(app, name=name, route_prefix=None, blocking=False)
+    except RuntimeError as exc:  # Serve's "Deploying application … failed", after its retries
+        reason = _deploy_failure(name) or str(exc)
+        with contextlib.suppress(Exception):
+            serve.delete(name)  # a failed application is not left to retry in the background
+        raise ModelUnavailable(f"the {chosen} model {model!r} could not be started: {reason}") from None
     caps: Capabilities = handle.capabilities.remote().result()
     return ModelApp(
         name=name,
@@ -232,6 +238,31 @@ def start_model(
         supports_continue=caps.supports_continue,
         handle=handle,
     )
+
+
+class ModelUnavailable(RuntimeError):
+    """The model deployment could not start (its replica failed to construct its engine)."""
+
+
+def _deploy_failure(name: str) -> str:
+    """The error a failed replica of application ``name`` raised, as one line ('' if unknown).
+
+    Serve keeps it, with its traceback, in the deployment's status message; the last line is
+    the exception (``actors.config.ConfigError: the scripted engine needs a script``)."""
+    from ray import serve
+
+    try:
+        app = serve.status().applications.get(name)
+        messages = [d.message for d in app.deployments.values()] if app is not None else []
+    except Exception:  # a status that cannot be read leaves Serve's own message
+        return ""
+    for message in messages:
+        lines = [line.strip() for line in message.splitlines() if line.strip()]
+        if lines:
+            kind, sep, text = lines[-1].partition(": ")
+            kind = kind.rsplit(".", 1)[-1]
+            return text if sep and kind == "ConfigError" else f"{kind}{sep}{text}"
+    return ""
 
 
 def _start_serve() -> None:

@@ -276,12 +276,16 @@ class Orchestrator:
             raise LaunchError(str(exc), "bad_engine") from None
 
     def _ensure_model(self, engine: str, model: str) -> ModelPort:
-        from actors.model import start_model
+        from actors.config import ConfigError
+        from actors.model import ModelUnavailable, start_model
 
         key = self.names.model_app(engine, model)
         if key not in self._models:
             settings = msgspec.structs.replace(self.settings, engine=engine, model=model)
-            caps = start_model(settings, engine=engine, script=self._script, name=key)
+            try:
+                caps = start_model(settings, engine=engine, script=self._script, name=key)
+            except (ModelUnavailable, ConfigError) as exc:
+                raise LaunchError(str(exc), "model_unavailable") from None
             self._models[key] = ModelPort(
                 supports_tools=caps.supports_tools, supports_continue=caps.supports_continue
             )

@@ -68,6 +68,7 @@ def ensure_ray() -> str:
     import logging
 
     import ray
+    import ray.serve  # noqa: F401  (importing it sets its logger to INFO: import first, then quiet it)
 
     # Serve logs every deployment step at INFO on the driver; the product shows its own progress.
     logging.getLogger("ray.serve").setLevel(logging.WARNING)

@@ -39,7 +39,7 @@ log = logging.getLogger("orchestrator.api")
 STATIC_DIR = Path(__file__).parent / "static"
 HEARTBEAT_S = 15.0
 # LaunchError codes that are not "your input is invalid" (422).
-_LAUNCH_STATUS = {"not_ready": 409, "not_supported": 409, "not_found": 404}
+_LAUNCH_STATUS = {"not_ready": 409, "not_supported": 409, "not_found": 404, "model_unavailable": 503}
 
 
 class Gate:

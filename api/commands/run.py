@@ -66,6 +66,8 @@ def run(args: argparse.Namespace, settings) -> int:
     url = _server_url(settings)
     if url:
         return _run_through_server(url, req, settings, args)
+    if args.engine == "scripted" and script is None and not (req.model or settings.model).endswith(".json"):
+        raise CommandError("the scripted engine (a test double) needs --script FILE", 2)
     _check_personas(req, settings)
     _check_data_dir(req, settings)
     _check_engine(req, settings)
@@ -85,8 +87,8 @@ def run(args: argparse.Namespace, settings) -> int:
         try:
             try:
                 run_id = orch.launch(req)
-            except LaunchError as exc:
-                raise CommandError(str(exc), 2) from None
+            except LaunchError as exc:  # bad input (2), or a model that would not start (1)
+                raise CommandError(str(exc), 1 if exc.code == "model_unavailable" else 2) from None
             # The id first, so a log of this command names the run while it is still going
             # (`show` reopens it later), as the server path does.
             print(f"orchestrator: run {run_id} launched", file=sys.stderr)

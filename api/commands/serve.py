@@ -117,6 +117,9 @@ def run(args: argparse.Namespace, settings) -> int:
             script = json.loads(Path(args.script).read_text())
         except (OSError, ValueError) as exc:
             raise CommandError(f"cannot read the script {args.script}: {exc}") from None
+    if settings.engine == "scripted" and script is None and not settings.model.endswith(".json"):
+        # Else the server would come up and answer every launch that its model cannot start.
+        raise CommandError("the scripted engine (a test double) needs --script FILE", 2)
 
     problem = _engine_problem(settings)
     data_dir = Path(settings.data_dir).expanduser().resolve()

@@ -311,6 +311,30 @@ def test_bad_launch_writes_nothing(orch, repo, tmp_path):
     assert orch.log.max_seq() == before
 
 
+def test_a_model_that_will_not_start_is_one_clear_error_and_writes_nothing(ray_session, tmp_path, repo):
+    # Its replica cannot build the engine (the scripted one without a script): before, Serve's
+    # "Deploying application … failed" came out of the launch as a RuntimeError.
+    from actors.service import Orchestrator
+    from ray import serve
+
+    data = tmp_path / "data"
+    o = Orchestrator(Settings.load({}, data_dir=str(data)), engine="scripted")
+    try:
+        with pytest.raises(LaunchError) as err:
+            o.launch(LaunchRequest(flow="code-review", repo=str(repo)))
+        assert err.value.code == "model_unavailable"
+        assert str(err.value) == (
+            "the scripted model 'scripted' could not be started: "
+            "the scripted engine needs a script (a JSON file as the model)"
+        )
+        assert o.log.max_seq() == 0
+        assert not list((data / "runs").glob("*"))
+        # Nor is the failed application left for Serve to go on retrying.
+        assert o.names.model_app("scripted", "scripted") not in serve.status().applications
+    finally:
+        o.close()
+
+
 def test_the_report_names_what_each_agent_answered_without(orch, repo):
     # A file far over the prompt budget (2,048 tokens by default): left out, and the report
     # says so for every agent whose prompt went without it.

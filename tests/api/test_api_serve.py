@@ -84,6 +84,15 @@ def test_binding_beyond_loopback_without_a_token_is_refused(tmp_path):
     assert not (tmp_path / "data" / "server.json").exists()
 
 
+def test_the_scripted_engine_without_its_script_stops_serve_at_start(tmp_path):
+    data = tmp_path / "data"
+    proc = serve(data, tmp_path, "--engine", "scripted")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in out
+    assert out.strip().splitlines() == ["orchestrator: the scripted engine (a test double) needs --script FILE"]
+    assert not (data / "server.json").exists()
+
+
 def test_a_persona_directory_that_cannot_load_stops_serve_at_start(tmp_path):
     # Before: the server came up, and every launch and the persona list answered 500.
     personas = tmp_path / "personas"

@@ -78,6 +78,8 @@ def test_run_prints_the_report_and_history_reopens_it(tmp_path, repo):
     # The run was named as soon as it began, before its progress and report.
     lines = done.stderr.splitlines()
     launched = lines.index(f"orchestrator: run {run_id} launched")
+    # Ray Serve's INFO lines (deploying, routing, deleting the model) are not the user's.
+    assert not [line for line in lines if line.startswith("INFO ")], done.stderr
     assert launched < next(i for i, line in enumerate(lines) if line.startswith("code-review · "))
 
     shown = orchestrator(data, "show", run_id, "--format", "md")
@@ -221,6 +223,7 @@ def _descendant(root: int, marker: str) -> int | None:
         (["run", "code-review", "--repo", "{repo}", "--band", "huge"], "band"),
         (["run", "architectural-analysis", "--repo", "{repo}"], "focus"),
         (["run", "code-review", "--repo", "{repo}", "--persona", "secruity-analyst"], "unknown persona 'secruity-analyst'"),
+        (["run", "code-review", "--repo", "{repo}", "--engine", "scripted"], "needs --script"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, repo, args, message):
