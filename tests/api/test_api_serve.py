@@ -120,6 +120,14 @@ def test_a_default_engine_that_cannot_run_is_named_at_start_and_serve_still_serv
             assert http.get("/api/info").status_code == 200
             refused = http.post("/api/runs", json={"flow": "code-review", "repo": "demo"})
             assert refused.status_code == 422 and "ORCH_OPENAI_BASE_URL" in refused.text
+            # An engine whose model cannot start here (the scripted one, and this server was
+            # given no script) is a 503 naming why, and no run.
+            unavailable = http.post("/api/runs", json={"flow": "code-review", "repo": "demo", "engine": "scripted"})
+            assert unavailable.status_code == 503, unavailable.text
+            error = unavailable.json()["error"]
+            assert error["code"] == "model_unavailable"
+            assert error["message"].endswith("the scripted engine needs a script (a JSON file as the model)")
+            assert http.get("/api/runs").json()["runs"] == [] and not list((data / "runs").glob("*"))
     finally:
         code, out = stop(proc)
     assert code == 0
