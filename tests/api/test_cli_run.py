@@ -325,7 +325,10 @@ def test_a_data_directory_inside_the_analysed_tree_is_refused_before_it_is_made(
         (repo / "calc.py").write_text("def add(a, b):\n    return a - b\n")
     before = fingerprint(repo) if kind == "git" else sorted(p.name for p in repo.iterdir())
     data = repo / ".orchestrator"
-    done = orchestrator(data, "run", "code-review", "--repo", str(repo), "--engine", "scripted", timeout=60)
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps(SCRIPT))
+    done = orchestrator(data, "run", "code-review", "--repo", str(repo), "--engine", "scripted",
+                        "--script", str(script), timeout=60)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1, done.stderr
     assert lines[0] == (
