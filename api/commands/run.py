@@ -66,7 +66,8 @@ def run(args: argparse.Namespace, settings) -> int:
     url = _server_url(settings)
     if url:
         return _run_through_server(url, req, settings, args)
-    if args.engine == "scripted" and script is None and not (req.model or settings.model).endswith(".json"):
+    engine = args.engine or settings.engine
+    if engine == "scripted" and script is None and not (req.model or settings.model).endswith(".json"):
         raise CommandError("the scripted engine (a test double) needs --script FILE", 2)
     _check_personas(req, settings)
     _check_data_dir(req, settings)
