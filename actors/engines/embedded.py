@@ -88,6 +88,11 @@ class EmbeddedEngine:
     supports_continue = True
     max_concurrency = 1  # one llama.cpp context: streams take turns
 
+    @property
+    def n_ctx(self) -> int:
+        """The context's size in tokens: prompt and answer together."""
+        return self._llm.n_ctx()
+
     def __init__(self, model: str = "", *, n_ctx: int = 2048, n_threads: int = 2):
         from llama_cpp import Llama
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter

@@ -306,3 +306,30 @@ def test_a_schema_llama_cpp_cannot_compile_fails_the_request_and_the_engine_serv
 
     deltas = run(EmbeddedEngine(), body)
     assert deltas[-1].finish_reason in ("stop", "length") and "".join(d.text for d in deltas).startswith("{")
+
+
+def test_a_prompt_the_budget_lets_in_leaves_room_for_a_whole_answer(model_path):
+    # Prompts are fitted by an estimate of four characters a token; SmolLM2's tokenizer makes
+    # more of dense code. Before, a prompt filling the budget left the answer ~15-20 % short.
+    from glob import glob
+    from pathlib import Path
+
+    from llama_cpp import Llama
+
+    from actors.config import Settings
+    from actors.engines import make_engine
+    from conductor.prompts import estimate_tokens
+
+    settings = Settings.load({}, engine="embedded")
+    root = Path(__file__).resolve().parents[2]
+    code = "".join(Path(p).read_text() for p in sorted(glob(str(root / "tests" / "api" / "*.py"))))
+    prompt = code[: settings.context_tokens * 4]
+    assert estimate_tokens(prompt) <= settings.context_tokens
+    vocab = Llama(model_path=str(model_path), vocab_only=True, verbose=False)
+    real = len(vocab.tokenize(prompt.encode(), add_bos=True))
+    assert real > settings.context_tokens  # the estimate undercounts this text
+    engine = make_engine("embedded", settings)
+    try:
+        assert real + settings.step_max_tokens <= engine.n_ctx
+    finally:
+        asyncio.run(engine.close())

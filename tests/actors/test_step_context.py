@@ -102,7 +102,7 @@ def test_the_turn_after_a_long_read_runs_on_the_embedded_model(tmp_path):
 
     _, requests, _ = run(tmp_path, [read("big.py", 0), {"text": FINAL}])
     turn = ChatRequest(messages=requests[1].messages, max_tokens=4)
-    engine = EmbeddedEngine(n_ctx=CONTEXT + ANSWER_TOKENS)  # as the product sizes it
+    engine = EmbeddedEngine(n_ctx=CONTEXT + ANSWER_TOKENS)  # without the product's headroom: the cut alone fits
 
     async def main():
         try:
