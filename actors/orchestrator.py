@@ -235,6 +235,8 @@ class Orchestrator:
             try:
                 port = self._ensure_model(state.plan.engine, state.plan.model)
                 created.append((run_id, self._create_run(run_id), port))
+            except LaunchError as exc:  # its model cannot start here: the error says why
+                self._fail(run_id, f"could not be resumed: {exc}")
             except Exception as exc:  # one run that cannot go on must not stop the others
                 self._fail(run_id, f"could not be resumed: {type(exc).__name__}: {exc}")
         refs = [actor.start.remote(port) for _, actor, port in created]
