@@ -97,6 +97,12 @@ def _openai_model(settings: Settings) -> str:
     return info.models[0]
 
 
+def lacks_script(engine: str, model: str, script: Any) -> bool:
+    """Whether ``engine`` is the scripted test double with nothing to play: no script given,
+    and no JSON file named as its model."""
+    return engine == "scripted" and script is None and not model.endswith(".json")
+
+
 # Prompts are fitted to ``context_tokens`` by an estimate of four characters a token, and
 # SmolLM2's tokenizer makes up to ~1.2 times that of code (measured over this repository's
 # sources): the embedded context holds the difference, so a prompt the estimate lets in still
@@ -130,9 +136,9 @@ def make_engine(
     if name == "scripted":
         from actors.engines.scripted import ScriptedEngine
 
+        if lacks_script(name, settings.model, script):
+            raise ConfigError("the scripted engine needs a script (a JSON file as the model)")
         if script is None:
-            if not settings.model.endswith(".json"):
-                raise ConfigError("the scripted engine needs a script (a JSON file as the model)")
             script = settings.model
         return ScriptedEngine(script)
     if name == "vllm":

@@ -12,6 +12,10 @@ class CommandError(Exception):
         self.code = code
 
 
+# The scripted engine is a test double: `run` and `serve` refuse it without its script.
+SCRIPT_NEEDED = "the scripted engine (a test double) needs --script FILE"
+
+
 def write_output(path: str, text: str) -> None:
     """Write a command's ``-o`` file; a path that cannot be written is one line, not a traceback."""
     try:

@@ -11,7 +11,7 @@ import time
 
 import msgspec
 
-from api.commands import CommandError
+from api.commands import SCRIPT_NEEDED, CommandError
 
 NAME = "run"
 HELP = "Run a flow against a repository, showing each agent live, then print the report."
@@ -66,9 +66,10 @@ def run(args: argparse.Namespace, settings) -> int:
     url = _server_url(settings)
     if url:
         return _run_through_server(url, req, settings, args)
-    engine = args.engine or settings.engine
-    if engine == "scripted" and script is None and not (req.model or settings.model).endswith(".json"):
-        raise CommandError("the scripted engine (a test double) needs --script FILE", 2)
+    from actors.engines import lacks_script
+
+    if lacks_script(args.engine or settings.engine, req.model or settings.model, script):
+        raise CommandError(SCRIPT_NEEDED, 2)
     _check_personas(req, settings)
     _check_data_dir(req, settings)
     _check_engine(req, settings)

@@ -17,7 +17,7 @@ import socket
 from pathlib import Path
 
 from actors.config import MAX_PORT
-from api.commands import CommandError, whole_number
+from api.commands import SCRIPT_NEEDED, CommandError, whole_number
 
 NAME = "serve"
 HELP = "Serve the API and the web pane (starts Ray, the event log and the model)."
@@ -117,9 +117,11 @@ def run(args: argparse.Namespace, settings) -> int:
             script = json.loads(Path(args.script).read_text())
         except (OSError, ValueError) as exc:
             raise CommandError(f"cannot read the script {args.script}: {exc}") from None
-    if settings.engine == "scripted" and script is None and not settings.model.endswith(".json"):
+    from actors.engines import lacks_script
+
+    if lacks_script(settings.engine, settings.model, script):
         # Else the server would come up and answer every launch that its model cannot start.
-        raise CommandError("the scripted engine (a test double) needs --script FILE", 2)
+        raise CommandError(SCRIPT_NEEDED, 2)
 
     problem = _engine_problem(settings)
     data_dir = Path(settings.data_dir).expanduser().resolve()
