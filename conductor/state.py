@@ -9,7 +9,6 @@ state, which is what lets a resumed run take the same decisions as a live one.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal
 
 import msgspec
 
@@ -28,20 +27,20 @@ from events.types import (
     RunPlanned,
     RunRequested,
     RunResumed,
+    RunStatus,
     StepEvent,
     StepFailed,
     StepFinished,
     StepQueued,
     StepStarted,
+    StepStatus,
+    TERMINAL_RUN,
     ToolCalled,
     ToolDenied,
     ToolResult,
     ValidatorVerdict,
 )
 
-StepStatus = Literal["planned", "queued", "running", "finished", "failed"]
-RunStatus = Literal["requested", "planned", "running", "finished", "failed", "cancelled"]
-TERMINAL_RUN = ("finished", "failed", "cancelled")
 
 
 class ToolCall(msgspec.Struct, kw_only=True):

@@ -7,7 +7,7 @@ upcast in ``events.codec``, the single decode path.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 
@@ -33,7 +33,9 @@ __all__ = [
     "RunFinished",
     "RunPlanned",
     "RunRequested",
+    "RUN_STATUSES",
     "RunResumed",
+    "RunStatus",
     "SCHEMA_VERSION",
     "Severity",
     "Signal",
@@ -42,6 +44,8 @@ __all__ = [
     "StepFinished",
     "StepQueued",
     "StepStarted",
+    "StepStatus",
+    "TERMINAL_RUN",
     "TERMINAL_RUN_KINDS",
     "ToolCalled",
     "ToolDenied",
@@ -51,6 +55,12 @@ __all__ = [
 ]
 
 Band = Literal["small", "medium", "large"]
+# What a run's and a step's events leave them as: the conductor's folded state and the
+# projections' rows both speak these words, so they are defined once, here.
+RunStatus = Literal["requested", "planned", "running", "finished", "failed", "cancelled"]
+RUN_STATUSES: tuple[str, ...] = get_args(RunStatus)  # in a run's order
+TERMINAL_RUN: tuple[str, ...] = ("finished", "failed", "cancelled")
+StepStatus = Literal["planned", "queued", "running", "finished", "failed"]
 Severity = str  # the persona's own vocabulary; the conductor maps it to a report level
 
 

@@ -32,13 +32,13 @@ from events.types import (
     StepFinished,
     StepQueued,
     StepStarted,
+    TERMINAL_RUN,
     ToolCalled,
     ToolDenied,
     ValidatorVerdict,
 )
 from projections.rows import RunRow, StepRow
 
-TERMINAL_RUN = ("finished", "failed", "cancelled")
 IN_FLIGHT = ("queued", "running")
 ENDED = ("finished", "failed")
 

@@ -30,9 +30,9 @@ from msgspec.structs import astuple
 
 from events.codec import decode
 from events.log import Record
-from events.types import OutputDelta
+from events.types import TERMINAL_RUN, OutputDelta
 from projections.analytics import create_views
-from projections.fold import TERMINAL_RUN, Runs, Steps, fold
+from projections.fold import Runs, Steps, fold
 from projections.rows import (
     LOG_TABLE,
     RUNS_TABLE,

@@ -22,8 +22,6 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import msgspec
 
-# Every value of ``RunRow.status``, in a run's order (history filters offer these).
-RUN_STATUSES = ("requested", "planned", "running", "finished", "failed", "cancelled")
 
 
 class RunRow(msgspec.Struct, frozen=True, kw_only=True):

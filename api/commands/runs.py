@@ -8,8 +8,8 @@ import sys
 import time
 
 from api.commands import whole_number
+from events.types import RUN_STATUSES
 from projections.queries import MAX_LIMIT
-from projections.rows import RUN_STATUSES
 
 NAME = "runs"
 HELP = "List past and running runs (history), newest first."

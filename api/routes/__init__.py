@@ -31,7 +31,7 @@ from api.routes.shapes import (
     decode_body,
     to_launch_request,
 )
-from projections.rows import RUN_STATUSES
+from events.types import RunStatus
 
 router = APIRouter(prefix="/api")
 
@@ -140,7 +140,7 @@ async def launch(request: Request) -> Response:
 async def list_runs(
     request: Request,
     flow: Annotated[str | None, Query(max_length=64)] = None,
-    status: Annotated[Literal[RUN_STATUSES] | None, Query()] = None,  # type: ignore[valid-type]
+    status: Annotated[RunStatus | None, Query()] = None,
     repo: Annotated[str | None, Query(max_length=4096)] = None,
     since: Annotated[float | None, Query(ge=0, le=1e11, description="created at or after (epoch s)")] = None,
     until: Annotated[float | None, Query(ge=0, le=1e11, description="created before (epoch s)")] = None,
