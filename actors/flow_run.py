@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import time
 from typing import Any
 
@@ -48,6 +49,13 @@ MAX_PICKUPS = 3
 # An agent that was lost mid-step gets no new step for this long: Ray may be restarting it
 # (seconds) or it went with its node, and a step sent to it would wait for that.
 LOST_AGENT_REST_S = 30.0
+# How much lower a supervisor's work runs than the rest of the run (Ray starts its workers at
+# niceness 15; this takes the supervisor to 19, the lowest). Its work (folding, evidence checks,
+# the report) can wait a few milliseconds; the agents' streams, the model and the log that carry
+# live text cannot, and on a saturated machine they now go first. Measured on two cores, 16
+# fan-out runs alternating with and without (2026-12-06): token -> subscriber p99 median 46.1
+# against 54.1 ms, under 50 ms in 10 runs against 6, the same orchestration overhead.
+SUPERVISOR_NICE = 5
 
 
 class FlowRun:
@@ -57,6 +65,10 @@ class FlowRun:
 
     def __init__(self, names: Names, settings: Settings, run_id: str, log: Any = None):
         self._names, self._settings, self._run_id = names, settings, run_id
+        # Only as an actor (its own process), never in a test's process; asking Ray for the
+        # context where it is not running would start it.
+        if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
+            _step_back(SUPERVISOR_NICE)
         self._log_client = log
         self._appends: set[asyncio.Future] = set()  # appends sent and not yet answered
         self._model: ModelPort | None = None
@@ -420,6 +432,16 @@ class FlowRun:
 
             self._agents = agent_pool(self._names)
         return self._agents
+
+
+def _step_back(niceness: int) -> None:
+    """Lower the CPU priority of the calling thread and of the threads it starts (Linux keeps
+    niceness per thread): called from ``__init__``, that is the actor's event loop, where all of
+    the supervisor's work runs, and its helper threads."""
+    try:
+        os.nice(niceness)
+    except (AttributeError, OSError):  # no nice (Windows), or not permitted: run as is
+        pass
 
 
 # Ray shows the actor by the class's name: "FlowRun".
