@@ -13,6 +13,7 @@ from collections.abc import Iterable
 import msgspec
 
 from events.types import (
+    TERMINAL_RUN,
     AgentEvent,
     EvidenceChecked,
     EvidenceResult,
@@ -34,13 +35,11 @@ from events.types import (
     StepQueued,
     StepStarted,
     StepStatus,
-    TERMINAL_RUN,
     ToolCalled,
     ToolDenied,
     ToolResult,
     ValidatorVerdict,
 )
-
 
 
 class ToolCall(msgspec.Struct, kw_only=True):

@@ -17,6 +17,7 @@ from msgspec.structs import replace
 
 from events.log import Record
 from events.types import (
+    TERMINAL_RUN,
     AgentEvent,
     EvidenceChecked,
     OutputDelta,
@@ -32,7 +33,6 @@ from events.types import (
     StepFinished,
     StepQueued,
     StepStarted,
-    TERMINAL_RUN,
     ToolCalled,
     ToolDenied,
     ValidatorVerdict,
