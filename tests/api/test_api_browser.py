@@ -493,7 +493,13 @@ def test_a_phone_gets_icon_only_controls_and_a_stacked_layout(browser, server):
             control = first.locator(f"[aria-label='{label}']")
             expect(control).to_be_visible()
             expect(control.locator(".orch-label")).to_be_hidden()
-        a, b = first.bounding_box(), second.bounding_box()
+        # Both boxes from one moment: the panes grow as their agents stream, and two reads
+        # could see the layout in between.
+        a, b = page.evaluate(
+            "panes => panes.map(p => { const r = p.getBoundingClientRect(); "
+            "return {x: r.x, y: r.y, height: r.height}; })",
+            [first.element_handle(), second.element_handle()],
+        )
         assert abs(a["x"] - b["x"]) < 5 and abs(a["y"] - b["y"]) >= min(a["height"], b["height"]) - 1  # stacked
         assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing runs off the side
         first.locator(".orch-agent-row").first.click()
