@@ -23,7 +23,6 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import msgspec
 
 
-
 class RunRow(msgspec.Struct, frozen=True, kw_only=True):
     """One run, as its events have left it (a row of ``flow_runs``)."""
 
@@ -39,7 +38,7 @@ class RunRow(msgspec.Struct, frozen=True, kw_only=True):
     commit: str = ""
     model: str = ""
     engine: str = ""
-    status: str = "requested"  # requested, planned, running, finished, failed, cancelled
+    status: str = "requested"  # one of events.types.RUN_STATUSES
     error: str = ""  # why it failed, or the reason it was cancelled
     recommendation: str = ""
     created_ts: float | None = None
@@ -80,7 +79,7 @@ class StepRow(msgspec.Struct, frozen=True, kw_only=True):
     phase: str = ""
     wave: int = 0
     role: str = ""
-    status: str = "planned"  # planned, queued, running, finished, failed
+    status: str = "planned"  # one of events.types.StepStatus
     attempt: int = 0
     pickup: int = 0  # the agent now writing the attempt: 0 its first, n its n-th pickup
     failures: int = 0  # failed attempts so far
