@@ -1,9 +1,12 @@
-"""The product's log: one DuckDB file, one writer thread, group commit.
+"""The product's log: one DuckDB file, one committer at a time, group commit.
 
-Appends queue up; one writer thread takes everything pending and commits it in ONE transaction
-(a DuckDB commit costs ~2 ms whatever it holds, so batching is the whole game). An idle writer
-commits a lone append at once; under load, batches grow by themselves. The projector folds each
-batch inside that same transaction; an append returns only after the commit.
+Appends queue up; whoever holds the connection takes everything pending and commits it in ONE
+transaction (a DuckDB commit costs ~2 ms whatever it holds, so batching is the whole game). A
+synchronous append that finds nobody committing commits on its own thread (no hand-over to
+another thread and back); queued (asynchronous) appends, and what comes in while someone
+commits, go to the writer thread, which also checkpoints. So an idle log commits a lone append
+at once, and under load batches grow by themselves. The projector folds each batch inside that
+same transaction; an append returns only after the commit.
 
 A batch goes in as one Arrow table (``INSERT`` from ``from_arrow``): building seven Arrow
 columns from the events measured faster here than handing the Appender one tuple per row.
@@ -32,9 +35,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import math
 import os
 import re
 import threading
+import time
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -113,6 +118,8 @@ _ARROW_SCHEMA = pa.schema(
 _QUERYABLE = {"SELECT", "EXPLAIN"}
 _CATALOG = "log"  # the name the writer's connection gives the file
 
+_IDLE, _STOP = object(), object()  # the writer thread's jobs besides a group to commit
+
 _open_paths: set[str] = set()  # files open in this process: a second writer on one is refused
 _open_lock = threading.Lock()
 
@@ -127,7 +134,7 @@ class QueryResult(msgspec.Struct, frozen=True):
 class _Append:
     __slots__ = ("blobs", "keys", "events", "future")
 
-    def __init__(self, blobs: Sequence[bytes], keys: Sequence[str], events: list[AgentEvent]):
+    def __init__(self, blobs: list[bytes], keys: list[str], events: list[AgentEvent]):
         self.blobs = blobs
         self.keys = keys
         self.events = events
@@ -261,7 +268,8 @@ _MERGER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="eventlog-
 
 
 class DuckDBLog(EventLog):
-    """An append-only event log in one DuckDB file, written by one thread of one process.
+    """An append-only event log in one DuckDB file, written by one thread at a time of one
+    process.
 
     Parameters
     ----------
@@ -344,8 +352,17 @@ class DuckDBLog(EventLog):
         self._hub = Hub(self._read_range, buffer=subscriber_buffer, committed=self._seq)
         self._queue: deque[_Append | _Checkpoint] = deque()
         self._cv = threading.Condition()
+        # Who commits: one thread at a time holds the connection (``_committing``), either
+        # an appending thread (``_lead``) or the writer thread, which also checkpoints.
+        self._committing = False
+        self._dirty = False  # committed since the last checkpoint
+        self._last_commit = 0.0  # time.monotonic() at the end of the last commit
+        self._wal_size = 0  # the WAL's size after the last commit or checkpoint
+        self._writer_deadline = -math.inf  # until when the writer thread waits, if it does
         self._closing = False
         self._closed = False
+        self._released = False
+        self._close_lock = threading.Lock()
         self.batches = 0  # committed transactions, for benchmarks
         self._writer = threading.Thread(target=self._run, name="eventlog-writer", daemon=True)
         self._writer.start()
@@ -356,8 +373,15 @@ class DuckDBLog(EventLog):
         return self.append_encoded(encode_append(events, keys), keys)
 
     def append_encoded(self, blobs: Sequence[bytes], keys: Sequence[str]) -> list[int]:
-        """Append already-encoded events (each is decoded to validate it)."""
-        return self.submit_encoded(blobs, keys).result()
+        """Append already-encoded events (each is decoded to validate it).
+
+        When nobody is committing, the calling thread commits its append itself (with
+        whatever else is queued by then): a hand-over to the writer thread and back cost
+        ~0.3 ms a call here, two thread wake-ups and the GIL passed between them."""
+        item = self._checked(blobs, keys)
+        if self._enqueue(item, lead=True):
+            self._lead(item)
+        return item.future.result()
 
     async def append_async(self, events: Sequence[AgentEvent], keys: Sequence[str]) -> list[int]:
         """``append`` for an asyncio caller: awaits the commit without holding a thread."""
@@ -368,27 +392,67 @@ class DuckDBLog(EventLog):
     ) -> concurrent.futures.Future[list[int]]:
         """Queue an append and return at once; the future resolves to the seqs after commit.
 
-        A malformed event raises ``MalformedEvent`` here, before anything is queued.
+        A malformed event raises ``MalformedEvent`` here, before anything is queued. The
+        writer thread commits it (or an appending thread that is committing already).
         """
-        blobs = [blob if type(blob) is bytes else bytes(blob) for blob in blobs]
-        events = decode_append(blobs, keys)
-        item = _Append(blobs, keys, events)
-        with self._cv:
-            if self._closing:
-                raise LogClosed(f"event log {self.path} is closed")
-            self._queue.append(item)
-            self._cv.notify()
+        item = self._checked(blobs, keys)
+        self._enqueue(item, lead=False)
         return item.future
 
     def checkpoint(self) -> None:
         """Fold the write-ahead log into the database file (runs between batches)."""
         item = _Checkpoint()
+        if self._enqueue(item, lead=True):
+            self._lead(item)
+        item.future.result()
+
+    def _checked(self, blobs: Sequence[bytes], keys: Sequence[str]) -> _Append:
+        blobs = [blob if type(blob) is bytes else bytes(blob) for blob in blobs]
+        events = decode_append(blobs, keys)
+        return _Append(blobs, keys if type(keys) is list else list(keys), events)
+
+    def _enqueue(self, item: _Append | _Checkpoint, *, lead: bool) -> bool:
+        """Queue ``item``; True if the caller is to carry it out itself (it asked to lead,
+        and nobody holds the connection). Whoever holds it takes what is queued, or hands
+        it to the writer thread, before letting go."""
         with self._cv:
             if self._closing:
                 raise LogClosed(f"event log {self.path} is closed")
             self._queue.append(item)
+            if self._committing:
+                return False
+            if lead:
+                self._committing = True
+                return True
             self._cv.notify()
-        item.future.result()
+            return False
+
+    def _lead(self, item: _Append | _Checkpoint) -> None:
+        """On the calling thread, which holds the connection: commit from the head of the
+        queue until ``item`` is done, then let go (the writer thread takes what is left)."""
+        group: list[_Append] = []
+        try:
+            while not item.future.done():
+                with self._cv:
+                    group, control = self._take_group()
+                self._do(group, control)
+                group = []
+        except BaseException as exc:
+            # Interrupted mid-commit (Ctrl-C, say): whether that group reached the log is
+            # unknown. Its appenders are told so; the same keys make a retry safe.
+            for other in group:
+                _fail(
+                    other.future,
+                    EventError(
+                        f"an append to event log {self.path} was interrupted while committing "
+                        f"({exc!r}): it may or may not be in the log; append it again with "
+                        "the same keys to find out"
+                    ),
+                )
+            raise
+        finally:
+            with self._cv:
+                self._let_go()
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -442,14 +506,15 @@ class DuckDBLog(EventLog):
         return self._hub.subscribe(after, run_id=run_id)
 
     def add_listener(self, listener: Any) -> None:
-        """Call ``listener(last_seq)`` on the writer thread after every commit (keep it quick)."""
+        """Call ``listener(last_seq)`` after every commit, on the thread that committed (keep it
+        quick, and never append from it: that thread holds the connection)."""
         self._hub.add_listener(listener)
 
     @contextmanager
     def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A cursor of this process's database for reading (MVCC: it sees committed data only).
 
-        Use it for reads only: the writer thread alone may change the log's tables.
+        Use it for reads only: only the log's committer may change its tables.
         """
         with self._root_lock:
             if self._closed:
@@ -482,20 +547,17 @@ class DuckDBLog(EventLog):
     def close(self) -> None:
         """Commit what is queued, checkpoint, and release the file."""
         with self._cv:
-            if self._closing:
-                already = True
-            else:
-                already = False
-                self._closing = True
-                self._cv.notify()
-        if already:
-            self._writer.join()
-            return
+            self._closing = True
+            self._cv.notify()
         self._writer.join()
-        self._hub.close()
-        with self._root_lock:
-            self._closed = True
-        self._release()
+        with self._close_lock:  # the first closer releases; a writer that failed left it open
+            if self._released:
+                return
+            self._released = True
+            self._hub.close()
+            with self._root_lock:
+                self._closed = True
+            self._release()
 
     def _release(self) -> None:
         try:
@@ -520,42 +582,102 @@ class DuckDBLog(EventLog):
                 _fail(item.future, LogClosed(f"the writer of event log {self.path} failed: {exc!r}"))
 
     def _write_loop(self) -> None:
-        dirty = False  # committed since the last checkpoint
         while True:
-            # Only this thread writes the WAL: its size, read once here (not under the lock
-            # the appenders queue through), holds until the next commit.
-            wal = self._wal_bytes() if dirty else 0
             with self._cv:
-                idle = False
-                if dirty and not self._queue and not self._closing:
-                    self._cv.wait(LULL if wal >= self._lull_checkpoint else self._idle_gap)
-                    idle = not self._queue and not self._closing
-                while not idle and not self._queue and not self._closing:
-                    self._cv.wait()
-                if not idle and not self._queue:
-                    break  # closing, and nothing left to commit
-                group, control = ([], None) if idle else self._take_group()
-            if idle:
-                # A pause after a burst (or a lull once the WAL is big): checkpoint now, while
-                # nobody waits, so the next burst does not pay for it (a checkpoint stalls
-                # commits, and DuckDB's own, at CHECKPOINT_THRESHOLD of WAL, would stall a
-                # burst for 100-300 ms).
-                dirty = False
-                if wal >= self._idle_checkpoint:
-                    try:
-                        self._checkpoint_now()
-                    except duckdb.Error:
-                        logger.exception("idle checkpoint of %s failed", self.path)
-            elif control is not None:
-                _settle(control.future, self._checkpoint_now)
-                dirty = False
-            else:
-                self._commit_group(group)
-                dirty = True
+                job = self._next_job()
+            if job is None:
+                continue
+            if job is _STOP:
+                break
+            try:
+                while job is not None:
+                    if job is _IDLE:
+                        self._idle_checkpoint_now()
+                    else:
+                        self._do(*job)
+                    with self._cv:
+                        job = self._take_group() if self._queue else None
+                        if job is None:
+                            self._let_go()
+            except BaseException:
+                with self._cv:
+                    self._let_go()
+                raise
         try:
             self._checkpoint_now()  # a clean shutdown leaves no WAL to replay
         except duckdb.Error:
             pass
+
+    def _next_job(self) -> Any:
+        """The writer thread's next job, waited for (caller holds ``_cv``): a group to commit,
+        ``_IDLE``, ``_STOP``, or None to look again. Any but None hands it the connection."""
+        if self._committing:
+            # An appender commits: when it lets go, it hands over what is queued, or wakes
+            # this thread to see whether appends have paused since.
+            self._wait(None)
+            return None
+        if self._queue:
+            self._committing = True
+            return self._take_group()
+        if self._closing:
+            self._committing = True
+            return _STOP
+        if not self._dirty:
+            self._wait(None)
+            return None
+        deadline = self._idle_deadline()
+        if time.monotonic() < deadline:
+            self._wait(deadline)
+            return None
+        self._committing = True
+        return _IDLE
+
+    def _idle_deadline(self) -> float:
+        """When appends will have paused long enough for a checkpoint (caller holds ``_cv``)."""
+        gap = LULL if self._wal_size >= self._lull_checkpoint else self._idle_gap
+        return self._last_commit + gap
+
+    def _wait(self, deadline: float | None) -> None:
+        """The writer thread waits until ``deadline`` (None: until woken); caller holds ``_cv``."""
+        self._writer_deadline = math.inf if deadline is None else deadline
+        try:
+            self._cv.wait(None if deadline is None else max(deadline - time.monotonic(), 0.0))
+        finally:
+            self._writer_deadline = -math.inf  # awake, it looks at everything again itself
+
+    def _let_go(self) -> None:
+        """Give the connection back (caller holds ``_cv``). Wake the writer thread if there is
+        something for it: appends queued meanwhile, a close, or an idle checkpoint due sooner
+        than it is waiting for (it was waiting with no deadline, or the WAL outgrew the lull
+        bound). Otherwise its own deadline wakes it: no wake-up per commit."""
+        self._committing = False
+        if self._queue or self._closing or (
+            self._dirty and self._idle_deadline() < self._writer_deadline
+        ):
+            self._cv.notify()
+
+    def _do(self, group: list[_Append], control: _Checkpoint | None) -> None:
+        """Carry out one job; the caller holds the connection."""
+        if control is not None:
+            _settle(control.future, self._checkpoint_now)
+            self._dirty = False
+        else:
+            self._commit_group(group)
+            self._dirty = True
+            self._last_commit = time.monotonic()
+        self._wal_size = self._wal_bytes()  # only the holder writes the WAL (DuckDB may checkpoint)
+
+    def _idle_checkpoint_now(self) -> None:
+        # A pause after a burst (or a lull once the WAL is big): checkpoint now, while
+        # nobody waits, so the next burst does not pay for it (a checkpoint stalls commits,
+        # and DuckDB's own, at CHECKPOINT_THRESHOLD of WAL, would stall a burst for 100-300 ms).
+        self._dirty = False
+        if self._wal_size >= self._idle_checkpoint:
+            try:
+                self._checkpoint_now()
+            except duckdb.Error:
+                logger.exception("idle checkpoint of %s failed", self.path)
+            self._wal_size = self._wal_bytes()
 
     def _take_group(self) -> tuple[list[_Append], _Checkpoint | None]:
         """Everything pending, up to ``max_batch`` events (caller holds ``_cv``)."""
@@ -597,16 +719,19 @@ class DuckDBLog(EventLog):
 
     def _write(self, group: list[_Append]) -> list[list[int]]:
         """Commit one group in one transaction; return each append's seqs."""
-        keys = [key for item in group for key in item.keys]
+        if len(group) == 1:  # one append (an idle log, or a lone appender): no copies
+            keys, events, blobs = group[0].keys, group[0].events, group[0].blobs
+        else:
+            keys = [key for item in group for key in item.keys]
+            events = [event for item in group for event in item.events]
+            blobs = [blob for item in group for blob in item.blobs]
         hashes = list(map(hash, keys))
         known, clashes = self._known(keys, hashes)
         first = self._seq + 1
         simple = not known and not clashes and len(set(hashes)) == len(hashes)
         if simple:
             # The common case: every key is new and distinct, so seqs simply follow on.
-            fresh_keys, fresh_hashes = keys, hashes
-            fresh_events = [event for item in group for event in item.events]
-            fresh_blobs = [blob for item in group for blob in item.blobs]
+            fresh_keys, fresh_hashes, fresh_events, fresh_blobs = keys, hashes, events, blobs
             results, s = [], first
             for item in group:
                 results.append(list(range(s, s + len(item.keys))))
@@ -829,7 +954,7 @@ def _settle(future: concurrent.futures.Future[Any], fn: Any) -> None:
 
 
 # An appender may stop waiting (its task was cancelled, which cancels the future): what was
-# committed stays committed, and the writer thread must not die on the settled future.
+# committed stays committed, and the thread committing must not die on the settled future.
 def _deliver(future: concurrent.futures.Future[Any], result: Any) -> None:
     if not future.done():
         try:

@@ -30,6 +30,11 @@ class TestDuckDBMemoryLog(LogContract):
         return DuckDBLog(":memory:", subscriber_buffer=subscriber_buffer)
 
 
+def encoded(run: str, start: int, n: int) -> tuple[list[bytes], list[str]]:
+    events, keys = batch(run, "s", start, n)
+    return encode_all(events), keys
+
+
 def kind_counts(con) -> dict[str, int]:
     return dict(con.execute("SELECT kind, n FROM kind_counts").fetchall())
 
@@ -289,6 +294,9 @@ def test_a_failing_writer_fails_its_appenders_instead_of_hanging_them(tmp_path, 
     with pytest.raises(LogClosed):
         log.append(*batch("r", "s", 2, 1))
     log.close()
+    monkeypatch.undo()
+    with DuckDBLog(tmp_path / "events.duckdb") as again:  # close released the file
+        assert again.max_seq() == 1
 
 
 def test_checkpoint_between_appends(tmp_path):
@@ -547,6 +555,105 @@ def test_group_commit_batches_under_load(tmp_path):
         assert log.max_seq() == calls
         # Eight appenders at once: transactions hold several appends each.
         assert log.batches < calls
+
+
+def test_appends_sync_async_and_checkpoints_at_once_lose_nothing(tmp_path):
+    # Synchronous appends commit on their own thread when nobody else is committing, the
+    # rest on the writer thread; mixed with queued appends and checkpoints, none is lost.
+    with DuckDBLog(tmp_path / "events.duckdb") as log:
+        acked: list[int] = []
+        lock = threading.Lock()
+
+        def sync(t):
+            for i in range(30):
+                seqs = log.append(*batch(f"sync{t}", "s", i * 3, 3))
+                with lock:
+                    acked.extend(seqs)
+
+        def queued(t):
+            futures = [log.submit_encoded(*encoded(f"queued{t}", i * 2, 2)) for i in range(30)]
+            seqs = [s for f in futures for s in f.result(timeout=30)]
+            with lock:
+                acked.extend(seqs)
+
+        def checkpoints():
+            for _ in range(5):
+                log.checkpoint()
+
+        workers = [threading.Thread(target=sync, args=(t,)) for t in range(3)]
+        workers += [threading.Thread(target=queued, args=(t,)) for t in range(3)]
+        workers.append(threading.Thread(target=checkpoints))
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(60)
+        assert not any(w.is_alive() for w in workers), "an appender hung"
+        assert sorted(acked) == list(range(1, 3 * 30 * 3 + 3 * 30 * 2 + 1))
+        assert [r.seq for r in log.read()] == sorted(acked)
+
+
+def test_an_appender_committing_for_others_returns_once_its_own_append_is_in(
+    tmp_path, monkeypatch
+):
+    import time
+
+    import events.duckdb_log as duckdb_log
+
+    with DuckDBLog(tmp_path / "events.duckdb") as log:
+        committers: list[str] = []
+        log.add_listener(lambda seq: committers.append(threading.current_thread().name))
+        gate, inside = threading.Event(), threading.Event()
+        real = duckdb_log._insert
+
+        def held_once(con, table):
+            if not inside.is_set():
+                inside.set()
+                assert gate.wait(30)
+            real(con, table)
+
+        monkeypatch.setattr(duckdb_log, "_insert", held_once)
+        first = threading.Thread(
+            target=lambda: log.append(*batch("lead", "s", 0, 2)), name="the-appender"
+        )
+        first.start()
+        assert inside.wait(30)  # the appender holds the connection, mid-commit
+        later = [log.submit_encoded(*encoded("later", i * 2, 2)) for i in range(5)]
+        gate.set()
+        first.join(30)
+        assert not first.is_alive()
+        assert [f.result(timeout=30) for f in later] == [[3 + 2 * i, 4 + 2 * i] for i in range(5)]
+        deadline = time.monotonic() + 10
+        while len(committers) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # It committed its own append and left what came in meanwhile to the writer thread.
+        assert committers[0] == "the-appender"
+        assert set(committers[1:]) == {"eventlog-writer"}
+
+
+def test_an_interrupted_commit_tells_the_other_appenders_of_its_group(tmp_path, monkeypatch):
+    import events.duckdb_log as duckdb_log
+    from events.errors import EventError
+
+    with DuckDBLog(tmp_path / "events.duckdb") as log:
+        neighbour_append = encoded("n", 0, 2)
+        neighbour = log._checked(*neighbour_append)
+        with log._cv:  # queued by another thread a moment ago, the writer not yet awake
+            log._queue.append(neighbour)
+
+        def interrupted(con, table):
+            raise KeyboardInterrupt  # Ctrl-C, mid-commit
+
+        monkeypatch.setattr(duckdb_log, "_insert", interrupted)
+        with pytest.raises(KeyboardInterrupt):  # it leads, and its group holds the neighbour
+            log.append(*batch("r", "s", 0, 1))
+        with pytest.raises(EventError, match="may or may not be in the log"):
+            neighbour.future.result(timeout=10)
+        monkeypatch.undo()
+        # The log goes on; the same keys again find out, and commit what is missing.
+        assert log.max_seq() == 0
+        assert log.append_encoded(*neighbour_append) == [1, 2]
+        assert log.append_encoded(*neighbour_append) == [1, 2]
+        assert log.append(*batch("r", "s", 0, 1)) == [3]
 
 
 def test_async_append_awaits_the_commit(tmp_path):
