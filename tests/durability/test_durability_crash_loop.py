@@ -192,7 +192,11 @@ def test_crash_loop_every_run_finishes_and_nothing_acknowledged_is_lost(tmp_path
     print(f"\ncrash loop: {len(PLAN)} kills aimed at {aimed}; {len(watcher.runs)} runs; they left runs "
           f"{dict(coverage)}; restart to serving p50 {sorted(restarts)[len(restarts) // 2]:.1f}s, "
           f"max {max(restarts):.1f}s; total {took:.0f}s")
-    # The kills did land mid-stream and in the validator, not only between steps.
-    assert coverage["mid-stream"] >= 3 and coverage["validator streaming"] >= 1, coverage
+    # The kills did land mid-stream and in the validator, not only between steps: each kill
+    # aimed at a stream left a run mid-stream (the others land wherever the runs are, often
+    # in a tool call's stream or between steps, and are not counted on).
+    aimed_at_stream = sum(1 for target, _ in PLAN if target == "stream")
+    assert coverage["mid-stream"] >= aimed_at_stream, coverage
+    assert coverage["validator streaming"] >= 1, coverage
     if COMMIT_SYSCALLS:  # /proc names the system calls on this machine: a kill hit a commit
         assert any(a.endswith(("(write)", "(fdatasync)", "(fsync)", "(pwrite64)")) for a in aimed), aimed
