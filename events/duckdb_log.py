@@ -361,7 +361,6 @@ class DuckDBLog(EventLog):
         self._writer_deadline = -math.inf  # until when the writer thread waits, if it does
         self._closing = False
         self._closed = False
-        self._released = False
         self._close_lock = threading.Lock()
         self.batches = 0  # committed transactions, for benchmarks
         self._writer = threading.Thread(target=self._run, name="eventlog-writer", daemon=True)
@@ -551,9 +550,8 @@ class DuckDBLog(EventLog):
             self._cv.notify()
         self._writer.join()
         with self._close_lock:  # the first closer releases; a writer that failed left it open
-            if self._released:
+            if self._closed:
                 return
-            self._released = True
             self._hub.close()
             with self._root_lock:
                 self._closed = True

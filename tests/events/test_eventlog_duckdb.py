@@ -376,10 +376,6 @@ def test_appends_do_not_wait_for_the_key_index_merge(tmp_path, monkeypatch):
         gate.wait(30)
         return merged(*args)
 
-    def encoded(start, n):
-        events, keys = batch("r", "s", start, n)
-        return encode_all(events), keys
-
     monkeypatch.setattr(duckdb_log.KeyIndex, "MERGE_AT", 64)
     monkeypatch.setattr(duckdb_log, "_merged", slow_merge)
     with DuckDBLog(tmp_path / "events.duckdb") as log:
@@ -388,9 +384,9 @@ def test_appends_do_not_wait_for_the_key_index_merge(tmp_path, monkeypatch):
         assert started.wait(10)
         try:
             # Commits go on while it hangs, and every key, merging or not, is still known.
-            new = log.submit_encoded(*encoded(75, 25))
+            new = log.submit_encoded(*encoded("r", 75, 25))
             assert new.result(timeout=10) == list(range(76, 101))
-            again = log.submit_encoded(*encoded(0, 100))
+            again = log.submit_encoded(*encoded("r", 0, 100))
             assert again.result(timeout=10) == list(range(1, 101))
         finally:
             gate.set()
