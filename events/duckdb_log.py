@@ -355,6 +355,7 @@ class DuckDBLog(EventLog):
         # Who commits: one thread at a time holds the connection (``_committing``), either
         # an appending thread (``_lead``) or the writer thread, which also checkpoints.
         self._committing = False
+        self._holder = 0  # ident of the thread inside a job (a commit or checkpoint), else 0
         self._dirty = False  # committed since the last checkpoint
         self._last_commit = 0.0  # time.monotonic() at the end of the last commit
         self._wal_size = 0  # the WAL's size after the last commit or checkpoint
@@ -417,6 +418,13 @@ class DuckDBLog(EventLog):
         with self._cv:
             if self._closing:
                 raise LogClosed(f"event log {self.path} is closed")
+            if lead and self._holder == threading.get_ident():
+                # A listener or projector appending: it would wait on the commit it is in.
+                raise EventError(
+                    f"cannot append to event log {self.path} and wait from the thread that is "
+                    "committing to it (a listener or projector): it would wait for itself; "
+                    "use submit_encoded, which queues the append and returns at once"
+                )
             self._queue.append(item)
             if self._committing:
                 return False
@@ -506,7 +514,8 @@ class DuckDBLog(EventLog):
 
     def add_listener(self, listener: Any) -> None:
         """Call ``listener(last_seq)`` after every commit, on the thread that committed (keep it
-        quick, and never append from it: that thread holds the connection)."""
+        quick). It may queue appends (``submit_encoded``) but not wait on one: that thread
+        holds the connection, so ``append`` and ``checkpoint`` from it raise ``EventError``."""
         self._hub.add_listener(listener)
 
     @contextmanager
@@ -656,13 +665,17 @@ class DuckDBLog(EventLog):
 
     def _do(self, group: list[_Append], control: _Checkpoint | None) -> None:
         """Carry out one job; the caller holds the connection."""
-        if control is not None:
-            _settle(control.future, self._checkpoint_now)
-            self._dirty = False
-        else:
-            self._commit_group(group)
-            self._dirty = True
-            self._last_commit = time.monotonic()
+        self._holder = threading.get_ident()
+        try:
+            if control is not None:
+                _settle(control.future, self._checkpoint_now)
+                self._dirty = False
+            else:
+                self._commit_group(group)
+                self._dirty = True
+                self._last_commit = time.monotonic()
+        finally:
+            self._holder = 0
         self._wal_size = self._wal_bytes()  # only the holder writes the WAL (DuckDB may checkpoint)
 
     def _idle_checkpoint_now(self) -> None:

@@ -652,6 +652,49 @@ def test_an_interrupted_commit_tells_the_other_appenders_of_its_group(tmp_path, 
         assert log.append(*batch("r", "s", 0, 1)) == [3]
 
 
+@pytest.mark.parametrize("first_by", ["append", "submit_encoded"])
+def test_a_listener_that_waits_on_an_append_gets_an_error_not_a_hung_log(tmp_path, first_by):
+    from events.errors import EventError
+
+    log = DuckDBLog(tmp_path / "events.duckdb")
+    errors: list[str] = []
+    queued = []
+
+    def listener(seq: int) -> None:
+        if seq != 1:
+            return
+        for call in (lambda: log.append(*batch("l", "s", 0, 1)), log.checkpoint):
+            try:
+                call()
+            except EventError as exc:
+                errors.append(str(exc))
+        queued.append(log.submit_encoded(*encoded("q", 0, 1)))  # queueing is fine
+
+    log.add_listener(listener)
+    # The first commit runs the listener on the thread that commits it: the appending one,
+    # or the writer thread for a queued append. Before the guard, the listener's append
+    # waited forever on the commit it was called from (and so would close()).
+    first: list[list[int]] = []
+    if first_by == "append":
+        def commit_first() -> None:
+            first.append(log.append(*batch("r", "s", 0, 1)))
+    else:
+        def commit_first() -> None:
+            first.append(log.submit_encoded(*encoded("r", 0, 1)).result())
+    appender = threading.Thread(target=commit_first, daemon=True)
+    appender.start()
+    appender.join(30)
+    assert not appender.is_alive(), "the listener's append hung the log"
+    with log:
+        assert first == [[1]]
+        assert len(errors) == 2
+        assert all("would wait for itself" in e for e in errors)
+        assert queued[0].result(timeout=30) == [2]
+        # Nothing of the refused append was written, and the log goes on.
+        assert [r.event.run_id for r in log.read()] == ["r", "q"]
+        assert log.append(*batch("r", "s", 1, 1)) == [3]
+
+
 def test_async_append_awaits_the_commit(tmp_path):
     import asyncio
 
