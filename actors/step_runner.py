@@ -67,9 +67,9 @@ class StepSpec(msgspec.Struct, frozen=True, kw_only=True):
     # pause at once), and a step waits for its text to be written once this much is pending.
     # No window by default: the model replica already joins text over 5-20 ms, and one append
     # in flight per agent gathers what comes meanwhile. A second window in series only held
-    # text longer (fan-out token p99 median 47 ms with 20 ms here, 38 ms without, in 14
-    # alternating runs, with the same output deltas and CPU; twenty 12-agent runs at once made
-    # as many commits either way).
+    # text longer (fan-out token p99 median 48 ms with 20 ms here, 41 ms without, in 14
+    # alternating runs each, with the same output deltas and CPU; twenty 12-agent runs at once
+    # made as many commits either way).
     flush_seconds: float = 0.0
     flush_chars: int = 512
 
