@@ -254,7 +254,7 @@ class AgentWriter:
     step waits on its own writes, so nothing it streams later can overtake them.
     """
 
-    def __init__(self, append: Append, window: float = 0.0):
+    def __init__(self, append: Append, window: float):
         self._append = append
         self._max_window = window
         self.streaming = 0  # steps of this agent streaming now
