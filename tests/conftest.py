@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
@@ -11,6 +12,13 @@ import pytest
 # installing itself into the same interpreter re-points it): put this tree first for them too.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")]))
+
+# A suite started as a shell's background job (`pytest &` without job control) inherits Ctrl-C
+# ignored, and so would every command it starts: Python then sets no KeyboardInterrupt
+# handler, and the tests that press Ctrl-C on a command would see it ignored. Give the
+# session, and through it its commands, the terminal's usual Ctrl-C.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
