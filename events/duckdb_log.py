@@ -24,9 +24,8 @@ and longer, not shorter, ones at smaller thresholds. So the file is attached wit
 24,000 events here (the wide columns in zstd, below), every ~2.5 s at 10,000 events/s
 (``CHECKPOINT_THRESHOLD``). The writer also checkpoints when appends pause for ``IDLE_GAP``,
 longer than a model's usual pause before its first token, so a checkpoint seldom starts just
-as a stream resumes; and once the WAL holds ``LULL_CHECKPOINT_BYTES`` (half of
-``CHECKPOINT_THRESHOLD``), in any lull of ``LULL``, so a steady stream meets checkpoints of
-half the size, each a shorter stall. DuckDB's buffer pool is bounded, so the writer's memory
+as a stream resumes; and once the WAL holds half of ``CHECKPOINT_THRESHOLD``, in any lull of
+``LULL``, so a steady stream meets checkpoints of half the size, each a shorter stall. DuckDB's buffer pool is bounded, so the writer's memory
 does not grow with the log.
 """
 
@@ -65,12 +64,11 @@ RECENT_RECORDS = 20_000  # the tail kept in memory for subscribers and polls
 RECENT_BYTES = 32 << 20
 IDLE_GAP = 1.0  # seconds without an append after which the writer counts as idle
 IDLE_CHECKPOINT_BYTES = 64 << 10  # WAL size worth a checkpoint when idle
-# WAL size from which a short lull is enough for the writer to checkpoint: half of DuckDB's own
-# threshold, so under a steady stream (which leaves the writer such lulls) a checkpoint writes
+# From half of DuckDB's own checkpoint threshold of WAL, a short lull is enough for the writer
+# to checkpoint: under a steady stream (which leaves the writer such lulls) a checkpoint writes
 # half as much and stalls the appends behind it for less (through the actor at 10,000
 # events/s, the longest ack 15-23 ms instead of 27-35, measured); under a saturating load there
 # is no lull and DuckDB's own threshold applies, so bulk throughput pays no extra checkpoints.
-LULL_CHECKPOINT_BYTES = 4 << 20
 LULL = 0.002  # seconds without an append that count as a lull
 # WAL size at which DuckDB checkpoints on its own, inside a commit (its default is 16 MB); the
 # stall grows with it. Sustained 10,000 events/s for 40 s, in-process ack p99: 14-18 ms at 4-8 MB
@@ -291,7 +289,8 @@ class DuckDBLog(EventLog):
     idle_gap
         Seconds without an append after which the writer checkpoints.
     lull_checkpoint
-        WAL bytes from which ``LULL`` seconds without an append are enough to checkpoint.
+        WAL bytes from which ``LULL`` seconds without an append are enough to checkpoint
+        (None: half of ``checkpoint_threshold``).
     """
 
     def __init__(
@@ -305,13 +304,14 @@ class DuckDBLog(EventLog):
         memory_limit: str | None = MEMORY_LIMIT,
         checkpoint_threshold: str = CHECKPOINT_THRESHOLD,
         idle_gap: float = IDLE_GAP,
-        lull_checkpoint: int = LULL_CHECKPOINT_BYTES,
+        lull_checkpoint: int | None = None,
     ):
         self.path = str(path)
         self._wal = self.path + ".wal"
         self._idle_checkpoint = idle_checkpoint
         self._idle_gap = idle_gap
-        self._lull_checkpoint = lull_checkpoint
+        threshold = _size(checkpoint_threshold, "checkpoint_threshold")
+        self._lull_checkpoint = _bytes(threshold) // 2 if lull_checkpoint is None else lull_checkpoint
         self._projector = projector
         self._max_batch = max_batch
         self._ident = self.path if self.path == ":memory:" else os.path.realpath(self.path)
@@ -327,7 +327,6 @@ class DuckDBLog(EventLog):
         try:
             if memory_limit and self._ident != ":memory:":
                 self._con.execute(f"SET memory_limit = '{_size(memory_limit, 'memory_limit')}'")
-            threshold = _size(checkpoint_threshold, "checkpoint_threshold")
             self._con.execute(f"SET checkpoint_threshold = '{threshold}'")
             self._con.execute(_DDL)
             _check_no_table_named_like_the_batch(self._con)
@@ -982,10 +981,19 @@ def _fail(future: concurrent.futures.Future[Any], exc: BaseException) -> None:
             pass
 
 
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT])(i?)B")
+
+
 def _size(value: str, name: str) -> str:
-    if not re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]i?B", value):
+    if not _SIZE.fullmatch(value):
         raise ValueError(f"{name} {value!r} should look like '256MB'")
     return value
+
+
+def _bytes(size: str) -> int:
+    """Bytes in a size ``_size`` accepted, read as DuckDB reads it (MB = 1000², MiB = 1024²)."""
+    number, unit, binary = _SIZE.fullmatch(size).groups()  # type: ignore[union-attr]
+    return int(float(number) * (1024 if binary else 1000) ** (" KMGT".index(unit)))
 
 
 def _connect(path: str) -> duckdb.DuckDBPyConnection:

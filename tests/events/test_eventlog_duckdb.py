@@ -229,6 +229,7 @@ def test_duckdbs_own_checkpoint_threshold_is_set_and_a_bad_one_refused(tmp_path)
     path = tmp_path / "events.duckdb"
     with pytest.raises(ValueError, match="checkpoint_threshold 'often' should look like"):
         DuckDBLog(path, checkpoint_threshold="often")
+    assert not path.exists()  # refused before the file was made
     with DuckDBLog(path, checkpoint_threshold="8MB") as log:
         assert log.query("SELECT current_setting('checkpoint_threshold')").rows == [("7.6 MiB",)]
 
@@ -264,6 +265,22 @@ def test_a_big_wal_is_checkpointed_in_a_short_lull_of_a_steady_stream(tmp_path):
         drops = sum(1 for a, b in zip(sizes, sizes[1:]) if b < a)
         assert drops >= 2 and max(sizes) < 1 << 20, sizes
         assert log.query("SELECT count(*), max(seq) FROM events").rows == [(800, 800)]
+
+
+def test_a_smaller_checkpoint_threshold_brings_the_lull_checkpoint_down_with_it(tmp_path):
+    import time
+
+    wal = tmp_path / "events.duckdb.wal"
+    # DuckDB checkpoints by itself at 400 KB of WAL; the writer, in a lull, from half of that.
+    with DuckDBLog(tmp_path / "events.duckdb", idle_gap=600, checkpoint_threshold="400KB") as log:
+        sizes = []
+        for c in range(120):  # a steady stream: ~5 KB of WAL every 20 ms
+            log.append(*batch("r", "s", c * 20, 20))
+            sizes.append(wal.stat().st_size if wal.exists() else 0)
+            time.sleep(0.02)
+        drops = sum(1 for a, b in zip(sizes, sizes[1:]) if b < a)
+        assert drops >= 2 and max(sizes) < 250_000, sizes
+        assert log.query("SELECT count(*), max(seq) FROM events").rows == [(2400, 2400)]
 
 
 def test_a_small_wal_waits_for_the_idle_gap(tmp_path):
