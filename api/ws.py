@@ -276,10 +276,13 @@ class Hub:
         self.position = max((int(_field(r, "last_seq") or 0) for r in rows), default=0)
         self.task = asyncio.create_task(self._run())
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop the feed; a server's shutdown waits at most ``timeout`` seconds for it."""
         if self.task is not None:
             self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
+            done, _ = await asyncio.wait({self.task}, timeout=timeout)
+            if not done:
+                log.warning("the live feed did not stop within %.0f s; leaving it", timeout)
 
     def add(self, listener: Listener) -> None:
         self.by_run.setdefault(listener.run_id, set()).add(listener)

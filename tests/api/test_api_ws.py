@@ -230,3 +230,40 @@ def _stalled_client_is_cut_off(server) -> None:
             slow.close()
         receive_until(lambda: kinds and kinds[-1] in ("run_finished", "run_failed", "run_cancelled"))
     assert max(gaps) < 5.0
+
+
+def test_the_server_stops_even_if_its_live_feed_will_not():
+    """Shutdown waits a bounded time for the live feed, even one whose read ignores the
+    cancel (a backend stuck in a call)."""
+    import asyncio
+
+    class StuckBackend:
+        shrugs = 1  # cancels it ignores
+
+        def runs(self, limit):
+            return []
+
+        async def subscribe(self, run_id, after):
+            while True:
+                try:
+                    await asyncio.sleep(3600)
+                except asyncio.CancelledError:
+                    if not self.shrugs:
+                        raise
+                    self.shrugs -= 1
+            yield []
+
+    async def scenario():
+        hub = api.ws.Hub(StuckBackend())
+        await hub.start()
+        await asyncio.sleep(0.05)
+        t0 = time.monotonic()
+        await hub.stop(timeout=0.5)
+        took = time.monotonic() - t0
+        still_running = not hub.task.done()
+        hub.task.cancel()  # the second cancel ends it
+        await asyncio.gather(hub.task, return_exceptions=True)
+        return took, still_running
+
+    took, still_running = asyncio.run(scenario())
+    assert still_running and 0.4 < took < 2.0
