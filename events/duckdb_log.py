@@ -25,8 +25,8 @@ and longer, not shorter, ones at smaller thresholds. So the file is attached wit
 (``CHECKPOINT_THRESHOLD``). The writer also checkpoints when appends pause for ``IDLE_GAP``,
 longer than a model's usual pause before its first token, so a checkpoint seldom starts just
 as a stream resumes; and once the WAL holds half of ``CHECKPOINT_THRESHOLD``, in any lull of
-``LULL``, so a steady stream meets checkpoints of half the size, each a shorter stall. DuckDB's buffer pool is bounded, so the writer's memory
-does not grow with the log.
+``LULL``, so a steady stream meets checkpoints of half the size, each a shorter stall. DuckDB's
+buffer pool is bounded, so the writer's memory does not grow with the log.
 """
 
 from __future__ import annotations
@@ -310,8 +310,13 @@ class DuckDBLog(EventLog):
         self._wal = self.path + ".wal"
         self._idle_checkpoint = idle_checkpoint
         self._idle_gap = idle_gap
+        # Sizes are checked before the file is opened: a bad one makes nothing.
         threshold = _size(checkpoint_threshold, "checkpoint_threshold")
-        self._lull_checkpoint = _bytes(threshold) // 2 if lull_checkpoint is None else lull_checkpoint
+        if memory_limit:
+            _size(memory_limit, "memory_limit")
+        self._lull_checkpoint = (
+            _bytes(threshold) // 2 if lull_checkpoint is None else lull_checkpoint
+        )
         self._projector = projector
         self._max_batch = max_batch
         self._ident = self.path if self.path == ":memory:" else os.path.realpath(self.path)

@@ -229,6 +229,8 @@ def test_duckdbs_own_checkpoint_threshold_is_set_and_a_bad_one_refused(tmp_path)
     path = tmp_path / "events.duckdb"
     with pytest.raises(ValueError, match="checkpoint_threshold 'often' should look like"):
         DuckDBLog(path, checkpoint_threshold="often")
+    with pytest.raises(ValueError, match="memory_limit 'lots' should look like"):
+        DuckDBLog(path, memory_limit="lots")
     assert not path.exists()  # refused before the file was made
     with DuckDBLog(path, checkpoint_threshold="8MB") as log:
         assert log.query("SELECT current_setting('checkpoint_threshold')").rows == [("7.6 MiB",)]
