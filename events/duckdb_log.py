@@ -331,7 +331,7 @@ class DuckDBLog(EventLog):
                 _open_paths.add(self._ident)
         try:
             if memory_limit and self._ident != ":memory:":
-                self._con.execute(f"SET memory_limit = '{_size(memory_limit, 'memory_limit')}'")
+                self._con.execute(f"SET memory_limit = '{memory_limit}'")
             self._con.execute(f"SET checkpoint_threshold = '{threshold}'")
             self._con.execute(_DDL)
             _check_no_table_named_like_the_batch(self._con)

@@ -5,6 +5,7 @@ is disconnected without slowing anyone else."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
@@ -235,7 +236,6 @@ def _stalled_client_is_cut_off(server) -> None:
 def test_the_server_stops_even_if_its_live_feed_will_not():
     """Shutdown waits a bounded time for the live feed, even one whose read ignores the
     cancel (a backend stuck in a call)."""
-    import asyncio
 
     class StuckBackend:
         shrugs = 1  # cancels it ignores
@@ -251,7 +251,7 @@ def test_the_server_stops_even_if_its_live_feed_will_not():
                     if not self.shrugs:
                         raise
                     self.shrugs -= 1
-            yield []
+            yield []  # never reached: it makes this an async generator, as subscribe is
 
     async def scenario():
         hub = api.ws.Hub(StuckBackend())

@@ -251,17 +251,23 @@ def test_an_idle_writer_checkpoints_after_a_burst(tmp_path):
         assert log.append(*batch("r", "s", 1000, 1)) == [1001]
 
 
-def test_a_big_wal_is_checkpointed_in_a_short_lull_of_a_steady_stream(tmp_path):
+def _steady_stream(log, wal, appends: int) -> list[int]:
+    """Append 20 events (~5 KB of WAL) every 20 ms; the WAL's size after each append."""
     import time
 
+    sizes = []
+    for c in range(appends):
+        log.append(*batch("r", "s", c * 20, 20))
+        sizes.append(wal.stat().st_size if wal.exists() else 0)
+        time.sleep(0.02)
+    return sizes
+
+
+def test_a_big_wal_is_checkpointed_in_a_short_lull_of_a_steady_stream(tmp_path):
     wal = tmp_path / "events.duckdb.wal"
     # The idle gap is out of reach: only the lull rule can checkpoint here.
     with DuckDBLog(tmp_path / "events.duckdb", idle_gap=600, lull_checkpoint=64 << 10) as log:
-        sizes = []
-        for c in range(40):  # a steady stream: an append every 20 ms
-            log.append(*batch("r", "s", c * 20, 20))
-            sizes.append(wal.stat().st_size if wal.exists() else 0)
-            time.sleep(0.02)
+        sizes = _steady_stream(log, wal, 40)
         # The WAL was folded into the file over and over while the stream went on, never
         # left to grow to DuckDB's own threshold.
         drops = sum(1 for a, b in zip(sizes, sizes[1:]) if b < a)
@@ -270,16 +276,10 @@ def test_a_big_wal_is_checkpointed_in_a_short_lull_of_a_steady_stream(tmp_path):
 
 
 def test_a_smaller_checkpoint_threshold_brings_the_lull_checkpoint_down_with_it(tmp_path):
-    import time
-
     wal = tmp_path / "events.duckdb.wal"
     # DuckDB checkpoints by itself at 400 KB of WAL; the writer, in a lull, from half of that.
     with DuckDBLog(tmp_path / "events.duckdb", idle_gap=600, checkpoint_threshold="400KB") as log:
-        sizes = []
-        for c in range(120):  # a steady stream: ~5 KB of WAL every 20 ms
-            log.append(*batch("r", "s", c * 20, 20))
-            sizes.append(wal.stat().st_size if wal.exists() else 0)
-            time.sleep(0.02)
+        sizes = _steady_stream(log, wal, 120)
         drops = sum(1 for a, b in zip(sizes, sizes[1:]) if b < a)
         assert drops >= 2 and max(sizes) < 250_000, sizes
         assert log.query("SELECT count(*), max(seq) FROM events").rows == [(2400, 2400)]
