@@ -61,6 +61,14 @@ FAST_HEALTH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500
 
 
 
+def node_states() -> dict[str, str]:
+    """Each node (first 8 hex digits) and what Ray's GCS says of it."""
+    return {
+        n["NodeID"][:8]: "alive" if n.get("Alive") else f"dead: {n.get('DeathReasonMessage', '')}"
+        for n in ray.nodes()
+    }
+
+
 def step_starts(events: list, step_id: str, lost_at: float) -> list[dict]:
     """Each start of ``step_id``: attempt, where it continued from, its node, the length of
     that attempt's text committed before it (deltas replace from their offset), and when it
@@ -164,6 +172,7 @@ def main(scratch: Path) -> dict:
         out["names_head_node"] = names.head_node
         out["eventlog_node"] = node_of(orch.log.handle)
         out["agents_before"] = ray.get([a.where.remote() for a in orch._agents])
+        out["nodes_at_pool"] = node_states()
 
         t_launch = time.monotonic()
         run_id = orch.launch(
@@ -190,6 +199,9 @@ def main(scratch: Path) -> dict:
             "agents": out["agents_before"], "kinds": dict(Counter(kinds(events))),
             "starts": {s: e.worker for s, e in started.items()}, "streaming": sorted(streaming),
             "ended": sorted(ended), "status": orch.state(run_id).status,
+            # Whether the workers were alive when the pool was made and now: an agent goes to
+            # another node only when its own is not available to Ray's scheduler.
+            "nodes_at_pool": out["nodes_at_pool"], "nodes_now": node_states(),
         }, default=str)
         on_victim = sorted(
             s for s, e in started.items() if e.worker.startswith(victim[:8]) and s not in ended
