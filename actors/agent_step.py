@@ -195,6 +195,7 @@ def agent_pool(names: Names) -> AgentPool:
                 get_if_exists=True,
                 lifetime="detached",
                 scheduling_strategy=_placement(i, nodes),
+                memory=_TOKEN_MEMORY,
             ).remote(names)
             for nodes in [_alive_nodes()]
             for i in range(names.pool_size)
@@ -203,14 +204,20 @@ def agent_pool(names: Names) -> AgentPool:
     )
 
 
+# Ray places an actor that asks for no resources at all on a random node, whatever node it
+# prefers (measured: 12 of 36 on their node, 36 of 36 with this). A token request, not an
+# estimate of what an agent holds (~130 MiB idle), so a pool never waits for memory.
+_TOKEN_MEMORY = 1024 * 1024
+
+
 def _alive_nodes() -> list[str]:
     return sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
 
 
 def _placement(i: int, nodes: list[str]) -> Any:
-    """Agent ``i`` prefers the ``i``-th node round the cluster (Ray's ``SPREAD`` alone put a
-    whole pool on one node at times). Soft: if that node is full or lost, any node will do,
-    and that is where a restarted agent goes."""
+    """Agent ``i`` prefers the ``i``-th node round the cluster (an even spread, which
+    ``SPREAD`` does not promise). Soft: if that node is full or lost, any node will do, and
+    that is where a restarted agent goes."""
     if len(nodes) < 2:
         return "SPREAD"
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy

@@ -163,6 +163,17 @@ def main(scratch: Path) -> dict:
     )
     before = fingerprint(repo)
 
+    # Each agent asks for its node softly, and Ray's scheduler puts it anywhere if that node is
+    # not yet in its view of the cluster (a node that has only just joined, on a loaded
+    # machine). A task pinned hard to each worker waits until the scheduler sees that worker,
+    # so the pool made next is spread as intended.
+    t_seen = time.monotonic()
+    ray.get([
+        head_check_elsewhere.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote()
+        for n in workers
+    ], timeout=60)
+    out["workers_seen_s"] = round(time.monotonic() - t_seen, 2)
+
     settings = Settings.load({}, data_dir=str(scratch / "data"))
     orch = Orchestrator(settings, engine="scripted", script=SCRIPT)
     try:
