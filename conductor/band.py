@@ -59,6 +59,12 @@ def resolve(flow: Flow, requested: Band | None, config: HanConfig, sigs: SignalS
                       source="signals" if band != "small" else "default")
 
 
+def why(band: str, reason: str) -> str:
+    """The reason without the band name it starts with (it is written to be announced on its
+    own, "Small: 3 files…"), for a line that names the band already."""
+    return reason.removeprefix(f"{band.capitalize()}: ")
+
+
 def classify(flow: Flow, sigs: SignalSet) -> tuple[Band, str]:
     """The band the signals clearly point to, and why, in a few words."""
     t = flow.thresholds

@@ -27,6 +27,7 @@ from collections.abc import Iterable
 
 import msgspec
 
+from conductor.band import why
 from conductor.collect import LEVELS, Citation, Item, collect
 from conductor.evidence import finding_status
 from conductor.findings import parse_output
@@ -712,7 +713,7 @@ def _scope(title: str, state: RunState, header: Header) -> Section | None:
     files = sorted({f for st in state.steps.values() for f in st.step.files})
     lines = []
     if header.band:
-        lines.append(f"Band {header.band}: {header.band_reason}")
+        lines.append(f"Band {header.band}: {why(header.band, header.band_reason)}")
     if files:
         shown = files[:50]
         lines.append(f"{_plural(len(files), 'file')} considered:")
@@ -782,7 +783,7 @@ def header_rows(h: Header) -> list[tuple[str, str]]:
         ("Base", h.base),
         ("Focus", h.focus),
         ("Symptom", h.symptom),
-        ("Band", f"{h.band} ({h.band_source}): {h.band_reason}" if h.band else ""),
+        ("Band", f"{h.band} ({h.band_source}): {why(h.band, h.band_reason)}" if h.band else ""),
         ("Model", f"{h.model} on {h.engine}" if h.model else ""),
         ("Engine", "" if h.model else h.engine),
         ("Requested", h.requested_at),

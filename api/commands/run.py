@@ -279,6 +279,8 @@ class _View:
         from rich.table import Table
         from rich.text import Text
 
+        from conductor.band import why
+
         parts = []
         if state.request is not None:
             parts.append(Text(f"{state.request.flow} · {state.request.repo}", style="bold"))
@@ -286,7 +288,7 @@ class _View:
             parts.append(Text("planning…"))
             return Group(*parts)
         plan = state.plan
-        parts.append(Text(f"Band {plan.band}: {plan.band_reason}", style="cyan"))
+        parts.append(Text(f"Band {plan.band}: {why(plan.band, plan.band_reason)}", style="cyan"))
         parts.append(Text(f"commit {plan.commit[:12]} · {plan.engine} · {plan.model}", style="dim"))
         for note in plan.notes:
             parts.append(Text(f"note: {note}", style="yellow"))

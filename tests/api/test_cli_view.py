@@ -39,3 +39,18 @@ def test_a_step_with_nothing_back_yet_reads_waiting_then_running_once_it_streams
     ])
     for persona in ("junior-developer", "risk-analyst"):
         assert "running" in after[persona] and "waiting" not in after[persona]
+
+
+def test_the_band_line_names_the_band_once_then_says_why():
+    import msgspec
+
+    t = time.time()
+    plan = msgspec.structs.replace(
+        planned("r1", t, "small", ("a", "junior-developer", 0)),
+        band_reason="Small: 2 files in 1 subsystem, nothing points higher",  # as the conductor words it
+    )
+    requested = RunRequested(run_id="r1", ts=t, flow="code-review", repo="/src/app")
+    console = Console(record=True, width=160)
+    console.print(_View(console).render(fold([requested, plan], run_id="r1")))
+    band = [line for line in console.export_text().splitlines() if line.startswith("Band")]
+    assert band == ["Band small: 2 files in 1 subsystem, nothing points higher"]

@@ -135,7 +135,7 @@ PLAN = RunPlanned(
     run_id=RUN_ID,
     ts=1_767_225_601.0,
     band="medium",
-    band_reason="2 files in 1 subsystem, and the change builds SQL from request input",
+    band_reason="Medium: 2 files in 1 subsystem, and the change builds SQL from request input",
     band_source="signals",
     roster=(
         RosterEntry(persona="junior-developer", reason="seated in every code review", phase="review"),
