@@ -186,7 +186,9 @@ class AgentPool(list):
 
 def agent_pool(names: Names) -> AgentPool:
     """The shared pool of agents for this data directory (created on first use), spread over
-    the cluster's nodes; an agent lost with its node is restarted on another."""
+    the cluster's nodes (those declaring ``names.agent_resource``, when it is set; until one
+    is up the agents wait for it); an agent lost with its node is restarted on another."""
+    marker = {names.agent_resource: _AGENT_SHARE} if names.agent_resource else {}
     return AgentPool(
         [
             AgentStep.options(
@@ -196,8 +198,9 @@ def agent_pool(names: Names) -> AgentPool:
                 lifetime="detached",
                 scheduling_strategy=_placement(i, nodes),
                 memory=_TOKEN_MEMORY,
+                resources=marker,
             ).remote(names)
-            for nodes in [_alive_nodes()]
+            for nodes in [_alive_nodes(names.agent_resource)]
             for i in range(names.pool_size)
         ],
         names,
@@ -210,8 +213,17 @@ def agent_pool(names: Names) -> AgentPool:
 _TOKEN_MEMORY = 1024 * 1024
 
 
-def _alive_nodes() -> list[str]:
-    return sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
+# An agent's sliver of the agent resource: a node declaring 1 holds a thousand agents, so the
+# resource says where agents may run, not how many.
+_AGENT_SHARE = 0.001
+
+
+def _alive_nodes(resource: str = "") -> list[str]:
+    return sorted(
+        n["NodeID"]
+        for n in ray.nodes()
+        if n.get("Alive") and (not resource or n.get("Resources", {}).get(resource, 0) > 0)
+    )
 
 
 def _placement(i: int, nodes: list[str]) -> Any:

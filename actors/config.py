@@ -53,6 +53,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     step_turns: AtLeastOne = 6
     step_max_tokens: AtLeastOne = 512
     context_tokens: AtLeastOne = 2048
+    # A Ray resource that marks the nodes agents run on ('' = any node). Agents wait for such a
+    # node, so on an autoscaling cluster asking for them starts one (see ray-cluster.yaml).
+    agent_resource: str = ""
     # The API.
     host: str = "127.0.0.1"
     port: Port = 8765

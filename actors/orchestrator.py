@@ -45,7 +45,7 @@ class Orchestrator:
         self.settings = settings
         self._engine_override = engine
         self._script = script
-        namespace = ensure_ray()
+        namespace = ensure_ray(settings.agent_resource)
         # This process writes the data directory, so it must be on the head (checked here).
         self.names: Names = msgspec.structs.replace(names_for(settings, namespace), head_node=head_node())
         Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
@@ -56,6 +56,11 @@ class Orchestrator:
         from actors.agent_step import agent_pool
 
         self._agents = agent_pool(self.names)  # started now, so the first run does not wait
+        if settings.agent_resource and not ray.cluster_resources().get(settings.agent_resource):
+            logger.warning(
+                "no Ray node declares the agent resource %r yet: runs wait for one to join "
+                "(an autoscaling cluster starts one for them)", settings.agent_resource,
+            )
         self._models: dict[str, ModelPort] = {}
         self._runs: dict[str, Any] = {}
         self._closed = False

@@ -34,6 +34,8 @@ class Names(msgspec.Struct, frozen=True, kw_only=True):
     prefix: str
     data_dir: str
     pool_size: int = AGENT_POOL_SIZE
+    # The Ray resource an agent asks a sliver of ('' when agents may run on any node).
+    agent_resource: str = ""
     # The Ray node id of the head ('' when unknown: everything is taken to be on one node).
     head_node: str = ""
 
@@ -59,9 +61,10 @@ class Names(msgspec.Struct, frozen=True, kw_only=True):
         return Path(self.data_dir) / "runs" / run_id
 
 
-def ensure_ray() -> str:
+def ensure_ray(agent_resource: str = "") -> str:
     """Join the Ray named by ``RAY_ADDRESS`` (Ray reads it itself) or start a local one, whose
-    only node is then the head (it declares ``orchestrator_head``).
+    only node is then the head (it declares ``orchestrator_head``, and ``agent_resource`` if
+    one is named: the head is the only node the agents can run on).
 
     Returns the namespace to use: the caller's when Ray is already up (tests), else ours.
     """
@@ -77,7 +80,7 @@ def ensure_ray() -> str:
     options = dict(namespace=NAMESPACE, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         # A Ray of our own: this node is the head.
-        ray.init(**options, resources={HEAD_RESOURCE: 1})
+        ray.init(**options, resources={HEAD_RESOURCE: 1, **({agent_resource: 1} if agent_resource else {})})
     except ValueError as exc:
         # Ray found a cluster to join (RAY_ADDRESS, or one started with `ray start`): its
         # nodes declare their own resources. Ray refuses before connecting, so retry as is.
@@ -139,7 +142,7 @@ def on_head(names: Names) -> Any:
 def names_for(settings: Settings, namespace: str) -> Names:
     data_dir = str(Path(settings.data_dir).resolve())
     prefix = "orch-" + hashlib.sha1(data_dir.encode()).hexdigest()[:8]
-    return Names(namespace=namespace, prefix=prefix, data_dir=data_dir)
+    return Names(namespace=namespace, prefix=prefix, data_dir=data_dir, agent_resource=settings.agent_resource)
 
 
 def freeze_heap() -> None:

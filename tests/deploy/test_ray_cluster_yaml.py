@@ -55,3 +55,14 @@ def test_worker_groups_and_bounds():
             continue
         assert 0 <= group["min_workers"] <= group["max_workers"] <= cfg["max_workers"]
     assert any("pip install" in c and "[vllm]" in c for c in cfg["setup_commands"])
+
+
+def test_agents_run_on_the_cpu_workers():
+    # Serve starts with the head alone; agents asking for the CPU workers' resource wait for
+    # one (and make the autoscaler start one) instead of all settling on the head.
+    cfg = _config()
+    groups = cfg["available_node_types"]
+    start = " ".join(cfg["head_start_ray_commands"])
+    assert "ORCH_AGENT_RESOURCE=orchestrator_agents" in start
+    holders = [name for name, g in groups.items() if g["resources"].get("orchestrator_agents")]
+    assert holders == ["cpu_workers"] and groups["cpu_workers"]["min_workers"] >= 1

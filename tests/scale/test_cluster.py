@@ -57,10 +57,11 @@ START_HERE = """
 import json, sys
 import ray
 from actors.runtime import HEAD_RESOURCE, ensure_ray, head_node
-ns = ensure_ray()
+ns = ensure_ray("orchestrator_agents")
 result = {
     "namespace": ns,
     "head_resource": ray.cluster_resources().get(HEAD_RESOURCE, 0),
+    "agent_resource": ray.cluster_resources().get("orchestrator_agents", 0),
     "head_is_here": head_node() == ray.get_runtime_context().get_node_id(),
 }
 ray.shutdown()
@@ -69,8 +70,9 @@ print("RESULT " + json.dumps(result))
 
 
 def test_a_ray_we_start_declares_this_node_the_head():
+    # ...and the node for agents, when a resource is named for them: it is the only node.
     got = run_child(["-c", START_HERE], timeout=120)
-    assert got == {"namespace": "orchestrator", "head_resource": 1.0, "head_is_here": True}
+    assert got == {"namespace": "orchestrator", "head_resource": 1.0, "agent_resource": 1.0, "head_is_here": True}
 
 
 def test_a_node_lost_mid_run_the_run_completes_on_the_others():
@@ -130,3 +132,18 @@ def test_a_node_lost_mid_run_the_run_completes_on_the_others():
     assert got["report_cites_the_line"]
     assert got["second_run_status"] == "finished"
     assert got["repo_untouched"]
+
+
+def test_agents_wait_for_and_run_on_the_nodes_that_declare_the_agent_resource():
+    got = run_child(["-m", "tests.scale.cluster_agent_nodes"], timeout=240)
+    print("\n" + json.dumps(got, indent=1))
+    # Started on the head alone: it says the runs will wait, and nothing runs on the head.
+    assert got["warned"]
+    assert got["agent_events_before_worker"] == 0 and got["status_before_worker"] == "running"
+    # The worker that joined took every agent, and the run finished there.
+    assert got["status"] == "finished"
+    assert got["agents"] == [got["worker"]] * 4
+    assert got["step_workers"] == [got["worker"][:8]]
+    # Reading through the snapshot server on the head: the pinned (uncommitted) line.
+    assert got["tool_results"] > 0 and got["tool_results_with_the_pinned_line"] == got["tool_results"]
+    assert got["report_cites_the_line"] and got["repo_untouched"]
