@@ -79,8 +79,11 @@ def ensure_ray(agent_resource: str = "") -> str:
         return ray.get_runtime_context().namespace or NAMESPACE
     options = dict(namespace=NAMESPACE, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
-        # A Ray of our own: this node is the head.
-        ray.init(**options, resources={HEAD_RESOURCE: 1, **({agent_resource: 1} if agent_resource else {})})
+        # A Ray of our own: this node is the head, and the agents' node too.
+        resources = {HEAD_RESOURCE: 1}
+        if agent_resource:
+            resources[agent_resource] = 1
+        ray.init(**options, resources=resources)
     except ValueError as exc:
         # Ray found a cluster to join (RAY_ADDRESS, or one started with `ray start`): its
         # nodes declare their own resources. Ray refuses before connecting, so retry as is.

@@ -23,8 +23,8 @@ from ray.cluster_utils import Cluster
 
 from actors.config import Settings
 from actors.runtime import HEAD_RESOURCE
-from tests.actors.hostile import fingerprint, make_repo
-from tests.scale.cluster_node_loss import NODE, SCRIPT
+from tests.actors.hostile import fingerprint
+from tests.scale.cluster_node_loss import NODE, SCRIPT, repo_with_a_change
 
 AGENTS = "orchestrator_agents"
 
@@ -35,8 +35,7 @@ def main(scratch: Path) -> dict:
     out: dict = {}
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resources": {HEAD_RESOURCE: 1}, **NODE})
     os.environ["RAY_ADDRESS"] = cluster.address
-    repo = make_repo(scratch / "repo", {"calc.py": "def add(a, b):\n    return a + b\n"})
-    (repo / "calc.py").write_text("import threading\n\nlock = threading.Lock()\n\ndef add(a, b):\n    with lock:\n        return a - b\n")
+    repo = repo_with_a_change(scratch)
     before = fingerprint(repo)
 
     warnings: list[str] = []

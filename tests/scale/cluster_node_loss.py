@@ -94,6 +94,16 @@ def step_starts(events: list, step_id: str, lost_at: float) -> list[dict]:
             text[e.attempt] = text.get(e.attempt, "")[: e.continued_from]
     return starts
 
+def repo_with_a_change(scratch: Path) -> Path:
+    """A repository whose ``calc.py`` has an uncommitted change (line 7 reads ``return a - b``):
+    the commit a run pins of it lives only in the data directory, never on a worker."""
+    repo = make_repo(scratch / "repo", {"calc.py": "def add(a, b):\n    return a + b\n"})
+    (repo / "calc.py").write_text(
+        "import threading\n\nlock = threading.Lock()\n\ndef add(a, b):\n    with lock:\n        return a - b\n"
+    )
+    return repo
+
+
 def node_of(handle) -> str:
     """The node an actor runs on, asked of the actor itself."""
     return ray.get(handle.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()), timeout=30)
@@ -157,10 +167,7 @@ def main(scratch: Path) -> dict:
         ).remote()
     )
 
-    repo = make_repo(scratch / "repo", {"calc.py": "def add(a, b):\n    return a + b\n"})
-    (repo / "calc.py").write_text(  # uncommitted: the pinned commit lives only in the data dir
-        "import threading\n\nlock = threading.Lock()\n\ndef add(a, b):\n    with lock:\n        return a - b\n"
-    )
+    repo = repo_with_a_change(scratch)
     before = fingerprint(repo)
 
     # Each agent asks for its node softly, and Ray's scheduler puts it anywhere if that node is
