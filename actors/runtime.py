@@ -75,6 +75,10 @@ def ensure_ray(agent_resource: str = "") -> str:
 
     # Serve logs every deployment step at INFO on the driver; the product shows its own progress.
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    # Ray turns its token authentication on for a Ray it starts here and announces that on
+    # every start, as a warning on stderr. Ray's choice stands (the README says so); the line
+    # said nothing a user of `orchestrator run` must act on.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     if ray.is_initialized():
         return ray.get_runtime_context().namespace or NAMESPACE
     options = dict(namespace=NAMESPACE, include_dashboard=False, log_to_driver=False, configure_logging=False)

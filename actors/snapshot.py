@@ -257,8 +257,8 @@ def pin(
         raise SnapshotError(f"repository path {source} is not a directory")
     source = source.resolve()
     base = base or None
-    if base is not None and (base.startswith("-") or "\0" in base or not base.strip()):
-        raise SnapshotError(f"bad base ref {base!r}")
+    if base is not None:
+        _check_ref_text(base)
     scope = tuple(_clean_scope(p) for p in paths)
     work = Path(work_dir).expanduser().resolve()
     where = _locate(source)
@@ -280,6 +280,32 @@ def pin(
         shutil.rmtree(work if created else store, ignore_errors=True)
         raise
     return snap
+
+
+def check_base(repo: str | Path, base: str | None) -> None:
+    """Refuse a base ref that ``pin`` would refuse (malformed, unknown, or given for a plain
+    directory), only reading the repository: a mistyped ref is told at once, not after Ray
+    and the model have started for a run that cannot pin."""
+    source = Path(repo).expanduser()
+    if not base or not source.is_dir():
+        return  # nothing to check, or pin says what is wrong with the repository
+    _check_ref_text(base)
+    source = source.resolve()
+    where = _locate(source)
+    if where is None:
+        raise _plain_base(source)
+    if _resolve_commit(where.root, base, _base_env()) is None:
+        raise SnapshotError(f"unknown ref {base!r} in {where.root}")
+
+
+def _check_ref_text(base: str) -> None:
+    # Never an option to git, never a NUL: the ref goes into git's argument vector.
+    if base.startswith("-") or "\0" in base or not base.strip():
+        raise SnapshotError(f"bad base ref {base!r}")
+
+
+def _plain_base(source: Path) -> SnapshotError:
+    return SnapshotError(f"a base ref needs a git repository; {source} is a plain directory")
 
 
 def _clean_scope(path: str) -> str:
@@ -489,7 +515,7 @@ def _pin_copy(
     source: Path, store: Path, base: str | None, scope: tuple[str, ...], limit: int
 ) -> Pin:
     if base is not None:
-        raise SnapshotError(f"a base ref needs a git repository; {source} is a plain directory")
+        raise _plain_base(source)
     tree = store / "tree"
     plan, skipped, total = _plan_copy(source, limit)  # the store is outside source (pin checks)
     _copy(source, tree, plan, limit)

@@ -183,9 +183,15 @@ def _check_early(req) -> None:
     """Refuse what is obviously wrong before paying for Ray (the launch checks again)."""
     from pathlib import Path
 
+    from actors.snapshot import SnapshotError, check_base
+
     if not Path(req.repo).expanduser().exists():
         raise CommandError(f"no such repository: {req.repo}", 2)
     _validate(req)
+    try:
+        check_base(req.repo, req.base)  # read-only: git resolves the ref, nothing is pinned
+    except SnapshotError as exc:
+        raise CommandError(str(exc), 2) from None
 
 
 def _validate(req, personas=None) -> None:

@@ -78,8 +78,10 @@ def test_run_prints_the_report_and_history_reopens_it(tmp_path, repo):
     # The run was named as soon as it began, before its progress and report.
     lines = done.stderr.splitlines()
     launched = lines.index(f"orchestrator: run {run_id} launched")
-    # Ray Serve's INFO lines (deploying, routing, deleting the model) are not the user's.
+    # Ray Serve's INFO lines (deploying, routing, deleting the model) are not the user's, nor
+    # Ray's notice, at every start, that its token authentication is on.
     assert not [line for line in lines if line.startswith("INFO ")], done.stderr
+    assert "Token authentication" not in done.stderr, done.stderr
     assert launched < next(i for i, line in enumerate(lines) if line.startswith("code-review · "))
 
     shown = orchestrator(data, "show", run_id, "--format", "md")
@@ -224,16 +226,25 @@ def _descendant(root: int, marker: str) -> int | None:
         (["run", "architectural-analysis", "--repo", "{repo}"], "focus"),
         (["run", "code-review", "--repo", "{repo}", "--persona", "secruity-analyst"], "unknown persona 'secruity-analyst'"),
         (["run", "code-review", "--repo", "{repo}", "--engine", "scripted"], "needs --script"),
+        # A ref git cannot resolve is told at once, not after Ray and the model have started.
+        (["run", "code-review", "--repo", "{repo}", "--base", "no-such-ref"], "unknown ref 'no-such-ref' in"),
+        (["run", "code-review", "--repo", "{repo}", "--base=--output=x"], "bad base ref '--output=x'"),
+        (["run", "code-review", "--repo", "{plain}", "--base", "main"], "a base ref needs a git repository"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, repo, args, message):
     data = tmp_path / "data"
-    args = [a.format(repo=repo, missing=tmp_path / "missing") for a in args]
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "calc.py").write_text("def add(a, b):\n    return a + b\n")
+    args = [a.format(repo=repo, missing=tmp_path / "missing", plain=plain) for a in args]
+    before = fingerprint(repo)
     done = orchestrator(data, *args, timeout=60)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("orchestrator: ") and message in lines[0].lower()
-    assert events_in(data) == 0
+    assert not data.exists()  # refused before Ray, the log or the data directory
+    assert fingerprint(repo) == before
 
 
 @pytest.mark.parametrize(
@@ -341,9 +352,8 @@ def test_a_data_directory_inside_the_analysed_tree_is_refused_before_it_is_made(
 
 @pytest.mark.parametrize(
     "base, message",
-    [("no-such-ref", "no-such-ref"),
-     # A clean tree against its own HEAD: no agent is sent to read nothing.
-     ("HEAD", "code-review: nothing to analyse: no file in scope differs between 'HEAD'")],
+    # A clean tree against its own HEAD: no agent is sent to read nothing.
+    [("HEAD", "code-review: nothing to analyse: no file in scope differs between 'HEAD'")],
 )
 def test_a_base_that_gives_nothing_to_review_is_refused_after_start_and_writes_no_event(
         tmp_path, base, message):
