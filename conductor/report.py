@@ -509,9 +509,14 @@ def _brief_notes(agents: tuple[AgentView, ...]) -> tuple[str, ...]:
             groups.setdefault(cuts, {})[a.persona] = None
     return tuple(
         f"to fit the model's context (ORCH_CONTEXT_TOKENS), the brief{'s' if len(personas) > 1 else ''} "
-        f"of {', '.join(personas)} went without {'; '.join(cuts)}"
+        f"of {', '.join(personas)} went without {_and(cuts)}"
         for cuts, personas in groups.items()
     )
+
+
+def _and(items: tuple[str, ...]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return items[-1] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def _recommendation(flow: str, levels: dict[str, int], n: int, finished: bool, unverified: int = 0) -> str:

@@ -361,8 +361,9 @@ def test_the_report_names_what_each_agent_answered_without(orch, repo):
     notes = [ln for ln in appendix.splitlines() if ln.startswith("Note: to fit the model's context")]
     assert all(("the briefs of " in n) == (", " in n.split(" of ", 1)[1].split(" went ")[0]) for n in notes)
     for e in briefs:
-        cuts = "; ".join(x.removeprefix("persona brief: ").removesuffix(" (cut for space)")
-                         for x in e.left_out if x.startswith("persona brief: "))
-        assert any(e.persona in n and n.endswith(f"went without {cuts}") for n in notes), e.persona
+        cuts = [x.removeprefix("persona brief: ").removesuffix(" (cut for space)")
+                for x in e.left_out if x.startswith("persona brief: ")]
+        said = cuts[0] if len(cuts) == 1 else ", ".join(cuts[:-1]) + " and " + cuts[-1]
+        assert any(e.persona in n and n.endswith(f"went without {said}") for n in notes), e.persona
     agents = {a["step_id"]: a for a in json.loads(orch.report(run_id, "json"))["agents"]}
     assert all(tuple(agents[e.step_id]["left_out"]) == e.left_out for e in queued)

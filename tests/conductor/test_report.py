@@ -207,16 +207,16 @@ def test_a_brief_cut_names_each_persona_once_however_many_steps_it_has():
              ("ev-3", "evidence-based-investigator"), ("val", "adversarial-validator")]
     apply(state, msgspec.structs.replace(state.plan, steps=tuple(
         PlannedStep(step_id=sid, persona=p, phase="evidence", wave=0) for sid, p in steps)))
-    cut = BRIEF + "section 'Protocols'" + CUT
+    cuts = tuple(BRIEF + f"section '{name}'" + CUT for name in ("When nothing is found", "Protocols"))
     for i, (sid, persona) in enumerate(steps):
         apply(state, StepQueued(run_id=state.run_id, ts=3.0 + i, step_id=sid, persona=persona,
-                                phase="evidence", left_out=(cut,)))
+                                phase="evidence", left_out=cuts))
         apply(state, StepStarted(run_id=state.run_id, ts=3.5 + i, step_id=sid))
         apply(state, StepFinished(run_id=state.run_id, ts=3.7 + i, step_id=sid, output=""))
     report = build_report(state)
     assert [n for n in report.notes if "ORCH_CONTEXT_TOKENS" in n] == [
         "to fit the model's context (ORCH_CONTEXT_TOKENS), the briefs of evidence-based-investigator, "
-        "adversarial-validator went without section 'Protocols'"]
+        "adversarial-validator went without section 'When nothing is found' and section 'Protocols'"]
 
 
 def test_flow_sections_place_each_personas_findings():
