@@ -54,7 +54,7 @@ def _explain(data: bytes | str, exc: Exception) -> str:
     kind = raw.get("kind")
     if kind is None:
         return "event has no 'kind' field"
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:  # a list or object is no kind either
         return f"unknown event kind {kind!r}"
     version = raw.get("v", SCHEMA_VERSION)
     if isinstance(version, int) and version > SCHEMA_VERSION:

@@ -51,9 +51,9 @@ import numpy as np
 import pyarrow as pa
 
 from events.codec import decode
-from events.errors import EventError, LogClosed, LogLocked
+from events.errors import EventError, LogClosed, LogLocked, MalformedEvent
 from events.log import EventLog, Projector, Record
-from events.memory_log import decode_append, encode_append
+from events.memory_log import decode_append, encode_append, text_problem
 from events.subscription import DEFAULT_BUFFER, Hub, HubSubscription
 from events.types import AgentEvent
 
@@ -723,7 +723,10 @@ class DuckDBLog(EventLog):
             results = self._write(group)
         except Exception as exc:
             if len(group) == 1:
-                _fail(group[0].future, exc)
+                # DuckDB refuses bytes that are not UTF-8 text: say which, as for any other
+                # malformed append (checked only now, since the check costs every append).
+                problem = text_problem(group[0].blobs, group[0].keys)
+                _fail(group[0].future, MalformedEvent(problem) if problem else exc)
                 return
             # One bad append (say, a projector error) must not sink the others: retry alone.
             for item in group:
@@ -874,6 +877,8 @@ class DuckDBLog(EventLog):
         upto: int | None = None,
     ) -> list[tuple[Record, bytes]] | None:
         """The answer from the in-memory tail, or None if it does not reach back to ``after``."""
+        if limit is not None and limit <= 0:
+            return []  # as the table's LIMIT 0 answers
         with self._recent_lock:
             if not self._recent or after < self._recent_firsts[0] - 1:
                 return None

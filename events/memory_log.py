@@ -70,6 +70,26 @@ def decode_append(blobs: Sequence[bytes], keys: Sequence[str]) -> list[AgentEven
     raise AssertionError("unreachable: an event failed to decode, then decoded")
 
 
+def text_problem(blobs: Sequence[bytes], keys: Sequence[str]) -> str:
+    """Why these keys or events cannot be stored as text ('' when they can): the decoder
+    skips an unknown field unread, so its bytes may not be UTF-8, and a ``str`` key may hold
+    a lone surrogate. Costly per byte, so a log asks only once a commit has failed."""
+    for i, key in enumerate(keys):
+        try:
+            key.encode()
+        except UnicodeEncodeError:
+            return f"idempotency key {i} ({key!r}) is not UTF-8 text; nothing of this append was written"
+    for i, blob in enumerate(blobs):
+        try:
+            blob.decode()
+        except UnicodeDecodeError as exc:
+            return (
+                f"event {i} (key {keys[i]!r}) is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                "nothing of this append was written"
+            )
+    return ""
+
+
 # --- the reference log ------------------------------------------------------------------------
 
 
@@ -88,6 +108,9 @@ class InMemoryLog(EventLog):
 
     def append_encoded(self, blobs: Sequence[bytes], keys: Sequence[str]) -> list[int]:
         events = decode_append(blobs, keys)
+        problem = text_problem(blobs, keys)  # as DuckDB refuses them
+        if problem:
+            raise MalformedEvent(problem)
         with self._lock:
             if self._closed:
                 raise LogClosed("the log is closed")
@@ -114,6 +137,8 @@ class InMemoryLog(EventLog):
         step_id: str | None = None,
         limit: int | None = None,
     ) -> list[Record]:
+        if limit is not None and limit <= 0:
+            return []
         with self._lock:
             tail = self._records[max(after, 0) :]
         out = []

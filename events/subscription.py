@@ -189,11 +189,15 @@ class HubSubscription(Subscription):
         deadline = None if timeout is None else loop.time() + timeout
         while True:
             if self._pos < self._live_from:  # storage reads block: keep them off the loop
-                records = await asyncio.to_thread(self._catch_up)
-                if records is not None:
-                    return records
+                page = await asyncio.to_thread(self._read_page)
+                # Moved on only here, on the loop: a caller that gave up during the read
+                # (a timeout around this call) gets the same page next time, not a gap.
+                if page is not None:
+                    if records := self._advance(*page):
+                        return records
+                    continue
             with self._cond:
-                if self._buf or self._dropped or self._ended:
+                if self._dropped or self._ended or (self._buf and self._pos >= self._live_from):
                     return self._take()
                 if self._pos < self._live_from:
                     continue
@@ -219,33 +223,46 @@ class HubSubscription(Subscription):
 
     def _catch_up(self) -> list[Record] | None:
         """The next page from storage while behind ``live_from``; None once caught up."""
-        while True:
-            with self._cond:
-                if self._ended or self._dropped:
-                    return None
-                pos, upto = self._pos, self._live_from
-            if pos >= upto:
+        while (page := self._read_page()) is not None:
+            if records := self._advance(*page):
+                return records
+        return None
+
+    def _read_page(self) -> tuple[list[Record], int] | None:
+        """The next page from storage and how far it reaches (None when caught up or ended).
+        It moves nothing: the caller hands the page out and then calls ``_advance``."""
+        with self._cond:
+            if self._ended or self._dropped:
                 return None
-            records = self._hub._read_range(pos, upto, self._run_id, CATCH_UP_PAGE)
-            with self._cond:
-                if len(records) < CATCH_UP_PAGE:
-                    self._pos = upto  # nothing more of ours in (pos, upto]
-                else:
-                    self._pos = records[-1].seq
-                if records:
-                    self._last = records[-1].seq
-                    return records
+            pos, upto = self._pos, self._live_from
+        if pos >= upto:
+            return None
+        records = self._hub._read_range(pos, upto, self._run_id, CATCH_UP_PAGE)
+        # A short page means nothing more of ours in (pos, upto].
+        return records, upto if len(records) < CATCH_UP_PAGE else records[-1].seq
+
+    def _advance(self, records: list[Record], reached: int) -> list[Record]:
+        with self._cond:
+            self._pos = reached
+            if records:
+                self._last = records[-1].seq
+        return records
 
     def _take(self) -> list[Record]:
         # Caller holds self._cond.
-        if self._buf:
+        if self._buf and self._pos >= self._live_from:
             records = list(self._buf)
             self._buf.clear()
             self._last = records[-1].seq
             return records
         if self._dropped:
             raise SubscriberDropped(self._dropped, self._last)
-        raise LogClosed(f"{self._ended}; resubscribe from seq {self._last}")
+        if self._ended:
+            # Still behind the buffer (the catch-up unfinished), it is not handed out: the
+            # records before it would be skipped for good. Resuming from ``last`` misses none.
+            self._buf.clear()
+            raise LogClosed(f"{self._ended}; resubscribe from seq {self._last}")
+        return []  # still catching up: the next call reads storage
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

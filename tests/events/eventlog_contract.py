@@ -115,6 +115,25 @@ class LogContract:
         assert log.append_encoded(data, ["a", "b", "c"]) == [1, 2, 3]
         assert [r.event for r in log.read()] == [delta("r1", "s1", i) for i in range(3)]
 
+    def test_bytes_that_are_not_text_refuse_their_append_by_name(self, log):
+        # The decoder reads no unknown field, so its bytes are checked apart, as is a key
+        # holding a lone surrogate: each is a malformed append, not a storage error.
+        good = blob(delta("r", "s", 0))
+        not_utf8 = good[:-1] + b',"later_field":"\xff"}'
+        with pytest.raises(MalformedEvent, match=r"event 1 \(key 'b'\) is not UTF-8 text"):
+            log.append_encoded([good, not_utf8], ["a", "b"])
+        with pytest.raises(MalformedEvent, match=r"idempotency key 0 .* is not UTF-8 text"):
+            log.append_encoded([good], ["k\ud800"])
+        with pytest.raises(MalformedEvent, match=r"unknown event kind \[1\]"):
+            log.append_encoded([b'{"kind":[1],"run_id":"r","ts":1.0}'], ["x"])
+        assert log.max_seq() == 0
+        assert log.append_encoded([good], ["a"]) == [1]  # the refused keys were never taken
+
+    def test_a_limit_of_nothing_reads_nothing(self, log):
+        log.append(*batch("r", "s", 0, 3))
+        assert log.read(limit=0) == []
+        assert [r.seq for r in log.read(limit=2)] == [1, 2]
+
     def test_unknown_kind_and_newer_version_are_named(self, log):
         unknown = b'{"kind":"step_teleported","run_id":"r","ts":1.0}'
         with pytest.raises(MalformedEvent, match="unknown event kind 'step_teleported'"):
@@ -250,6 +269,48 @@ class LogContract:
             assert [r.seq for r in first + rest] == list(range(1, 2801))
         finally:
             log.close()
+
+    def test_closing_mid_catch_up_hands_out_nothing_past_the_gap(self, tmp_path):
+        # Live records buffered behind an unfinished catch-up are not handed out when the log
+        # closes: the subscriber resumes from its last seq and misses nothing.
+        log = self.make_log(tmp_path)
+        for c in range(3):
+            log.append(*batch("r", "s", c * 1000, 1000))
+        sub = log.subscribe()
+        first = sub.get(timeout=1)
+        assert first[-1].seq < 3000
+        log.append(*batch("r", "s", 3000, 1))  # live: into the buffer
+        log.close()
+        with pytest.raises(LogClosed, match=f"resubscribe from seq {first[-1].seq}$"):
+            while True:
+                assert sub.get(timeout=1)[-1].seq < 3000
+
+    def test_an_async_read_given_up_mid_catch_up_loses_no_page(self, log):
+        for c in range(3):
+            log.append(*batch("r", "s", c * 1000, 1000))
+        sub = log.subscribe()
+        hub = sub._hub
+        read_range = hub._read_range
+
+        def slow_storage(*args):
+            time.sleep(0.3)
+            return read_range(*args)
+
+        hub._read_range = slow_storage
+
+        async def main() -> list[Record]:
+            with pytest.raises(TimeoutError):  # the caller gives up while a page is read
+                async with asyncio.timeout(0.05):
+                    await sub.get_async(timeout=5)
+            await asyncio.sleep(0.4)  # the abandoned read ends meanwhile
+            got: list[Record] = []
+            while not got or got[-1].seq < 3000:
+                got += await sub.get_async(timeout=5)
+            return got
+
+        got = asyncio.run(main())
+        sub.close()
+        assert [r.seq for r in got] == list(range(1, 3001))
 
     def test_async_get_wakes_on_commit(self, log):
         sub = log.subscribe()
