@@ -68,6 +68,13 @@ MAX_MESSAGES = 200
 MAX_MESSAGE_BYTES = 200_000
 CACHE_BYTES = 64 * 1024 * 1024
 MAX_LINK_HOPS = 8
+MAX_LINK_BYTES = 4096  # a link's target is a path (PATH_MAX); a longer "link" is not followed
+# The pinned tree's listing: a few KB of trees that share subtrees (a "git bomb") would list
+# millions of paths, each held in memory.
+MAX_TREE_BYTES = 64 * 1024 * 1024
+# Past this much of a blob left unread, the reader is ended and started again (~5 ms) rather
+# than drained: a tree may name a 1 GiB blob many times.
+DRAIN_BYTES = 1024 * 1024
 
 # Everything this module keeps lives under <work_dir>/snapshot/.
 STORE = "snapshot"
@@ -82,15 +89,17 @@ _IDENTITY = {
     "GIT_COMMITTER_EMAIL": "orchestrator@localhost",
     "GIT_COMMITTER_DATE": "@0 +0000",
 }
+# (key, value): given to git as GIT_CONFIG_KEY_n/VALUE_n, since ``-c key=value`` splits at the
+# first '=' and a filter may be named "x=y".
 _SAFE_CONFIG = (
-    "core.fsmonitor=false",
-    "core.hooksPath=/dev/null",
-    "core.splitIndex=false",
-    "core.untrackedCache=false",
-    "core.sharedRepository=",
-    "gc.auto=0",
-    "maintenance.auto=false",
-    "log.showSignature=false",
+    ("core.fsmonitor", "false"),
+    ("core.hooksPath", "/dev/null"),
+    ("core.splitIndex", "false"),
+    ("core.untrackedCache", "false"),
+    ("core.sharedRepository", ""),
+    ("gc.auto", "0"),
+    ("maintenance.auto", "false"),
+    ("log.showSignature", "false"),
 )
 
 _MODE_FILE = ("100644", "100755")
@@ -150,6 +159,11 @@ def _base_env(objects: str = "", alternates: str = "", index: str = "") -> dict[
         GIT_LITERAL_PATHSPECS="1",
         GIT_OPTIONAL_LOCKS="0",
         LC_ALL="C",
+        # No transport at all: a partial clone's missing object would otherwise be fetched
+        # from its promisor remote, running whatever program the repository's config names
+        # there and writing to its config (git 2.45 and later also read GIT_NO_LAZY_FETCH).
+        GIT_ALLOW_PROTOCOL="none",
+        GIT_NO_LAZY_FETCH="1",
     )
     if objects:
         env["GIT_OBJECT_DIRECTORY"] = objects
@@ -160,11 +174,20 @@ def _base_env(objects: str = "", alternates: str = "", index: str = "") -> dict[
     return env
 
 
-def _argv(root: str, args: Sequence[str], extra_config: Sequence[str] = ()) -> list[str]:
-    argv = ["git", "--no-pager", "--no-optional-locks", "-C", root]
-    for item in (*_SAFE_CONFIG, *extra_config):
-        argv += ["-c", item]
-    return argv + list(args)
+Config = Sequence[tuple[str, str]]
+
+
+def _argv(root: str, args: Sequence[str]) -> list[str]:
+    return ["git", "--no-pager", "--no-optional-locks", "-C", root, *args]
+
+
+def _with_config(env: dict[str, str], extra_config: Config = ()) -> dict[str, str]:
+    """``env`` with the safe overrides (and ``extra_config``) as git's config variables."""
+    items = (*_SAFE_CONFIG, *extra_config)
+    out = {**env, "GIT_CONFIG_COUNT": str(len(items))}
+    for i, (key, value) in enumerate(items):
+        out[f"GIT_CONFIG_KEY_{i}"], out[f"GIT_CONFIG_VALUE_{i}"] = key, value
+    return out
 
 
 def _git(
@@ -172,14 +195,14 @@ def _git(
     args: Sequence[str],
     env: dict[str, str],
     *,
-    extra_config: Sequence[str] = (),
+    extra_config: Config = (),
     check: bool = True,
     timeout: float = GIT_TIMEOUT,
 ) -> subprocess.CompletedProcess[bytes]:
     try:
         proc = subprocess.run(
-            _argv(root, args, extra_config),
-            env=env,
+            _argv(root, args),
+            env=_with_config(env, extra_config),
             stdin=subprocess.DEVNULL,
             capture_output=True,
             timeout=timeout,
@@ -200,7 +223,7 @@ def _git_bounded(
     """Git's stdout up to ``limit`` bytes, and whether it was cut (the process is then ended)."""
     proc = subprocess.Popen(
         _argv(root, args),
-        env=env,
+        env=_with_config(env),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -469,7 +492,7 @@ def _pin_work_tree(
 
 
 def _check_change_size(
-    root: str, spec: str, env: dict[str, str], filters: list[str], limit: int
+    root: str, spec: str, env: dict[str, str], filters: Config, limit: int
 ) -> None:
     """Refuse uncommitted changes too big to keep in the run's data (before hashing any)."""
     out = _git(
@@ -493,8 +516,8 @@ def _check_change_size(
         )
 
 
-def _filter_overrides(root: str) -> list[str]:
-    """``-c`` items that turn off every clean/process filter the repository config defines.
+def _filter_overrides(root: str) -> list[tuple[str, str]]:
+    """Config items that turn off every clean/process filter the repository config defines.
 
     A filter is a program; it could also write into ``.git`` (git-lfs does). The pin holds the
     bytes on disk instead.
@@ -507,7 +530,7 @@ def _filter_overrides(root: str) -> list[str]:
             names.add(head)
     items = []
     for name in sorted(names):
-        items += [f"{name}.clean=", f"{name}.process=", f"{name}.required=false"]
+        items += [(f"{name}.clean", ""), (f"{name}.process", ""), (f"{name}.required", "false")]
     return items
 
 
@@ -521,7 +544,7 @@ def _pin_copy(
     _copy(source, tree, plan, limit)
     env = _base_env()
     _git(str(tree), ["init", "-q", "--template=", "-b", "main"], env)
-    _git(str(tree), ["add", "-A", "-f", "--", "."], env, extra_config=("core.autocrlf=false",))
+    _git(str(tree), ["add", "-A", "-f", "--", "."], env, extra_config=(("core.autocrlf", "false"),))
     tree_id = _out(_git(str(tree), ["write-tree"], env))
     commit = _out(
         _git(str(tree), ["commit-tree", tree_id, "-m", f"Copy of {source.name}"], {**env, **_IDENTITY})
@@ -626,7 +649,7 @@ class _Reader:
     def __init__(self, root: str, env: dict[str, str]):
         self._proc = subprocess.Popen(
             _argv(root, ["cat-file", "--batch"]),
-            env=env,
+            env=_with_config(env),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -644,6 +667,9 @@ class _Reader:
         want = size if limit is None else min(size, limit)
         data = proc.stdout.read(want)
         rest = size - want + 1  # the remaining content and the trailing newline
+        if rest > DRAIN_BYTES and len(data) == want:
+            self.close(kill=True)  # cheaper to start another than to read this through
+            return data, size
         while rest > 0:
             chunk = proc.stdout.read(min(rest, 1 << 20))
             if not chunk:
@@ -653,7 +679,13 @@ class _Reader:
             raise SnapshotError(f"the snapshot reader stopped while reading {oid}")
         return data, size
 
-    def close(self) -> None:
+    @property
+    def ended(self) -> bool:
+        return self._proc.returncode is not None
+
+    def close(self, kill: bool = False) -> None:
+        if kill and self._proc.poll() is None:
+            self._proc.kill()
         _close(self._proc)
 
 
@@ -666,8 +698,12 @@ def _close(proc: subprocess.Popen[bytes]) -> None:
         except (OSError, subprocess.TimeoutExpired):
             proc.kill()
             proc.wait()
-    if proc.stdout:
-        proc.stdout.close()
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe:
+            try:
+                pipe.close()
+            except OSError:  # a pipe to a killed process may refuse its last flush
+                pass
 
 
 class GitSnapshot:
@@ -841,7 +877,13 @@ class GitSnapshot:
     def entries(self) -> dict[str, Entry]:
         """Every entry of the pinned tree (files, links, submodules) by path."""
         if self._entries is None:
-            out = self._git(["ls-tree", "-r", "-z", "--full-tree", self.commit]).stdout
+            out, cut = _git_bounded(
+                self.root, ["ls-tree", "-r", "-z", "--full-tree", self.commit], self._env, MAX_TREE_BYTES
+            )
+            if cut:
+                raise SnapshotError(
+                    f"the pinned tree lists more than {_size(MAX_TREE_BYTES)} of paths: too many to read"
+                )
             entries: dict[str, Entry] = {}
             for item in out.split(b"\0"):
                 if not item:
@@ -876,8 +918,8 @@ class GitSnapshot:
                 return clean
             if entry.kind != "link":
                 return None
-            target = self._blob(entry.oid, None)[0].decode("utf-8", "replace")
-            if target.startswith("/"):
+            target = self._link(entry.oid)
+            if target is None or target.startswith("/"):
                 return None
             joined = posixpath.normpath(posixpath.join(posixpath.dirname(clean), target))
             if joined == ".." or joined.startswith("../"):
@@ -893,7 +935,11 @@ class GitSnapshot:
         entry = self.entries().get(clean) if clean is not None else None
         if entry is None or entry.kind != "link":
             return None
-        return self._blob(entry.oid, None)[0].decode("utf-8", "replace")
+        return self._link(entry.oid)
+
+    def _link(self, oid: str) -> str | None:
+        data, size = self._blob(oid, MAX_LINK_BYTES)
+        return None if size > MAX_LINK_BYTES else data.decode("utf-8", "replace")
 
     def size(self, path: str) -> int | None:
         got = self.read_head(path, 0)
@@ -961,6 +1007,9 @@ class GitSnapshot:
                 self._finalizer()  # type: ignore[misc]
                 self._reader = None
                 raise SnapshotError(f"reading the snapshot failed: {exc}") from None
+            if self._reader.ended:  # it left a big blob unread: the next read starts another
+                self._finalizer()  # type: ignore[misc]
+                self._reader = None
             if len(data) == size and size <= CACHE_BYTES // 8:
                 self._cache[oid] = data
                 self._cached += size

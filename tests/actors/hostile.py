@@ -99,7 +99,7 @@ ESCAPES = (
 )
 
 
-def git(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
+def git(repo: Path, *args: str, env: dict[str, str] | None = None, stdin: str | bytes = b"") -> str:
     """Run git in ``repo`` with a fixed identity and no user config; return stdout."""
     full = {
         **{k: v for k, v in os.environ.items() if not k.startswith("GIT_")},
@@ -115,7 +115,8 @@ def git(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
     safe = ["-c", "core.fsmonitor=false", "-c", "core.hooksPath=/dev/null"]
     safe += ["-c", "filter.evil.clean=", "-c", "filter.evil.required=false"]
     proc = subprocess.run(
-        ["git", "-C", str(repo), *safe, *args], env=full, capture_output=True, check=False
+        ["git", "-C", str(repo), *safe, *args], env=full, capture_output=True, check=False,
+        input=stdin.encode() if isinstance(stdin, str) else stdin,
     )
     if proc.returncode != 0:
         raise AssertionError(f"git {' '.join(args)} failed: {proc.stderr.decode()}")

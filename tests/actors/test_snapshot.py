@@ -371,3 +371,92 @@ def test_hostile_repository_runs_nothing_and_leaks_nothing(tmp_path):
     everything = b"".join(snap.read(p) or b"" for p in snap.paths())
     assert SECRET.encode() not in everything and PASSWD_MARK.encode() not in everything
     assert "vendor/lib" not in snap.paths() and snap.entries()["vendor/lib"].kind == "submodule"
+
+
+def _armed_script(tmp_path, name: str, then: str = "cat"):
+    """A program that leaves a mark if git ever runs it (then passes its input on)."""
+    mark = tmp_path / f"{name}-ran"
+    script = tmp_path / f"{name}.sh"
+    script.write_text(f"#!/bin/sh\ntouch '{mark}'\n{then}\n")
+    script.chmod(0o755)
+    return script, mark
+
+
+def test_a_partial_clone_fetches_nothing_for_a_missing_object(tmp_path):
+    # Git fetches a partial clone's missing objects from its promisor remote on demand, and
+    # that remote may name any program; reads never reach for the network or run it.
+    repo = make_repo(tmp_path / "repo", {"a.txt": "here\n", "b.txt": "its object will be gone\n"})
+    oid = git(repo, "rev-parse", "HEAD:b.txt").strip()
+    (repo / ".git" / "objects" / oid[:2] / oid[2:]).unlink()
+    script, mark = _armed_script(tmp_path, "promisor", then="exit 1")
+    for key, value in [("core.repositoryformatversion", "1"), ("extensions.partialClone", "origin"),
+                       ("remote.origin.promisor", "true"), ("remote.origin.url", f"ext::{script}"),
+                       ("protocol.ext.allow", "always"), ("remote.origin.uploadpack", str(script))]:
+        git(repo, "config", key, value)
+    before = fingerprint(repo)
+    snap = pin(repo, work_dir=tmp_path / "run")
+    assert snap.read("a.txt") == b"here\n"
+    with pytest.raises(SnapshotError, match=f"object {oid} is missing"):
+        snap.read("b.txt")
+    assert not mark.exists()
+    assert fingerprint(repo) == before  # not even the partial-clone filter git notes on a fetch
+
+
+def test_a_filter_whose_name_holds_an_equals_sign_is_still_turned_off(tmp_path):
+    # `git -c filter.x=y.clean=` would set "filter.x" (git splits at the first '='); the
+    # overrides go through GIT_CONFIG_KEY_n/VALUE_n, which keep the name whole.
+    repo = make_repo(tmp_path / "repo", {"a.py": "A = 1\n"})
+    script, mark = _armed_script(tmp_path, "filter")
+    git(repo, "config", "filter.x=y.clean", str(script))
+    git(repo, "config", "filter.x=y.required", "true")
+    (repo / ".git" / "info").mkdir(exist_ok=True)
+    (repo / ".git" / "info" / "attributes").write_text("* filter=x=y\n")
+    write(repo, {"a.py": "A = 2\n"})
+    before = fingerprint(repo)
+    snap = pin(repo, work_dir=tmp_path / "run")
+    assert not mark.exists()
+    assert snap.mode == "uncommitted" and snap.read("a.py") == b"A = 2\n"
+    assert fingerprint(repo) == before
+
+
+def _tree_of(repo, entries: list[str]) -> str:
+    return git(repo, "mktree", "-z", stdin="".join(entries)).strip()
+
+
+def test_a_tree_that_lists_too_many_paths_is_refused_not_read(tmp_path):
+    # A few KB of trees naming the same subtree twice at every level: 2**21 paths.
+    repo = tmp_path / "bomb"
+    repo.mkdir()
+    git(repo, "init", "-q", "--bare")
+    blob = git(repo, "hash-object", "-w", "--stdin", stdin="x\n").strip()
+    tree = _tree_of(repo, [f"100644 blob {blob}\tf\0"])
+    for _ in range(21):
+        tree = _tree_of(repo, [f"040000 tree {tree}\t{name}\0" for name in ("a", "b")])
+    commit = git(repo, "commit-tree", tree, "-m", "bomb").strip()
+    git(repo, "update-ref", "HEAD", commit)
+    with pytest.raises(SnapshotError, match="the pinned tree lists more than .* of paths"):
+        pin(repo, work_dir=tmp_path / "run")
+
+
+def test_huge_blobs_named_as_links_and_files_cost_no_more_than_their_first_bytes(tmp_path):
+    # One 256 MiB blob (a few hundred KB on disk) named as a link and as twelve files: a link
+    # is not followed past PATH_MAX bytes, and reading a file's head does not drain the rest.
+    repo = tmp_path / "big"
+    repo.mkdir()
+    git(repo, "init", "-q", "--bare")
+    size = 256 * 1024 * 1024
+    big = git(repo, "hash-object", "-w", "--stdin", stdin=bytes(size)).strip()
+    small = git(repo, "hash-object", "-w", "--stdin", stdin="ok\n").strip()
+    names = [f"100644 blob {big}\tbig-{i:02d}.bin\0" for i in range(12)]
+    tree = _tree_of(repo, [f"100644 blob {small}\tok.txt\0", f"120000 blob {big}\tlink\0", *names])
+    commit = git(repo, "commit-tree", tree, "-m", "big").strip()
+    git(repo, "update-ref", "HEAD", commit)
+    snap = pin(repo, work_dir=tmp_path / "run")
+    assert snap.resolve("link") is None and snap.link_target("link") is None
+    import time
+
+    t0 = time.monotonic()
+    heads = [snap.read_head(f"big-{i:02d}.bin", 16) for i in range(12)]
+    assert heads == [(bytes(16), size)] * 12
+    assert snap.read("ok.txt") == b"ok\n"  # the reader started again after each cut
+    assert time.monotonic() - t0 < 10  # draining 12 x 256 MiB through a pipe takes far longer
