@@ -71,6 +71,9 @@ def create_app(
     embedding the pane's components) allowed to call the API and open the WebSocket.
     """
     roots = repo_roots(settings)
+    # As browsers send an Origin header: lower case, no trailing slash. Guard and the CORS
+    # middleware must agree on what is allowed.
+    allow_origins = tuple(dict.fromkeys(o.rstrip("/").lower() for o in allow_origins))
     gate = gate or Gate()
     chat = ChatSender(backend, settings.chat_webhook_url)
 
@@ -107,14 +110,6 @@ def create_app(
     _add_error_handlers(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_middleware(_Headers)
-    if allow_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=list(allow_origins),
-            allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type"],
-            expose_headers=["Content-Disposition"],
-        )
     app.add_middleware(
         Guard,
         token=settings.token,
@@ -122,6 +117,14 @@ def create_app(
         max_body=settings.max_request_bytes,
         allow_origins=allow_origins,
     )
+    if allow_origins:  # outside Guard, so a chat app can read its refusals (401, 413) too
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(allow_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["Content-Disposition"],
+        )
     app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="pane")
     return app
 

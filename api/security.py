@@ -91,6 +91,20 @@ def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
+def _written_inside(path: Path, roots: tuple[Path, ...]) -> bool:
+    """Whether ``path``, as written, lies under a root by any of the root's names: a root
+    given through a link (``/tmp`` on macOS is ``/private/tmp``) is resolved in ``roots``."""
+    if any(_inside(path, r) for r in roots):
+        return True
+    for ancestor in (path, *path.parents):
+        try:
+            if Path(os.path.realpath(ancestor)) in roots:
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
 def resolve_repo(repo: str, roots: tuple[Path, ...]) -> str:
     """The real path of ``repo`` if it is a directory under one of ``roots``; else ``RepoRefused``.
 
@@ -110,7 +124,7 @@ def resolve_repo(repo: str, roots: tuple[Path, ...]) -> str:
         expanded = next((c for c in candidates if _exists(c)), candidates[0])
     lexical = Path(os.path.normpath(expanded))
     allowed = ", ".join(str(r) for r in roots)
-    if not any(_inside(lexical, r) for r in roots):
+    if not _written_inside(lexical, roots):
         raise RepoRefused(
             f"{repo} is outside the allowed repository roots ({allowed})", "repo_outside_roots"
         )

@@ -41,6 +41,15 @@ def test_a_value_out_of_range_is_refused_naming_the_variable(variable, value, ex
     assert message.startswith(f"{variable}=") and "refused" in message and expected in message
 
 
+@pytest.mark.parametrize("token", ["pässwort", "two words", "tab\there"])
+def test_a_token_no_http_header_can_carry_is_refused_without_being_echoed(token):
+    # Servers read headers as Latin-1: such a token would only ever match in a URL.
+    with pytest.raises(ConfigError) as caught:
+        Settings.load({"ORCH_TOKEN": token})
+    assert str(caught.value) == "ORCH_TOKEN is refused: use printable ASCII without spaces"
+    assert Settings.load({"ORCH_TOKEN": "s3cret-Token_1~"}).token == "s3cret-Token_1~"
+
+
 @pytest.mark.parametrize(
     "env, args, said",
     [

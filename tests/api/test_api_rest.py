@@ -256,6 +256,30 @@ def test_with_a_token_every_api_call_and_the_websocket_need_it(locked, finished_
         assert any(f["type"] == "pong" for f in recv_frames(ws, 10))
 
 
+def test_a_chat_app_on_an_allowed_origin_can_read_its_refusals_too(backend, repos_root):
+    # The origin as a person might type it (capitals, a trailing slash) is the one browsers
+    # send; a refusal (no token, a body too big) carries the CORS header like an answer, or
+    # the chat app sees only "failed to fetch".
+    settings = api_settings(backend, repos_root, token="s3cret-token", max_request_bytes=1000)
+    chat = {"Origin": "http://chat.example"}
+    with Server(backend, settings, allow_origins=("http://Chat.example/",)) as srv, srv.client() as c:
+        ok = c.get("/api/flows", headers={**chat, "Authorization": "Bearer s3cret-token"})
+        assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "http://chat.example"
+        no_token = c.get("/api/flows", headers=chat)
+        assert error_of(no_token) == (401, "unauthorized")
+        assert no_token.headers["access-control-allow-origin"] == "http://chat.example"
+        too_big = c.post("/api/runs", headers={**chat, "Authorization": "Bearer s3cret-token"},
+                         json={"flow": "code-review", "repo": "x" * 2000})
+        assert too_big.status_code == 413
+        assert too_big.headers["access-control-allow-origin"] == "http://chat.example"
+        preflight = c.options("/api/runs", headers={**chat, "Access-Control-Request-Method": "POST",
+                                                     "Access-Control-Request-Headers": "authorization"})
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == "http://chat.example"
+        other = c.get("/api/flows", headers={"Origin": "http://evil.example", "Authorization": "Bearer s3cret-token"})
+        assert "access-control-allow-origin" not in other.headers
+
+
 def test_cross_site_requests_and_foreign_host_names_are_refused(server, backend):
     before = settled_seq(backend)
     with server.client() as c:

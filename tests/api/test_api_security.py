@@ -76,6 +76,22 @@ def test_an_absolute_path_that_escapes_through_dotdot_is_refused_even_if_it_exis
     assert err.value.code == "repo_outside_roots"
 
 
+def test_a_root_given_through_a_link_takes_paths_written_through_it(tmp_path):
+    # /tmp on macOS is /private/tmp: a root is kept resolved, and a path written through the
+    # link (or any other name for the root) is inside it; one that leaves it is still not.
+    real = tmp_path / "real"
+    (real / "demo").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    os.symlink(real, tmp_path / "link")
+    roots = repo_roots(Settings(repo_roots=(str(tmp_path / "link"),)))
+    assert roots == (real.resolve(),)
+    assert resolve_repo(str(tmp_path / "link" / "demo"), roots) == str((real / "demo").resolve())
+    assert resolve_repo(str(tmp_path / "link"), roots) == str(real.resolve())
+    with pytest.raises(RepoRefused) as err:
+        resolve_repo(str(tmp_path / "link" / ".." / "outside"), roots)
+    assert err.value.code == "repo_outside_roots"
+
+
 def test_a_sibling_directory_sharing_the_root_prefix_is_outside(tmp_path):
     (tmp_path / "repos").mkdir()
     (tmp_path / "repos-evil").mkdir()
