@@ -35,8 +35,9 @@ How git is run: fixed argument vectors (never a shell), a timeout, no pager, lit
 ``--no-optional-locks``, neither system nor global config (a pin depends only on the repository,
 and no program configured there runs), and repository config that could run a program or write
 into ``.git`` overridden (``core.fsmonitor``, ``core.hooksPath``, clean/process filters, split
-index, untracked cache, auto gc). Plumbing commands never run hooks; the override is a second
-belt. Git refuses a repository owned by another user ("dubious ownership"); that is reported,
+index, untracked cache, auto gc), and no transport allowed (a partial clone's missing object is
+reported missing, never fetched). Plumbing commands never run hooks; the override is a second
+belt. Bounded: the tree's listing, each blob read (a big one's rest is not drained), link targets. Git refuses a repository owned by another user ("dubious ownership"); that is reported,
 not bypassed.
 """
 
@@ -198,12 +199,14 @@ def _git(
     extra_config: Config = (),
     check: bool = True,
     timeout: float = GIT_TIMEOUT,
+    stdin: bytes | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     try:
         proc = subprocess.run(
             _argv(root, args),
             env=_with_config(env, extra_config),
-            stdin=subprocess.DEVNULL,
+            input=stdin,
+            stdin=None if stdin is not None else subprocess.DEVNULL,
             capture_output=True,
             timeout=timeout,
             check=False,
@@ -468,6 +471,8 @@ def _pin_work_tree(
         shutil.copy2(where.index, index)
     filters = _filter_overrides(root)
     write_env = _base_env(str(objects), "", str(index))
+    if index.exists():
+        _copy_sparse_trees(root, write_env, _base_env(str(objects), where.objects))
     if not index.exists() and head:
         _git(root, ["read-tree", head], _base_env(str(objects), where.objects, str(index)))
     spec = where.prefix or "."
@@ -489,6 +494,27 @@ def _pin_work_tree(
         args[2:2] = ["-p", head]
     commit = _out(_git(root, args, {**read_env, **_IDENTITY}))
     return commit, True, str(objects)
+
+
+def _copy_sparse_trees(root: str, write_env: dict[str, str], read_env: dict[str, str]) -> None:
+    """Copy into the private object directory the trees a sparse index stands for.
+
+    A sparse index (``sparse-checkout --sparse-index``) holds a directory outside the cone as
+    one tree entry; ``git add`` expands it, and without the tree it would take every file
+    there for deleted. The trees only (no blobs) are packed from the user's objects, which
+    are only read, and unpacked into the private directory.
+    """
+    listed = _git(root, ["ls-files", "--sparse", "-s", "-z"], write_env).stdout
+    trees = [
+        meta.split()[1].decode()
+        for meta, _, _ in (item.partition(b"\t") for item in listed.split(b"\0") if item)
+        if meta.startswith(b"040000 ")
+    ]
+    if not trees:
+        return
+    wanted = _git(root, ["rev-list", "--objects", "--no-object-names", "--filter=blob:none", *trees], read_env)
+    pack = _git(root, ["pack-objects", "--stdout", "-q"], read_env, stdin=wanted.stdout)
+    _git(root, ["unpack-objects", "-q"], write_env, stdin=pack.stdout)
 
 
 def _check_change_size(

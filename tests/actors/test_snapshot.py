@@ -460,3 +460,18 @@ def test_huge_blobs_named_as_links_and_files_cost_no_more_than_their_first_bytes
     assert heads == [(bytes(16), size)] * 12
     assert snap.read("ok.txt") == b"ok\n"  # the reader started again after each cut
     assert time.monotonic() - t0 < 10  # draining 12 x 256 MiB through a pipe takes far longer
+
+
+def test_a_sparse_index_pins_every_file_outside_the_cone_too(tmp_path):
+    # A sparse index holds out/ as one tree entry; without that tree the private `git add`
+    # took out/f.txt for deleted, and a review would have reported it so.
+    repo = make_repo(tmp_path / "repo", {"in/f.txt": "in\n", "out/f.txt": "out\n", "top.txt": "t\n"})
+    git(repo, "sparse-checkout", "set", "--cone", "--sparse-index", "in")
+    assert not (repo / "out").exists()
+    write(repo, {"in/f.txt": "edited\n"})
+    before = fingerprint(repo)
+    snap = pin(repo, work_dir=tmp_path / "run")
+    assert fingerprint(repo) == before
+    assert snap.mode == "uncommitted" and snap.changed() == ("in/f.txt",)
+    assert snap.read("out/f.txt") == b"out\n" and snap.read("in/f.txt") == b"edited\n"
+    assert "deleted" not in snap.diff()
