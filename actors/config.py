@@ -92,7 +92,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                     f"{PREFIX}{name.upper()}={values.get(name)!r} is refused: {what[:1].lower()}{what[1:]}"
                 ) from None
             raise ConfigError(f"bad setting: {exc}") from None
-        if settings.token and not (settings.token.isascii() and settings.token.isprintable()) or " " in settings.token:
+        token = settings.token
+        if token and not (token.isascii() and token.isprintable() and " " not in token):
             # An HTTP header carries it, and servers read headers as Latin-1: a token outside
             # printable ASCII would only ever match in a URL. (Its value is not echoed.)
             raise ConfigError(f"{PREFIX}TOKEN is refused: use printable ASCII without spaces")

@@ -37,8 +37,9 @@ and no program configured there runs), and repository config that could run a pr
 into ``.git`` overridden (``core.fsmonitor``, ``core.hooksPath``, clean/process filters, split
 index, untracked cache, auto gc), and no transport allowed (a partial clone's missing object is
 reported missing, never fetched). Plumbing commands never run hooks; the override is a second
-belt. Bounded: the tree's listing, each blob read (a big one's rest is not drained), link targets. Git refuses a repository owned by another user ("dubious ownership"); that is reported,
-not bypassed.
+belt. Reads are bounded: the tree's listing, each blob (a big one's unread rest is not drained),
+link targets. Git refuses a repository owned by another user ("dubious ownership"); that is
+reported, not bypassed.
 """
 
 from __future__ import annotations
@@ -504,6 +505,9 @@ def _copy_sparse_trees(root: str, write_env: dict[str, str], read_env: dict[str,
     there for deleted. The trees only (no blobs) are packed from the user's objects, which
     are only read, and unpacked into the private directory.
     """
+    sparse = _git(root, ["config", "--type=bool", "--get", "index.sparse"], _base_env(), check=False)
+    if _out(sparse) != "true":
+        return  # no sparse index: nothing to list
     listed = _git(root, ["ls-files", "--sparse", "-s", "-z"], write_env).stdout
     trees = [
         meta.split()[1].decode()
