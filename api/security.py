@@ -158,10 +158,17 @@ def _host_name(host_header: str) -> str:
     return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
 
 
+# The API's OpenAPI description and the docs page that reads it: what any client may call,
+# no data of any run.
+_DESCRIPTION = frozenset({"/api/openapi.json", "/api/docs"})
+
+
 class Guard:
     """ASGI middleware: token, Host/Origin checks and the body-size bound, before any route.
 
-    Static files of the pane are public (they hold no data); ``/api`` and ``/ws`` are not.
+    Static files of the pane are public (they hold no data); ``/api`` and ``/ws`` are not, but
+    for the API's description and its docs page (the page fetches the description without the
+    token it was opened with).
     """
 
     def __init__(
@@ -178,7 +185,7 @@ class Guard:
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
         path = scope.get("path", "")
-        protected = path.startswith("/api") or path.startswith("/ws")
+        protected = (path.startswith("/api") or path.startswith("/ws")) and path not in _DESCRIPTION
         host = headers.get("host", "")
 
         refusal = self._refusal(scope, headers, host, protected)

@@ -248,6 +248,10 @@ def test_with_a_token_every_api_call_and_the_websocket_need_it(locked, finished_
         assert c.get(f"/api/runs/{finished_run}/report", params={"token": "s3cret-token"}).status_code == 200
         page = c.get("/")  # the pane itself holds no data
         assert page.status_code == 200 and "<orch-app>" in page.text
+        # Nor does the API's description; its docs page fetches it without the token.
+        assert c.get("/api/openapi.json").json()["paths"]["/api/runs"]
+        docs = c.get("/api/docs")
+        assert docs.status_code == 200 and "/api/openapi.json" in docs.text
     with pytest.raises(InvalidStatus) as refused:
         ws_sync.connect(locked.ws_url).close()
     assert refused.value.response.status_code == 403
