@@ -31,7 +31,7 @@ from actors.service import LaunchError, NotFound
 from api.chat import ChatSender
 from api.routes import SCHEMA_TYPES, router
 from api.routes.shapes import ApiError, ErrorBody, ErrorDetail
-from api.security import Guard, is_loopback, repo_roots
+from api.security import Guard, is_loopback, repo_roots, tidy_origin
 from api.ws import Hub, websocket_endpoint
 
 log = logging.getLogger("orchestrator.api")
@@ -71,9 +71,8 @@ def create_app(
     embedding the pane's components) allowed to call the API and open the WebSocket.
     """
     roots = repo_roots(settings)
-    # As browsers send an Origin header: lower case, no trailing slash. Guard and the CORS
-    # middleware must agree on what is allowed.
-    allow_origins = tuple(dict.fromkeys(o.rstrip("/").lower() for o in allow_origins))
+    # Guard and the CORS middleware must agree on what is allowed.
+    allow_origins = tuple(dict.fromkeys(map(tidy_origin, allow_origins)))
     gate = gate or Gate()
     chat = ChatSender(backend, settings.chat_webhook_url)
 

@@ -158,6 +158,11 @@ def _host_name(host_header: str) -> str:
     return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
 
 
+def tidy_origin(origin: str) -> str:
+    """An origin as browsers send it in ``Origin``: lower case, no trailing slash."""
+    return origin.rstrip("/").lower()
+
+
 # The API's OpenAPI description and the docs page that reads it: what any client may call,
 # no data of any run.
 _DESCRIPTION = frozenset({"/api/openapi.json", "/api/docs"})
@@ -178,7 +183,7 @@ class Guard:
         self.token = token
         self.loopback = loopback
         self.max_body = max_body
-        self.allow_origins = frozenset(o.rstrip("/").lower() for o in allow_origins)
+        self.allow_origins = frozenset(map(tidy_origin, allow_origins))
 
     async def __call__(self, scope, receive, send):
         if scope["type"] not in ("http", "websocket"):
@@ -226,7 +231,7 @@ class Guard:
         return None
 
     def _origin_ok(self, origin: str, host: str) -> bool:
-        origin = origin.rstrip("/").lower()
+        origin = tidy_origin(origin)
         return origin in self.allow_origins or urlsplit(origin).netloc == host.lower()
 
     def _has_token(self, scope, headers) -> bool:

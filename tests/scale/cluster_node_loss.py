@@ -94,6 +94,7 @@ def step_starts(events: list, step_id: str, lost_at: float) -> list[dict]:
             text[e.attempt] = text.get(e.attempt, "")[: e.continued_from]
     return starts
 
+
 def repo_with_a_change(scratch: Path) -> Path:
     """A repository whose ``calc.py`` has an uncommitted change (line 7 reads ``return a - b``):
     the commit a run pins of it lives only in the data directory, never on a worker."""
