@@ -64,6 +64,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     chat_webhook_url: str = ""
     personas_dir: str = ""
     max_request_bytes: AtLeastOne = 1_000_000
+    # `orchestrator sql`: a query is stopped after this long (through a server, too).
+    sql_timeout: Seconds = 60.0
     # A plain directory (not git) is copied into the run's data up to this size.
     copy_limit_bytes: NotNegative = 50_000_000
 

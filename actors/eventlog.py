@@ -50,6 +50,7 @@ RETRY_FOR = 60.0  # seconds a client keeps retrying while the actor restarts
 OPEN_TIMEOUT = 5.0  # seconds a restarted actor waits for its predecessor to let go of the file
 WIRE_CONNECT = 2.0  # seconds to connect to the wire before falling back to Ray calls
 WIRE_RETRY = 30.0  # seconds a client stays on Ray calls after the wire could not be reached
+SQL_MAX_ROWS = 100_000  # rows a person's query gets through the server at most (sent whole)
 APPEND_WAIT = 60.0  # seconds without an answer before an append is sent again (same keys)
 
 ProjectorSpec = str | Callable[[], Projector] | None
@@ -99,6 +100,9 @@ class EventLogActor:
                     raise
                 time.sleep(0.2)
         self._readers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="eventlog-read")
+        # People's queries queue on a thread of their own: a slow one never holds the reads
+        # that runs, the API and subscribers need.
+        self._queries = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="eventlog-sql")
         self._changed: asyncio.Event | None = None
         self._wire = WireServer({"append": self.append, "poll": self.poll})
         self._wire_address: asyncio.Task | None = None
@@ -196,6 +200,18 @@ class EventLogActor:
         ``fn`` must only read.
         """
         return await self._blocking(self._with_reader, fn, args, kwargs)
+
+    async def sql(self, text: str, max_rows: int | None = None, timeout: float | None = None):
+        """A person's read-only query (``orchestrator sql``): ``projections.sql``'s guard,
+        interrupted after ``timeout`` seconds, at most ``SQL_MAX_ROWS`` rows."""
+        from projections.sql import readonly_query
+
+        rows = SQL_MAX_ROWS if max_rows is None else min(max_rows, SQL_MAX_ROWS)
+        options = {"max_rows": rows, "timeout": timeout}
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._queries, self._with_reader, readonly_query, (text,), options
+        )
 
     def _with_reader(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         with self._log.reader() as cursor:

@@ -1008,9 +1008,12 @@ def _bytes(size: str) -> int:
 
 def _connect(path: str) -> duckdb.DuckDBPyConnection:
     """The writer's connection, with the file attached as ``log`` and in use."""
+    # No extension is fetched or loaded behind a query's back (a name like
+    # "https://….csv" would install httpfs): what the log needs is built in.
+    config = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
     if path == ":memory:":
-        return duckdb.connect(path)
-    con = duckdb.connect()
+        return duckdb.connect(path, config=config)
+    con = duckdb.connect(config=config)
     try:
         con.execute(f"SET temp_directory = '{_quoted(path + '.tmp')}'")  # as for a file opened directly
         con.execute(f"ATTACH '{_quoted(path)}' AS {_CATALOG} (ROW_GROUP_SIZE {ROW_GROUP_SIZE})")

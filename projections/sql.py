@@ -3,25 +3,33 @@
 The guard trusts DuckDB's own parser, not patterns over the text: ``extract_statements`` gives
 each statement's type, and only a single SELECT, an EXPLAIN of one, or a PRAGMA that only
 describes the catalog gets through. A SELECT is then read back as DuckDB's syntax tree
-(``json_serialize_sql``) and refused if it calls a table function outside a short list of
-catalog and generator functions (which keeps out ``read_csv('/etc/passwd')``, ``glob``,
-``query('…')`` and ``checkpoint()``), names a table that looks like a file path (DuckDB would
-scan the file), or calls ``nextval`` (the one scalar function that writes).
+(``json_serialize_sql``) and refused if:
 
-The query runs in a transaction that is rolled back, whatever it did. Callers add their own
-wall: ``orchestrator sql`` opens the file ``read_only`` with external access disabled; through
-the server (whose connection can write) the guard is the wall, so file access is refused there
-by the syntax-tree check above rather than by a setting that would bind the whole log.
+- it calls a table function outside a short list of catalog and generator functions (which
+  keeps out ``read_csv('/etc/passwd')``, ``glob``, ``query('…')`` and ``checkpoint()``);
+- it names a table that is neither one of the database's tables or views nor one of the
+  query's own ``WITH`` names. Any other name reaches DuckDB's replacement scans, which read
+  files: ``"/home/me/secret".csv`` is parsed as schema ``/home/me/secret``, table ``csv``, and
+  scanned as the file ``/home/me/secret.csv``;
+- it calls a function that changes state or stalls (``nextval``, ``setval``, ``setseed``,
+  ``sleep_ms``, ``write_log``, and macros over them such as ``pg_sleep``).
+
+The query runs in a transaction that is rolled back, whatever it did, and is interrupted
+after ``timeout`` seconds. Callers add their own wall: ``orchestrator sql`` opens the file
+``read_only`` with external access disabled; through the server (whose connection can write)
+the guard is the wall, so file access is refused there by the syntax-tree check above rather
+than by a setting that would bind the whole log.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import msgspec
 
-__all__ = ["QueryResult", "ReadOnlyViolation", "check_readonly", "readonly_query"]
+__all__ = ["QueryResult", "QueryTimedOut", "ReadOnlyViolation", "check_readonly", "readonly_query"]
 
 # PRAGMAs that only describe the database.
 READ_PRAGMAS = frozenset(
@@ -77,12 +85,39 @@ READ_TABLE_FUNCTIONS = frozenset(
     }
 )
 
-WRITING_FUNCTIONS = frozenset({"nextval"})
+# What ``SHOW <special>`` may name (the parser's names for the catalog listings).
+SHOW_SPECIAL = frozenset(
+    {'"databases"', '"schemas"', '"tables"', '"variables"', "__show_tables_expanded"}
+)
+
+# DuckDB marks functions whose result may change between calls VOLATILE; most of those
+# change state or stall. These only read (or raise).
+VOLATILE_READS = frozenset(
+    {
+        "current_connection_id",
+        "current_query",
+        "current_query_id",
+        "current_transaction_id",
+        "currval",
+        "error",
+        "gen_random_uuid",
+        "random",
+        "stats",
+        "uuid",
+        "uuidv4",
+        "uuidv7",
+        "vector_type",
+    }
+)
 _PATHLIKE = set("./\\:*?~")
 
 
 class ReadOnlyViolation(ValueError):
     """The query would write, or reach outside the database; nothing was run."""
+
+
+class QueryTimedOut(RuntimeError):
+    """The query ran past its time bound and was interrupted; its transaction rolled back."""
 
 
 class QueryResult(msgspec.Struct, frozen=True):
@@ -134,13 +169,19 @@ def check_readonly(con: Any, sql: str) -> str:
     return text
 
 
-def readonly_query(con: Any, sql: str, *, max_rows: int | None = None) -> QueryResult:
+def readonly_query(
+    con: Any, sql: str, *, max_rows: int | None = None, timeout: float | None = None
+) -> QueryResult:
     """Run one read-only statement on ``con`` and return its rows.
 
     ``con`` must not be inside a transaction (give it a fresh cursor): the query runs in its
-    own, which is rolled back. Raises ``ReadOnlyViolation`` (nothing run) or DuckDB's error.
+    own, which is rolled back. Past ``timeout`` seconds it is interrupted. Raises
+    ``ReadOnlyViolation`` (nothing run), ``QueryTimedOut``, or DuckDB's error.
     """
+    import duckdb
+
     text = check_readonly(con, sql)
+    deadline = _Deadline(con, timeout)
     con.execute("BEGIN TRANSACTION")
     try:
         cur = con.execute(text)
@@ -152,7 +193,15 @@ def readonly_query(con: Any, sql: str, *, max_rows: int | None = None) -> QueryR
             rows = cur.fetchmany(max_rows + 1)
             truncated = len(rows) > max_rows
             rows = rows[:max_rows]
+    except duckdb.InterruptException:
+        if deadline.passed:
+            raise QueryTimedOut(
+                f"the query ran longer than {timeout:g} s and was stopped; narrow it "
+                "(a WHERE, a LIMIT) or raise ORCH_SQL_TIMEOUT"
+            ) from None
+        raise
     finally:
+        deadline.cancel()  # before the ROLLBACK, which must not be interrupted
         con.execute("ROLLBACK")
     return QueryResult(
         columns=[d[0] for d in description],
@@ -160,6 +209,32 @@ def readonly_query(con: Any, sql: str, *, max_rows: int | None = None) -> QueryR
         rows=[list(r) for r in rows],
         truncated=truncated,
     )
+
+
+class _Deadline:
+    """Interrupts ``con`` once ``timeout`` seconds have passed, unless cancelled first."""
+
+    def __init__(self, con: Any, timeout: float | None):
+        self.passed = False
+        self._con = con
+        self._lock = threading.Lock()
+        self._timer = None
+        if timeout is not None:
+            self._timer = threading.Timer(timeout, self._fire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self.passed = True
+                self._con.interrupt()
+
+    def cancel(self) -> None:
+        with self._lock:  # a firing timer has interrupted already, or never will
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
 
 
 def _pragma_name(text: str) -> str:
@@ -195,7 +270,14 @@ def _check_tree(con: Any, text: str) -> None:
         raise ReadOnlyViolation(
             f"refused: the query could not be checked ({tree.get('error_message', 'unknown')})"
         )
-    for node in _nodes(tree):
+    nodes = list(_nodes(tree))
+    ctes = {
+        entry["key"].lower()
+        for node in nodes
+        for entry in (node.get("cte_map") or {}).get("map", [])
+    }
+    relations = None
+    for node in nodes:
         kind = node.get("type")
         if kind == "TABLE_FUNCTION":
             name = (node.get("function") or {}).get("function_name", "").lower()
@@ -203,17 +285,74 @@ def _check_tree(con: Any, text: str) -> None:
                 raise ReadOnlyViolation(
                     f"refused: table function {name}() may read files or change state"
                 )
-        elif kind in ("BASE_TABLE", "SHOW_REF"):
-            name = node.get("table_name") or ""
-            if _PATHLIKE & set(name):
-                raise ReadOnlyViolation(
-                    f"refused: {name!r} names a file; only the database's tables can be read"
-                )
+        elif kind == "SHOW_REF" and node.get("show_type") == "SHOW_SPECIAL":
+            if node.get("table_name") not in SHOW_SPECIAL:
+                raise ReadOnlyViolation("refused: only SHOW TABLES, SHOW ALL TABLES, SHOW "
+                                        "DATABASES, SHOW SCHEMAS and SHOW VARIABLES run here")
+        elif kind == "BASE_TABLE" or (kind == "SHOW_REF" and node.get("table_name")):
+            # (A DESCRIBE or SUMMARIZE holds its query, whose tables are checked as nodes.)
+            if relations is None:
+                relations = _relations(con)
+            _check_table(node, ctes, relations)
         elif node.get("class") == "FUNCTION":
-            if node.get("function_name", "").lower() in WRITING_FUNCTIONS:
-                raise ReadOnlyViolation(
-                    f"refused: {node['function_name']}() changes a sequence"
-                )
+            name = node.get("function_name", "").lower()
+            if name in _stateful_functions(con):
+                raise ReadOnlyViolation(f"refused: {name}() changes state or stalls the server")
+
+
+def _check_table(node: dict, ctes: set[str], relations: set[tuple[str, str, str]]) -> None:
+    """A table reference must be a WITH name of the query or a table or view of the database;
+    any other name would go to DuckDB's replacement scans, which read files."""
+    parts = [node.get(k) or "" for k in ("catalog_name", "schema_name", "table_name")]
+    catalog, schema, table = (p.lower() for p in parts)
+    shown = ".".join(p for p in parts if p)
+    if any(_PATHLIKE & set(p) for p in parts):
+        raise ReadOnlyViolation(
+            f"refused: {shown!r} names a file; only the database's tables can be read"
+        )
+    if not catalog and not schema and table in ctes:
+        return
+    for c, s, t in relations:
+        if t != table or (catalog and catalog != c):
+            continue
+        # ``a.b`` is schema a's table b, or catalog a's table b in its schema main.
+        if not schema or schema == s or (not catalog and schema == c and s == "main"):
+            return
+    raise ReadOnlyViolation(
+        f"refused: {shown!r} is not a table or view of the event database (only those and "
+        "the query's own WITH names can be read)"
+    )
+
+
+def _relations(con: Any) -> set[tuple[str, str, str]]:
+    """(catalog, schema, name) of every table and view, lower-cased."""
+    rows = con.execute(
+        "SELECT database_name, schema_name, table_name FROM duckdb_tables() "
+        "UNION ALL SELECT database_name, schema_name, view_name FROM duckdb_views()"
+    ).fetchall()
+    return {(c.lower(), s.lower(), t.lower()) for c, s, t in rows}
+
+
+_STATEFUL: frozenset[str] | None = None
+
+
+def _stateful_functions(con: Any) -> frozenset[str]:
+    """DuckDB's VOLATILE functions that do more than read, and the macros that call them
+    (``pg_sleep`` is ``sleep_ms`` underneath; the syntax tree shows the macro's name)."""
+    global _STATEFUL
+    if _STATEFUL is None:
+        rows = con.execute(
+            "SELECT DISTINCT function_name, stability, macro_definition FROM duckdb_functions()"
+        ).fetchall()
+        volatile = {n.lower() for n, stability, _ in rows if stability == "VOLATILE"}
+        stateful = volatile - VOLATILE_READS
+        stateful |= {
+            n.lower()
+            for n, _, body in rows
+            if body and any(f"{name}(" in body.lower() for name in stateful)
+        }
+        _STATEFUL = frozenset(stateful)
+    return _STATEFUL
 
 
 def _nodes(value: Any):

@@ -33,13 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings) -> int:
-    from projections.sql import ReadOnlyViolation
+    from projections.sql import QueryTimedOut, ReadOnlyViolation
 
     if args.max_rows is not None and args.max_rows < 0:
         raise CommandError("--max-rows must not be negative")
     try:
         result = query(settings, args.query, max_rows=args.max_rows)
-    except ReadOnlyViolation as exc:
+    except (ReadOnlyViolation, QueryTimedOut) as exc:
         raise CommandError(str(exc)) from None
     if args.json:
         print(to_json(result))
@@ -64,7 +64,7 @@ def query(settings, sql: str, *, max_rows: int | None = None):
             raise CommandError(f"cannot open {path}: {exc}") from None
         return _through_server(settings, sql, max_rows, str(exc))
     try:
-        return readonly_query(con, sql, max_rows=max_rows)
+        return readonly_query(con, sql, max_rows=max_rows, timeout=settings.sql_timeout)
     except duckdb.Error as exc:
         raise CommandError(f"query failed: {_first_line(exc)}{_stale_hint(con)}") from None
     finally:
@@ -168,7 +168,7 @@ def _ask_actor(settings, namespace: str, sql: str, max_rows: int | None, held: s
     from ray.exceptions import RayActorError, RayTaskError
 
     from actors.runtime import names_for
-    from projections.sql import ReadOnlyViolation, readonly_query
+    from projections.sql import QueryTimedOut, ReadOnlyViolation
 
     name = names_for(settings, namespace).eventlog
     try:
@@ -179,11 +179,13 @@ def _ask_actor(settings, namespace: str, sql: str, max_rows: int | None, held: s
             f"(no actor {name!r} in namespace {namespace!r}); stop that process and retry"
         ) from None
     try:
-        return ray.get(actor.call_reader.remote(readonly_query, sql, max_rows=max_rows))
+        return ray.get(
+            actor.sql.remote(sql, max_rows=max_rows, timeout=settings.sql_timeout)
+        )
     except RayTaskError as exc:
         cause = getattr(exc, "cause", None)
-        if isinstance(cause, ReadOnlyViolation):
-            raise ReadOnlyViolation(str(cause)) from None
+        if isinstance(cause, (ReadOnlyViolation, QueryTimedOut)):
+            raise type(cause)(str(cause)) from None
         raise CommandError(f"query failed: {_first_line(cause or exc)}") from None
     except RayActorError as exc:
         raise CommandError(f"the server's event log is not answering: {_first_line(exc)}") from None
@@ -213,7 +215,10 @@ def print_table(result) -> None:
     shown = len(result.rows)
     note = f"{shown} row{'s' if shown != 1 else ''}"
     if result.truncated:
-        note += " (more rows matched; raise --max-rows)"
+        from actors.eventlog import SQL_MAX_ROWS
+
+        note += " (more rows matched; raise --max-rows"
+        note += f": a server answers at most {SQL_MAX_ROWS:,})" if shown == SQL_MAX_ROWS else ")"
     console.print(note, style="dim")
 
 

@@ -19,6 +19,7 @@ from api.cli import main
 from events.duckdb_log import DuckDBLog
 from projection_scenarios import review_run, start_writer, tables
 from projections import Projector, ReadOnlyViolation, readonly_query
+from projections.sql import QueryTimedOut
 
 WRITER_APPENDS = 40
 
@@ -95,6 +96,12 @@ REFUSED = [
     "SELECT * FROM checkpoint()",
     "SELECT nextval('s')",
     "WITH x AS (SELECT * FROM read_text('/etc/hostname')) SELECT * FROM x",
+    "SELECT setval('s', 1000)",
+    "SELECT setseed(0.5)",
+    "SELECT sleep_ms(20000)",
+    "SELECT pg_sleep(20)",
+    "SELECT write_log('x')",
+    "SELECT * FROM \"{out}/e\".csv",
     "",
 ]
 
@@ -131,6 +138,85 @@ def test_reading_queries_pass_the_guard(logged):
         with pytest.raises(ReadOnlyViolation):
             readonly_query(con, "DELETE FROM flow_runs")
         assert con.execute("SELECT count(*) FROM flow_runs").fetchone()[0] == 2
+
+
+def hostile_files(directory: Path) -> None:
+    """Files a query through the server must not read: one of each kind DuckDB scans."""
+    (directory / "secret.csv").write_text("password\nhunter2\n")
+    (directory / "secret.ndjson").write_text('{"password": "hunter2"}\n')
+    with duckdb.connect(str(directory / "other.duckdb")) as other:
+        other.execute("CREATE TABLE t AS SELECT 'hunter2' AS password")
+        other.execute(f"COPY t TO '{directory}/secret.parquet' (FORMAT parquet)")
+
+
+FILE_READS = [
+    'SELECT * FROM "{d}/secret".csv',
+    'SELECT * FROM "{d}/*".csv',
+    'SELECT * FROM "{d}/secret".parquet',
+    'SELECT * FROM "{d}/secret".ndjson',
+    'SELECT * FROM "{d}/other".duckdb',
+    'SELECT (SELECT password FROM "{d}/secret".csv) AS p',
+    'SELECT * FROM flow_runs WHERE run_id IN (SELECT password FROM "{d}/secret".csv)',
+    'WITH c AS (SELECT 1) SELECT * FROM c, "{d}/secret".csv',
+    'DESCRIBE "{d}/secret".csv',
+    'SUMMARIZE "{d}/secret".csv',
+    'SHOW "{d}/secret".csv',
+    'EXPLAIN ANALYZE SELECT * FROM "{d}/secret".csv',
+    'SELECT * FROM main."secret.csv"',
+    'SELECT * FROM "https://example.invalid/x".csv',
+]
+
+
+@pytest.mark.parametrize("query", FILE_READS)
+def test_a_query_on_the_servers_connection_reads_no_file(data_dir, tmp_path, query):
+    # The server's connection can write and reach files (the log needs both), so the guard
+    # alone keeps a query to the database's own tables.
+    hostile_files(tmp_path)
+    with DuckDBLog(data_dir / "events.duckdb", projector=Projector()) as log:
+        events = review_run("r1", 1000.0)
+        log.append(events, [f"k{i}" for i in range(len(events))])
+        with log.reader() as cur, pytest.raises(ReadOnlyViolation, match="refused"):
+            readonly_query(cur, query.format(d=tmp_path))
+        with log.reader() as cur:  # the cursor is left usable, outside any transaction
+            assert readonly_query(cur, "SELECT count(*) FROM flow_runs").rows == [[1]]
+
+
+def test_tables_views_and_with_names_are_read_however_they_are_named(data_dir):
+    with DuckDBLog(data_dir / "events.duckdb", projector=Projector()) as log:
+        events = review_run("r1", 1000.0)
+        log.append(events, [f"k{i}" for i in range(len(events))])
+        with log.reader() as cur:
+            for query in (
+                "SELECT count(*) FROM log.main.flow_runs",
+                "SELECT count(*) FROM main.flow_runs",
+                "SELECT count(*) FROM log.flow_runs",
+                'SELECT count(*) FROM "FLOW_RUNS"',
+                "SELECT count(*) FROM analytics_persona",
+                "WITH recent AS (SELECT * FROM flow_runs) SELECT count(*) FROM recent",
+                "SHOW flow_runs",
+                "SHOW TABLES",
+                "SELECT random() < 2, currval IS NULL FROM (SELECT NULL AS currval)",
+            ):
+                assert readonly_query(cur, query).rows, query
+            with pytest.raises(ReadOnlyViolation, match="not a table or view"):
+                readonly_query(cur, "SELECT * FROM no_such_table")
+
+
+def test_a_query_past_its_time_is_stopped_and_its_cursor_stays_usable(logged):
+    with duckdb.connect(str(logged / "events.duckdb"), read_only=True) as con:
+        started = time.monotonic()
+        with pytest.raises(QueryTimedOut, match="longer than 0.5 s"):
+            readonly_query(
+                con,
+                "SELECT sum(hash(a.range * b.range)) FROM range(100000000) a, range(100000000) b",
+                timeout=0.5,
+            )
+        assert time.monotonic() - started < 10
+        # Rolled back and not left interrupted: the next query runs (and a quick one is not
+        # cut short by a timer that outlived its query).
+        assert readonly_query(con, "SELECT count(*) FROM flow_runs", timeout=0.5).rows == [[2]]
+        time.sleep(0.6)
+        assert readonly_query(con, "SELECT count(*) FROM flow_runs").rows == [[2]]
 
 
 def test_max_rows_truncates_and_says_so(logged):
@@ -247,8 +333,12 @@ def test_rebuild_refuses_a_file_that_is_not_a_log(data_dir, capsys):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_sql_goes_through_the_server_that_holds_the_file(ray_session, data_dir, tmp_path, capsys):
+def test_sql_goes_through_the_server_that_holds_the_file(
+    ray_session, data_dir, tmp_path, capsys, monkeypatch
+):
     import ray
+
+    from projections.queries import list_runs
 
     from actors.config import Settings
     from actors.eventlog import LogClient, start_event_log, stop_event_log
@@ -280,7 +370,28 @@ def test_sql_goes_through_the_server_that_holds_the_file(ray_session, data_dir, 
             assert "refused" in capsys.readouterr().err
         assert list(out.iterdir()) == []
         assert sql(data_dir, "SELECT * FROM no_such_table") == 1
+        assert "not a table or view" in capsys.readouterr().err
+        assert sql(data_dir, "SELECT 1 FROM flow_runs WHERE false AND sum(1) > 0") == 1
         assert "query failed" in capsys.readouterr().err
+        hostile_files(tmp_path)
+        assert sql(data_dir, f'SELECT * FROM "{tmp_path}/secret".csv') == 1
+        assert "refused" in capsys.readouterr().err
+
+        # A server's answer is bounded, and a long query is stopped without holding the
+        # reads that runs and the API need.
+        assert sql(data_dir, "SELECT * FROM range(150000)", "--json") == 0
+        answer = json.loads(capsys.readouterr().out)
+        assert len(answer["rows"]) == 100_000 and answer["truncated"]
+        endless = "SELECT sum(hash(a.range * b.range)) FROM range(100000000) a, range(100000000) b"
+        running = handle.sql.remote(endless, timeout=8.0)
+        time.sleep(1.0)
+        started = time.monotonic()
+        assert LogClient(handle).query_rows(list_runs) and time.monotonic() - started < 3.0
+        monkeypatch.setenv("ORCH_SQL_TIMEOUT", "1")
+        assert sql(data_dir, endless) == 1  # queued behind the first, then stopped itself
+        assert "was stopped" in capsys.readouterr().err
+        with pytest.raises(Exception, match="longer than 8 s"):
+            ray.get(running)
         assert sql(data_dir, "SELECT count(*) FROM flow_runs", "--json") == 0
         assert json.loads(capsys.readouterr().out)["rows"] == [[2]]
 
