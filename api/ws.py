@@ -17,7 +17,14 @@ A client that reconnects and subscribes with ``after`` = the last ``seq`` it saw
 nothing and sees nothing twice. A client that does not read fast enough is disconnected
 (close code 1013 and a reason) instead of slowing the others: each connection has a bounded
 send queue; what does not fit waits, up to a bound, for the client to read, and a client that
-reads nothing for a while (``SLOW_AFTER_S``) is cut off.
+reads nothing for a while (``SLOW_AFTER_S``) is cut off. A share of the queue is kept for
+the connection's own replies (pong, ack, error, heartbeat), so replying to a client that reads
+through a backlog never overflows it.
+
+One connection cannot take the server from the others: its frames are served at most
+``CONCURRENT_WORK`` at a time (each reads the log on a worker thread, and the threads are
+shared with the REST API), it holds at most ``MAX_SUBSCRIPTIONS``, and launches and cancels
+beyond ``MAX_WAITING`` unanswered are refused as ``busy``.
 
 Frame types are msgspec Structs (one tagged union per direction, ``tag_field="type"``); their
 JSON Schema, with the events', is ``schema_document()`` (``GET /api/schema``).
@@ -45,6 +52,10 @@ from projections.rows import RunRow, StepRow
 log = logging.getLogger("orchestrator.ws")
 
 QUEUE_FRAMES = 2048  # frames a client may lag behind before it is disconnected
+# Room in the send queue kept for the connection's own frames (pong, ack, heartbeat, error):
+# event frames fill the queue only up to the rest, so a reply never overflows the queue of a
+# client that is reading through a backlog.
+CONTROL_FRAMES = 64
 BATCH_FRAMES = 256  # frames one ``batch`` message carries at most
 SLOW_CLOSE = 1013  # "try again later": the client should reconnect and resubscribe
 SLOW_AFTER_S = 10.0  # a catch-up waiting this long for the client to read: the client is gone
@@ -53,6 +64,12 @@ RECENT_RUNS = 50
 CATCH_UP_PAGE = 1000
 DISPATCH_PART = 256  # live records fanned out in one go
 PENDING_MAX = 100_000  # live frames held for a subscription catching up or behind
+MAX_SUBSCRIPTIONS = 256  # subscriptions one connection may hold at once
+# Frames of one connection served at once (each reads the log on a worker thread, and the
+# threads are the whole server's): more wait their turn, so one client cannot starve the
+# others or the REST API.
+CONCURRENT_WORK = 4
+MAX_WAITING = 64  # launches and cancels of one connection unanswered at once
 
 Short = Annotated[str, msgspec.Meta(max_length=200)]
 RunIdText = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
@@ -360,7 +377,10 @@ class Connection:
         self.heartbeat = heartbeat
         self.max_frame = max_frame
         self.queue: asyncio.Queue[str] = asyncio.Queue(QUEUE_FRAMES)
+        self.events_max = QUEUE_FRAMES - min(CONTROL_FRAMES, QUEUE_FRAMES // 4)
         self.subs: dict[str | None, asyncio.Task] = {}
+        self.work = asyncio.Semaphore(CONCURRENT_WORK)
+        self.requests: set[asyncio.Task] = set()  # launches and cancels not yet answered
         self.tasks: set[asyncio.Task] = set()
         self.closing: tuple[int, str] | None = None
         self.stopped = asyncio.Event()
@@ -380,13 +400,14 @@ class Connection:
             self.close_soon(SLOW_CLOSE, "slow consumer: reconnect and subscribe from your last seq")
 
     def has_room(self, n: int) -> bool:
-        return self.queue.qsize() + n <= self.queue.maxsize
+        """Whether ``n`` event frames fit (the control frames' share left free)."""
+        return self.queue.qsize() + n <= self.events_max
 
     async def room(self, n: int) -> None:
-        """Wait until ``n`` frames fit in the send queue; a client that does not read for
-        ``SLOW_AFTER_S`` is disconnected as slow."""
+        """Wait until ``n`` event frames fit in the send queue; a client that does not read
+        for ``SLOW_AFTER_S`` is disconnected as slow."""
         deadline = time.monotonic() + SLOW_AFTER_S
-        while self.queue.qsize() + n > self.queue.maxsize and not self.closing:
+        while not self.has_room(n) and not self.closing:
             if time.monotonic() > deadline:
                 self.close_soon(SLOW_CLOSE, "slow consumer: reconnect and subscribe from your last seq")
                 return
@@ -482,6 +503,13 @@ class Connection:
                 old = self.subs.pop(frame.run_id, None)
                 if old is not None:
                     old.cancel()
+                elif len(self.subs) >= MAX_SUBSCRIPTIONS:
+                    self.offer(ErrorFrame(
+                        code="too_many_subscriptions", run_id=frame.run_id,
+                        message=f"one connection holds at most {MAX_SUBSCRIPTIONS} subscriptions; "
+                        "unsubscribe from some, or subscribe to all runs (run_id null)",
+                    ))
+                    return
                 self.subs[frame.run_id] = self.spawn(self._follow(frame.run_id, frame.after))
             case UnsubscribeFrame():
                 task = self.subs.pop(frame.run_id, None)
@@ -489,18 +517,37 @@ class Connection:
                     task.cancel()
                 self.offer(AckFrame(op="unsubscribe", run_id=frame.run_id, ok=task is not None))
             case LaunchFrame():
-                self.spawn(self._launch(frame))
+                self._request(self._launch(frame), frame.request_id, None)
             case CancelFrame():
-                self.spawn(self._cancel(frame))
+                self._request(self._cancel(frame), "", frame.run_id)
             case PingFrame():
                 self.offer(PongFrame(id=frame.id, ts=time.time()))
+
+    def _request(self, coro, request_id: str, run_id: str | None) -> None:
+        """Start a launch or cancel, unless too many of this connection's are unanswered."""
+        if len(self.requests) >= MAX_WAITING:
+            coro.close()
+            self.offer(ErrorFrame(
+                code="busy", request_id=request_id, run_id=run_id,
+                message=f"{MAX_WAITING} requests of this connection are unanswered; send more "
+                "once they are",
+            ))
+            return
+        task = self.spawn(coro)
+        self.requests.add(task)
+        task.add_done_callback(self.requests.discard)
+
+    async def _worker(self, fn, *args, **kwargs):
+        """``fn`` on a worker thread, at most ``CONCURRENT_WORK`` at once for this connection."""
+        async with self.work:
+            return await run_in_threadpool(fn, *args, **kwargs)
 
     # -- what frames do --
 
     async def _follow(self, run_id: str | None, after: int | None) -> None:
         try:
             if run_id is not None:
-                detail = await run_in_threadpool(self.backend.run, run_id)
+                detail = await self._worker(self.backend.run, run_id)
                 run = msgspec.convert(detail["run"], RunRow)
                 steps = msgspec.convert(detail["steps"], list[StepRow])
                 # The run row reflects exactly the run's events up to its last_seq.
@@ -508,7 +555,7 @@ class Connection:
                 start = point if after is None else after
                 snapshot = SnapshotFrame(sub=run_id, run_id=run_id, run=run, steps=steps, seq=point, after=start)
             else:
-                rows = await run_in_threadpool(self.backend.runs, limit=RECENT_RUNS)
+                rows = await self._worker(self.backend.runs, limit=RECENT_RUNS)
                 runs = msgspec.convert(rows, list[RunRow])
                 point = max((r.last_seq for r in runs), default=0)
                 start = point if after is None else after
@@ -524,7 +571,7 @@ class Connection:
             last = start
             size = max(1, min(CATCH_UP_PAGE, self.queue.maxsize // 2))
             while not self.closing:
-                page = await run_in_threadpool(self.backend.events, run_id, last, size)
+                page = await self._worker(self.backend.events, run_id, last, size)
                 # The catch-up is pulled, so it waits for the client to read (the live feed,
                 # pushed, never waits: frames that do not fit are held by the listener).
                 await self.room(len(page))
@@ -536,10 +583,12 @@ class Connection:
                 # What the live feed left with the listener goes out as the client reads;
                 # then the listener is live until a burst does not fit.
                 while listener.held:
-                    await self.room(min(size, len(listener.held)))
+                    # The held list grows while this waits: hand over what was waited for.
+                    n = min(size, len(listener.held))
+                    await self.room(n)
                     if self.closing:
                         return
-                    listener.send(listener.take(size))
+                    listener.send(listener.take(n))
                 listener.live = True
                 listener.behind.clear()
                 await listener.behind.wait()
@@ -555,7 +604,7 @@ class Connection:
             req = to_launch_request(body, self.roots, origin="ws")
             if self.gate.closing:
                 raise ApiError(503, "shutting_down", "the server is shutting down")
-            run_id = await run_in_threadpool(self.backend.launch, req)
+            run_id = await self._worker(self.backend.launch, req)
         except ApiError as exc:
             self.offer(ErrorFrame(code=exc.code, message=exc.message, request_id=frame.request_id))
         except LaunchError as exc:
@@ -568,7 +617,7 @@ class Connection:
 
     async def _cancel(self, frame: CancelFrame) -> None:
         try:
-            ok = await run_in_threadpool(self.backend.cancel, frame.run_id, frame.reason or "cancelled over the WebSocket")
+            ok = await self._worker(self.backend.cancel, frame.run_id, frame.reason or "cancelled over the WebSocket")
         except NotFound:
             self.offer(ErrorFrame(code="not_found", message=f"no run {frame.run_id!r}", run_id=frame.run_id))
         except Exception as exc:

@@ -79,10 +79,18 @@ def claim(data_dir: Path) -> Path:
     raise CommandError(f"cannot claim {path}: another server is starting")
 
 
+# Unacknowledged data (a full receive window included) for this long ends a connection. A
+# client that stops reading is cut off by the WebSocket, but its socket would otherwise hold
+# the close frame and megabytes of kernel buffer for as long as the client stays connected.
+USER_TIMEOUT_MS = 60_000
+
+
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux; accepted sockets inherit it
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
     try:
         sock.bind((host, port))
     except OSError as exc:

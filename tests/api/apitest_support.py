@@ -11,6 +11,10 @@ import time
 from pathlib import Path
 
 import httpx
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.uri import parse_uri
 from actors.config import Settings
 
 # What every agent of a test run does, slowly enough to watch: read a file (a real tool call),
@@ -191,3 +195,58 @@ def recv_frames(ws, timeout: float) -> list[dict]:
     """The frames of the next WebSocket message (a ``batch`` message holds several)."""
     message = json.loads(ws.recv(timeout))
     return message["frames"] if message["type"] == "batch" else [message]
+
+
+class StalledClient:
+    """A WebSocket client on a raw socket with a tiny receive window, driven by the
+    ``websockets`` sans-I/O protocol: it sends what it is told and reads nothing until asked
+    (the library's own clients read in the background, which would hide a slow reader)."""
+
+    def __init__(self, url: str, rcvbuf: int = 2048):
+        self.proto = ClientProtocol(parse_uri(url), max_size=None)
+        host, port = url.removeprefix("ws://").split("/")[0].split(":")
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.connect((host, int(port)))
+        self.proto.send_request(self.proto.connect())
+        self._flush()
+        while self.proto.state is State.CONNECTING:
+            self.proto.receive_data(self.sock.recv(4096))
+        assert self.proto.handshake_exc is None, self.proto.handshake_exc
+
+    def _flush(self) -> None:
+        self.sock.sendall(b"".join(self.proto.data_to_send()))
+
+    def send(self, text: str) -> None:
+        self.proto.send_text(text.encode())
+        self._flush()
+
+    def read_frames(self, timeout: float) -> list[dict]:
+        """The frames of what one read of the socket completes ([] if none; the server's
+        close is then in ``proto.close_rcvd``)."""
+        self.sock.settimeout(timeout)
+        data = self.sock.recv(4096)
+        if not data:
+            raise ConnectionError("the server closed the connection")
+        self.proto.receive_data(data)
+        frames = []
+        for message in self.proto.events_received():
+            if isinstance(message, Frame) and message.opcode is Opcode.TEXT:
+                body = json.loads(message.data)
+                frames += body["frames"] if body["type"] == "batch" else [body]
+        return frames
+
+    def read_until_closed(self, timeout: float) -> tuple[int, str]:
+        """Read everything now; return the close code and reason the server sent."""
+        self.sock.settimeout(timeout)
+        while self.proto.close_rcvd is None:
+            data = self.sock.recv(65536)
+            if not data:
+                break
+            self.proto.receive_data(data)
+            self.proto.events_received()
+        rcvd = self.proto.close_rcvd
+        return (rcvd.code, rcvd.reason) if rcvd else (0, "")
+
+    def close(self) -> None:
+        self.sock.close()

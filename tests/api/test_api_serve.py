@@ -76,6 +76,36 @@ def stop(proc: subprocess.Popen) -> tuple[int, str]:
     return proc.returncode, out
 
 
+def test_a_served_connection_whose_client_stops_reading_is_ended_by_the_kernel(monkeypatch):
+    # A client the WebSocket cut off for not reading may never read again: its socket must
+    # not hold the server's unsent bytes for as long as it stays connected.
+    import errno
+    import socket
+
+    from api.commands import serve
+
+    monkeypatch.setattr(serve, "USER_TIMEOUT_MS", 1500)
+    listener = serve._bind("127.0.0.1", 0)
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    try:
+        client.connect(listener.getsockname())
+        conn, _ = listener.accept()
+        conn.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            while True:  # fill the client's window and the server's buffer
+                conn.send(b"x" * 65536)
+        deadline = time.monotonic() + 20
+        while not (error := conn.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)):
+            assert time.monotonic() < deadline, "the stalled connection was never ended"
+            time.sleep(0.1)
+        assert error == errno.ETIMEDOUT
+        conn.close()
+    finally:
+        client.close()
+        listener.close()
+
+
 def test_binding_beyond_loopback_without_a_token_is_refused(tmp_path):
     proc = serve(tmp_path / "data", tmp_path, "--host", "0.0.0.0")
     out, _ = proc.communicate(timeout=60)

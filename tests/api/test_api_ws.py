@@ -7,21 +7,26 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import jsonschema
 import pytest
 import websockets.sync.client as ws_sync
-from websockets.client import ClientProtocol
-from websockets.protocol import State
-from websockets.uri import parse_uri
 
 import api.ws
-from apitest_support import Server, api_settings, max_seq, recv_frames, settled_seq, wait_status
+from apitest_support import (
+    Server,
+    StalledClient,
+    api_settings,
+    max_seq,
+    recv_frames,
+    settled_seq,
+    wait_status,
+)
 from conductor.state import fold
 from events.codec import decode
 
@@ -144,46 +149,6 @@ def next_error(ws) -> dict:
                 return frame
 
 
-class StalledClient:
-    """A WebSocket client on a raw socket with a tiny receive window, driven by the
-    ``websockets`` sans-I/O protocol: it sends what it is told and reads nothing until asked
-    (the library's own clients read in the background, which would hide a slow reader)."""
-
-    def __init__(self, url: str):
-        self.proto = ClientProtocol(parse_uri(url), max_size=None)
-        host, port = url.removeprefix("ws://").split("/")[0].split(":")
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
-        self.sock.connect((host, int(port)))
-        self.proto.send_request(self.proto.connect())
-        self._flush()
-        while self.proto.state is State.CONNECTING:
-            self.proto.receive_data(self.sock.recv(4096))
-        assert self.proto.handshake_exc is None, self.proto.handshake_exc
-
-    def _flush(self) -> None:
-        self.sock.sendall(b"".join(self.proto.data_to_send()))
-
-    def send(self, text: str) -> None:
-        self.proto.send_text(text.encode())
-        self._flush()
-
-    def read_until_closed(self, timeout: float) -> tuple[int, str]:
-        """Read everything now; return the close code and reason the server sent."""
-        self.sock.settimeout(timeout)
-        while self.proto.close_rcvd is None:
-            data = self.sock.recv(65536)
-            if not data:
-                break
-            self.proto.receive_data(data)
-            self.proto.events_received()
-        rcvd = self.proto.close_rcvd
-        return (rcvd.code, rcvd.reason) if rcvd else (0, "")
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 def test_a_client_that_stops_reading_is_disconnected_and_others_are_not_slowed(backend, repos_root, monkeypatch):
     monkeypatch.setattr(api.ws, "SLOW_AFTER_S", 1.0)
     # Small socket buffers, so that a client that stops reading fills them with this test's
@@ -231,6 +196,57 @@ def _stalled_client_is_cut_off(server) -> None:
             slow.close()
         receive_until(lambda: kinds and kinds[-1] in ("run_finished", "run_failed", "run_cancelled"))
     assert max(gaps) < 5.0
+
+
+class CountingBackend:
+    """The real backend, each run lookup and cancel taking a little while, counting how many
+    run at once."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.now = self.most = 0
+        self.lock = threading.Lock()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def _slowly(self, fn, *args):
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            time.sleep(0.05)
+            return fn(*args)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+    def run(self, run_id):
+        return self._slowly(self.inner.run, run_id)
+
+    def cancel(self, run_id, reason=""):
+        return self._slowly(self.inner.cancel, run_id, reason)
+
+
+def test_one_connection_flooding_frames_holds_few_of_the_servers_threads(backend, repos_root):
+    counting = CountingBackend(backend)
+    with Server(counting, api_settings(backend, repos_root)) as server, ws_sync.connect(server.ws_url) as ws:
+        subscribes, cancels = api.ws.MAX_SUBSCRIPTIONS + 50, api.ws.MAX_WAITING + 30
+        for i in range(subscribes):
+            ws.send(json.dumps({"type": "subscribe", "run_id": f"missing-{i}"}))
+        for _ in range(cancels):
+            ws.send(json.dumps({"type": "cancel", "run_id": "missing"}))
+        with server.client() as http:  # the REST API answers meanwhile
+            assert http.get("/api/runs", params={"limit": 1}).status_code == 200
+        codes: dict[str, int] = {}
+        while sum(codes.values()) < subscribes + cancels:  # every frame is answered
+            for frame in recv_frames(ws, 30):
+                if frame["type"] == "error":
+                    codes[frame["code"]] = codes.get(frame["code"], 0) + 1
+    assert counting.most <= api.ws.CONCURRENT_WORK
+    assert codes.get("too_many_subscriptions", 0) >= 1
+    assert codes.get("busy", 0) >= 1
+    assert set(codes) == {"not_found", "too_many_subscriptions", "busy"}
 
 
 def test_the_server_stops_even_if_its_live_feed_will_not():
