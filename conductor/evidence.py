@@ -2,13 +2,18 @@
 
 A quote is compared with whitespace normalised (runs of spaces, tabs and newlines count as one
 space; ends trimmed), so re-indented or re-wrapped quotes still match, but a changed word does
-not. Outcomes of one citation:
+not. A match counts only at token boundaries: a quote starting (ending) with a letter, digit or
+underscore must not continue a word of the file there. Outcomes of one citation:
 
 - ``verified``: the quote stands inside the cited lines;
 - ``moved``: the quote is elsewhere in the same file; the result carries the lines where it
   really is (the nearest occurrence to the cited lines, and the note says whether that is
   within ``window`` lines of them);
-- ``not_found``: the file exists but the quote is not in it (or there was no quote to check);
+- ``not_found``: the file exists but the quote is not in it, or the citation cannot prove
+  anything: no quote, a quote under ``MIN_QUOTE_CHARS`` characters besides spaces, a range
+  wider than ``MAX_CITED_LINES`` lines, or lines past the end of the file (an end past the last
+  line is clamped when the quote is found inside) or past the first ``READ_BYTES`` bytes, which
+  are all the check reads, as the read_file tool;
 - ``no_such_file``: no such file in the snapshot, or a path that could lead outside it.
 
 Paths are checked here before any read, as a second gate behind ``Snapshot.read``: absolute
@@ -24,8 +29,10 @@ that is not there. Unverified findings are kept and labelled, never dropped.
 from __future__ import annotations
 
 import bisect
+import io
 import re
-from collections.abc import Iterable, Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Literal
 
 from conductor.snapshot import Snapshot
@@ -34,6 +41,15 @@ from events.types import EvidenceResult, Finding
 __all__ = ["check", "check_one", "finding_status", "safe_path", "unverified_reason"]
 
 Status = Literal["verified", "unverified"]
+
+# How far into a file the check reads: the read_file tool's bound (actors.tools.ToolLimits
+# .read_bytes), so a quote is checked against the same text the model could see. A citation
+# past it is not found, and a huge file costs no more memory than this.
+READ_BYTES = 4_000_000
+# A quote shorter than this (spaces not counted) stands somewhere in most files, and a range
+# wider than this covers most of one: either would verify anything.
+MIN_QUOTE_CHARS = 8
+MAX_CITED_LINES = 200
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
@@ -109,15 +125,31 @@ def check_one(
     needle = _norm(_unwrap(quote))
     if not needle:
         return result("not_found", note="the citation has no quote to check", where=clean)
-    spans = files.spans(clean, needle)
-    if not spans:
-        return result("not_found", note="quote not found in the file", where=clean)
-    for start, end in spans:
-        if start >= line_start and end <= line_end:
-            return result("verified", start=line_start, end=line_end, where=clean)
-    # Nearest occurrence to the cited lines; ties go to the earlier one.
-    start, end = min(spans, key=lambda s: (_distance(s, line_start, line_end), s[0]))
-    gap = _distance((start, end), line_start, line_end)
+    problem = _degenerate(needle, line_start, line_end)
+    if problem:
+        return result("not_found", note=problem, where=clean)
+    total, partial = files.extent(clean)
+    past = ""
+    if line_end > total:
+        past = (f"only the first {READ_BYTES:,} bytes of the file are checked (lines 1-{total})"
+                if partial else
+                f"cited lines {line_start}-{line_end} run past the end of the file ({total} lines)")
+    if line_start > total:
+        return result("not_found", note=past, where=clean)
+    last = min(line_end, total)  # an end past the last line is clamped only with the quote inside
+    nearest, gap = None, 0
+    for span in files.spans(clean, needle):
+        if span[0] >= line_start and span[1] <= last:
+            return result("verified", start=line_start, end=last, where=clean)
+        distance = _distance(span, line_start, line_end)
+        if nearest is None or distance < gap:  # ties go to the earlier: spans come in file order
+            nearest, gap = span, distance
+    if past:
+        return result("not_found", note=past, where=clean)
+    if nearest is None:
+        head = f" (only its first {READ_BYTES:,} bytes are checked)" if partial else ""
+        return result("not_found", note=f"quote not found in the file{head}", where=clean)
+    start, end = nearest
     where = "within" if gap <= window else "outside"
     note = f"cited lines {line_start}-{line_end}; found at {start}-{end} ({where} {window} lines)"
     return result("moved", start=start, end=end, note=note, where=clean)
@@ -164,6 +196,20 @@ def _norm(s: str) -> str:
     return " ".join(s.split())
 
 
+def _degenerate(needle: str, line_start: int, line_end: int) -> str:
+    """Why a citation proves nothing wherever it is found ('' when it can be checked)."""
+    if len(needle) - needle.count(" ") < MIN_QUOTE_CHARS:
+        return f"quote too short to check (fewer than {MIN_QUOTE_CHARS} characters besides spaces)"
+    if line_end - line_start + 1 > MAX_CITED_LINES:
+        return (f"cited lines {line_start}-{line_end} are too wide to check; cite a narrower range "
+                f"(at most {MAX_CITED_LINES} lines) around the quote")
+    return ""
+
+
+def _is_word(ch: str) -> bool:
+    return ch == "_" or ch.isalnum()
+
+
 def _unwrap(quote: str) -> str:
     """Drop one pair of backticks a model may have put around a quote."""
     q = quote.strip()
@@ -181,13 +227,15 @@ def _distance(span: tuple[int, int], start: int, end: int) -> int:
 
 
 class _Files:
-    """Each file read once per check, decoded, and indexed for whitespace-free search."""
+    """Each file read once per check (its head: see ``READ_BYTES``), decoded, and indexed for
+    whitespace-free search."""
 
     def __init__(self, snapshot: Snapshot):
         self._snapshot = snapshot
         self._listed: frozenset[str] | None = None
         self._text: dict[str, object] = {}
-        self._index: dict[str, tuple[str, list[int], list[int]]] = {}
+        self._partial: dict[str, bool] = {}
+        self._index: dict[str, tuple[str, array, array, int]] = {}
 
     def text(self, path: str) -> object:
         if path not in self._text:
@@ -199,42 +247,57 @@ class _Files:
             self._listed = frozenset(self._snapshot.paths())
         if path not in self._listed:
             return None
-        data = self._snapshot.read(path)
-        if data is None:
+        head = self._snapshot.read_head(path, READ_BYTES)
+        if head is None:
             return None
+        data, size = head
         if b"\x00" in data[:8192]:
             return _BINARY
+        self._partial[path] = len(data) < size
         return data.decode("utf-8", errors="replace")
 
-    def spans(self, path: str, needle: str) -> list[tuple[int, int]]:
-        """Every (first line, last line) where the normalised needle occurs in the file."""
-        joined, starts, lines = self._indexed(path)
-        found = []
+    def extent(self, path: str) -> tuple[int, bool]:
+        """(lines checked, whether the file goes on past them)."""
+        _, _, _, total = self._indexed(path)
+        return total, self._partial[path]
+
+    def spans(self, path: str, needle: str) -> Iterator[tuple[int, int]]:
+        """Each (first line, last line) where the normalised needle occurs in the file, in file
+        order, at token boundaries: 'rn Tr' is not a quote of 'return True'."""
+        joined, starts, lines, _ = self._indexed(path)
+        open_start, open_end = _is_word(needle[0]), _is_word(needle[-1])
         pos = joined.find(needle)
         while pos != -1:
-            first = lines[bisect.bisect_right(starts, pos) - 1]
-            last = lines[bisect.bisect_right(starts, pos + len(needle) - 1) - 1]
-            found.append((first, last))
+            after = pos + len(needle)
+            if not (open_start and pos > 0 and _is_word(joined[pos - 1])) and not (
+                open_end and after < len(joined) and _is_word(joined[after])
+            ):
+                first = lines[bisect.bisect_right(starts, pos) - 1]
+                last = lines[bisect.bisect_right(starts, after - 1) - 1]
+                yield first, last
             pos = joined.find(needle, pos + 1)
-        return found
 
-    def _indexed(self, path: str) -> tuple[str, list[int], list[int]]:
+    def _indexed(self, path: str) -> tuple[str, array, array, int]:
         if path not in self._index:
             # The file's words joined by single spaces; starts[i] is where word-run i begins in
             # that string and lines[i] the line it came from, so a match maps back to lines.
-            pieces, starts, lines, pos = [], [], [], 0
+            # Arrays, and lines read one at a time: a file of millions of short lines costs a
+            # few bytes a line, not a Python object each.
             text = self._text[path]
             assert isinstance(text, str)
-            for number, line in enumerate(text.split("\n"), 1):  # lines as git counts them
-                words = line.split()
-                if not words:
+            if self._partial[path]:
+                text = text[: text.rfind("\n") + 1]  # the head may stop mid-line: whole lines only
+            starts, lines, joined = array("q"), array("q"), io.StringIO()
+            # newline="\n": lines end at "\n" only, as git counts them.
+            for number, line in enumerate(io.StringIO(text, newline="\n"), 1):
+                chunk = " ".join(line.split())
+                if not chunk:
                     continue
-                chunk = " ".join(words)
-                if pieces:
-                    pos += 1  # the joining space belongs to the previous line
-                starts.append(pos)
+                if lines:
+                    joined.write(" ")  # the joining space belongs to the previous line
+                starts.append(joined.tell())
                 lines.append(number)
-                pieces.append(chunk)
-                pos += len(chunk)
-            self._index[path] = (" ".join(pieces), starts, lines)
+                joined.write(chunk)
+            total = text.count("\n") + (not text.endswith("\n") and text != "")
+            self._index[path] = (joined.getvalue(), starts, lines, total)
         return self._index[path]

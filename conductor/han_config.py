@@ -47,15 +47,16 @@ class HanConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 def read(snapshot: Snapshot) -> HanConfig:
     """The configuration in the snapshot, or an empty one when there is no such file."""
-    data = snapshot.read(CONFIG_PATH)
-    if data is None:
+    got = snapshot.read_head(CONFIG_PATH, MAX_BYTES)
+    if got is None:
         return HanConfig()
+    data, size = got
     try:
-        text = data[:MAX_BYTES].decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         return HanConfig(present=True, notes=(f"{CONFIG_PATH}: not UTF-8 text; ignored",))
     config = parse(text)
-    if len(data) > MAX_BYTES:
+    if size > MAX_BYTES:
         note = f"{CONFIG_PATH}: larger than {MAX_BYTES // 1024} KB; only its start was read"
         config = msgspec.structs.replace(config, notes=(*config.notes, note))
     return config

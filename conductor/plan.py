@@ -87,7 +87,7 @@ def _document(flow: Flow, request: RunRequested, snapshot: Snapshot) -> str:
     if spec is None:
         return ""
     path = getattr(request, spec.field).strip().strip("'\"").removeprefix("./")
-    if snapshot.read(path) is None:
+    if snapshot.size(path) is None:
         raise RequestError(
             f"{flow.name}: document {path!r} is not a file in the repository at commit "
             f"{snapshot.commit[:12]}",

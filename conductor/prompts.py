@@ -44,6 +44,7 @@ __all__ = [
 MESSAGE_OVERHEAD = 4  # tokens a chat message costs beyond its text (role, separators)
 MIN_PART_TOKENS = 64  # a file is cut at a line only when at least this much of it fits
 USER_TEXT_CAP = 4000  # characters of each of the person's inputs shown (their text is trusted)
+FILE_BYTES = 1_000_000  # of a file read for a prompt at most: more than any context holds
 LISTED_FILES = 30  # paths of the step's slice listed by name before "and N more"
 LISTED_LEFT_OUT = 20  # items named in the "not included" line before "and N more"
 SECTION_SLACK = 16  # tokens kept for section headings and separators between items
@@ -352,12 +353,15 @@ def _context_items(state: RunState, flow: Flow, st: StepState, snapshot: Snapsho
             if path in by_file:
                 items.append(_lines_item("Diff", f"diff of {path}", f"diff of {path}", by_file[path]))
     for path in files:
-        data = snapshot.read(path)
-        if data is None:
+        head = snapshot.read_head(path, FILE_BYTES)
+        if head is None:
             continue
+        data, size = head
         if b"\0" in data[:8192]:
-            items.append(_whole("Files", path, f"{path}: binary file, {len(data)} bytes (not shown)"))
+            items.append(_whole("Files", path, f"{path}: binary file, {size} bytes (not shown)"))
             continue
+        if len(data) < size:  # whole lines only: the head may stop inside one
+            data = data[: data.rfind(b"\n") + 1]
         text = data.decode("utf-8", errors="replace")
         items.append(_file_item(path, text))
     return items
@@ -368,7 +372,7 @@ def _whole(section: str, label: str, text: str) -> _Item:
 
 
 def _lines_item(section: str, label: str, source: str, text: str) -> _Item:
-    lines = text.splitlines()
+    lines = _split_lines(text)
 
     def render(n: int | None) -> tuple[str, str]:
         if n is None or n >= len(lines):
@@ -381,7 +385,7 @@ def _lines_item(section: str, label: str, source: str, text: str) -> _Item:
 
 
 def _file_item(path: str, text: str) -> _Item:
-    lines = text.splitlines()
+    lines = _split_lines(text)
     width = len(str(len(lines)))
 
     def numbered(n: int) -> str:
@@ -396,6 +400,16 @@ def _file_item(path: str, text: str) -> _Item:
         return contracts.fence(numbered(n), source=path, note=note), f"{path} (lines {n + 1}-{len(lines)})"
 
     return _Item(section="Files", label=path, render=render, lines=len(lines))
+
+
+def _split_lines(text: str) -> list[str]:
+    """Lines as git, the read_file tool and the evidence check number them: split at LF only
+    (``str.splitlines`` also splits at a form feed, a lone CR, U+2028…, shifting the numbers),
+    trailing CRs dropped."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the newline ending the last line starts no line
+    return [line.rstrip("\r") for line in lines]
 
 
 def _fit_lines(item: _Item, room: int) -> tuple[str, str] | None:
@@ -436,7 +450,7 @@ def _ranked_files(state: RunState, step: PlannedStep, snapshot: Snapshot) -> lis
         low = path.lower()
         return sum(1 for w in words if w in low)
 
-    sizes = {p: len(snapshot.read(p) or b"") for p in step.files}
+    sizes = {p: snapshot.size(p) or 0 for p in step.files}  # not read: a file may be huge
     return sorted(
         step.files,
         key=lambda p: (p not in considered, -weight.get(p, 0), -mentioned(p), sizes[p], p),

@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import re
+import string
 from collections.abc import Iterable
 
 import msgspec
@@ -919,7 +920,8 @@ def _md_finding(f: FindingView) -> list[str]:
         moved = f" (moved: {_md(c.note)})" if c.outcome == "moved" else ""
         lines.append(f"`{_code(c.path)}:{c.line_start}-{c.line_end}`{moved}")
         lines.append("")
-        fence = "`" * max(3, _longest_run(c.quote, "`") + 1)
+        # Longer than any run of backticks or tildes inside, so no line of the quote closes it.
+        fence = "`" * max(3, _longest_run(c.quote, "`") + 1, _longest_run(c.quote, "~") + 1)
         lines.extend([fence, c.quote.replace("\r", ""), fence, ""])
     return lines
 
@@ -976,21 +978,48 @@ def _md_agents(report: Report) -> list[str]:
 
 
 # --- Markdown escaping ---------------------------------------------------------------------
+# Text from the model or the repository must never make structure. Inline, every character that
+# could open a link, an image, emphasis, a code span, HTML or a table cell is escaped (a
+# backslash before ASCII punctuation is always literal in CommonMark; &, < and > become
+# entities). At the start of a line, any ASCII punctuation is escaped too, which leaves no
+# heading, setext underline, fence, thematic break, list, block quote or table to open.
 
-_MD_LINE_START = re.compile(r"^(\s*)([#>]|[-*+] |\d+[.)] |={3,}|-{3,}|\|)", re.M)
+_INLINE = {"\\": "\\\\", "`": "\\`", "*": "\\*", "_": "\\_", "[": "\\[", "]": "\\]", "!": "\\!",
+           "~": "\\~", "|": "\\|", "&": "&amp;", "<": "&lt;", ">": "&gt;"}
+_INLINE_CHARS = re.compile("[" + re.escape("".join(_INLINE)) + "]")
+_ORDERED = re.compile(r"^(\d{1,9})([.)])")  # '1.' or '1)' opens an ordered list
+_PUNCTUATION = frozenset(string.punctuation)  # ASCII: what CommonMark lets a backslash escape
 
 
 def _md(text: str) -> str:
-    """Model text made inert inline: no HTML, no line breaks, no table pipes."""
-    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return _one_line(text).replace("|", "\\|")
+    """Model text made inert inline, on one line."""
+    text = _md_inline(_one_line(text))
+    # A heading drops a closing run of '#'; with its last one escaped, the run stays text.
+    return text[:-1] + "\\#" if text.endswith("#") else text
 
 
 def _md_block(text: str) -> list[str]:
-    """Model prose as paragraphs: HTML escaped, no line can start a heading, quote or table."""
-    text = text.replace("\r", "").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    text = _MD_LINE_START.sub(lambda m: m.group(1) + "\\" + m.group(2), text)
-    return [line.rstrip() for line in text.strip().split("\n")]
+    """Model prose as paragraphs, made inert: no line of it can open a block."""
+    lines = text.replace("\r", "").strip().split("\n")
+    # Leading spaces dropped: four of them would open a code block (and a paragraph ignores them).
+    return [_md_line_start(_md_inline(line.strip())) for line in lines]
+
+
+def _md_inline(text: str) -> str:
+    def escape(m: re.Match) -> str:
+        at = m.start()
+        if m.group() == "_" and text[at - 1:at].isalnum() and text[at + 1:at + 2].isalnum():
+            return "_"  # inside a word (snake_case) '_' can neither open nor close emphasis
+        return _INLINE[m.group()]
+
+    return _INLINE_CHARS.sub(escape, text)
+
+
+def _md_line_start(line: str) -> str:
+    """Escape what would make ``line`` (already inline-escaped) open a block."""
+    if line[:1] in _PUNCTUATION and line[:1] not in "\\&":  # '\' and '&' start an escape already
+        return "\\" + line
+    return _ORDERED.sub(r"\1\\\2", line)
 
 
 def _code(text: str) -> str:

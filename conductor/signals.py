@@ -373,10 +373,10 @@ def compute(snapshot: Snapshot, considered: Sequence[str], *, symptom: str = "")
 
 
 def _head_text(snapshot: Snapshot, path: str) -> str | None:
-    data = snapshot.read(path)
-    if data is None:
+    got = snapshot.read_head(path, SCAN_BYTES)  # a huge file costs no more than its head
+    if got is None:
         return None
-    head = data[:SCAN_BYTES]
+    head = got[0]
     if b"\0" in head[:8192]:
         return None  # binary
     return head.decode("utf-8", errors="replace")

@@ -25,6 +25,15 @@ class Snapshot(Protocol):
         """
         ...
 
+    def read_head(self, path: str, limit: int | None) -> tuple[bytes, int] | None:
+        """The first ``limit`` bytes of a file (all when None) and its full size, or None as
+        ``read`` gives it; a bounded read, so a huge file costs no more than ``limit``."""
+        ...
+
+    def size(self, path: str) -> int | None:
+        """A file's size in bytes without reading it, or None as ``read`` gives it."""
+        ...
+
     def changed(self) -> tuple[str, ...]:
         """The files this run considers: the diff against the base, the uncommitted changes
         pinned into the commit, the paths given, or (with none of those) every file."""
@@ -66,6 +75,16 @@ class MemorySnapshot:
         if path.startswith("/") or ".." in path.split("/"):
             return None
         return self._files.get(path)
+
+    def read_head(self, path: str, limit: int | None) -> tuple[bytes, int] | None:
+        data = self.read(path)
+        if data is None:
+            return None
+        return (data if limit is None else data[:limit]), len(data)
+
+    def size(self, path: str) -> int | None:
+        data = self.read(path)
+        return None if data is None else len(data)
 
     def changed(self) -> tuple[str, ...]:
         return self._changed

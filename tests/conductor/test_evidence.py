@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -49,6 +51,14 @@ class Spy:
     def read(self, path):
         self.reads.append(path)
         return self.inner.read(path)
+
+    def read_head(self, path, limit):
+        self.reads.append(path)
+        return self.inner.read_head(path, limit)
+
+    def size(self, path):
+        self.reads.append(path)
+        return self.inner.size(path)
 
     def changed(self):
         return self.inner.changed()
@@ -137,7 +147,7 @@ def test_dot_segments_inside_the_tree_are_cleaned(snap):
 
 def test_each_file_is_read_once_per_check(snap):
     spy = Spy(snap)
-    findings = [finding(("app/io.py", 1, 1, "import os"), ("app/io.py", 7, 7, "eval"), fid=f"S-00{n}")
+    findings = [finding(("app/io.py", 1, 1, "import os"), ("app/io.py", 7, 7, "eval(data)"), fid=f"S-00{n}")
                 for n in range(1, 4)]
     results = check(findings, spy)
     assert [r.outcome for r in results] == ["verified"] * 6
@@ -196,7 +206,7 @@ def test_status_only_counts_the_findings_own_results(snap):
 def test_links_out_of_a_real_git_tree_are_never_followed(git_repo, tmp_path):
     secret = tmp_path / "outside.txt"
     secret.write_text("TOP SECRET\n")
-    repo = git_repo({"app.py": "def main():\n    return 1\n", "docs/readme.md": "hello\n"})
+    repo = git_repo({"app.py": "def main():\n    return 100\n", "docs/readme.md": "hello\n"})
     os.symlink(str(secret), repo.path / "abs_link.txt")  # absolute, out of the tree
     os.symlink("../../outside.txt", repo.path / "docs" / "up_link.txt")  # relative, climbs out
     os.symlink("../app.py", repo.path / "docs" / "alias.py")  # stays inside the tree
@@ -212,13 +222,95 @@ def test_links_out_of_a_real_git_tree_are_never_followed(git_repo, tmp_path):
     assert spy.reads == []
 
     # Inside the tree, the pinned commit is what is read, and a link to a file in it resolves.
-    assert one(spy, "app.py", 2, 2, "return 1").outcome == "verified"
+    assert one(spy, "app.py", 2, 2, "return 100").outcome == "verified"
     assert one(spy, "docs/alias.py", 1, 1, "def main():").outcome == "verified"
 
 
 def test_the_pinned_commit_is_read_not_the_work_tree(git_repo):
-    repo = git_repo({"app.py": "x = 1\n"})
+    repo = git_repo({"app.py": "answer = 1\n"})
     snap = repo.pin()
-    (repo.path / "app.py").write_text("x = 2\n")  # edited after the pin
-    assert one(snap, "app.py", 1, 1, "x = 1").outcome == "verified"
-    assert one(snap, "app.py", 1, 1, "x = 2").outcome == "not_found"
+    (repo.path / "app.py").write_text("answer = 2\n")  # edited after the pin
+    assert one(snap, "app.py", 1, 1, "answer = 1").outcome == "verified"
+    assert one(snap, "app.py", 1, 1, "answer = 2").outcome == "not_found"
+
+
+# --- degenerate citations ------------------------------------------------------------------
+
+AUTH = MemorySnapshot({"auth.py": "def allowed(user):\n    return True\n"})
+
+
+def test_a_quote_too_short_to_prove_anything_is_not_found():
+    for quote in ("e", "(", "return", "x = 1 ;"):  # under 8 characters besides spaces
+        r = one(AUTH, "auth.py", 1, 2, quote)
+        assert r.outcome == "not_found", quote
+        assert "too short to check" in r.note
+    assert one(AUTH, "auth.py", 2, 2, "return True").outcome == "verified"
+
+
+def test_a_quote_matches_only_at_token_boundaries():
+    # 'rn Tr' of 'return True', 'llowed(user' of 'allowed(user)': fragments of words.
+    assert one(AUTH, "auth.py", 2, 2, "eturn True").outcome == "not_found"
+    assert one(AUTH, "auth.py", 2, 2, "return Tru").outcome == "not_found"
+    assert one(AUTH, "auth.py", 1, 1, "llowed(user):").outcome == "not_found"
+    # Punctuation at an end needs no boundary there: '(user):' may follow a word.
+    assert one(AUTH, "auth.py", 1, 2, "(user): return True").outcome == "verified"
+    assert one(AUTH, "auth.py", 1, 1, "allowed(user").outcome == "verified"
+
+
+def test_a_range_wider_than_any_quote_is_not_found_and_asks_for_a_narrower_one():
+    r = one(AUTH, "auth.py", 1, 1_000_000, "return True")
+    assert r.outcome == "not_found" and "narrower" in r.note
+    code = MemorySnapshot({"big.py": "".join(f"value_{n} = {n}\n" for n in range(1, 301))})
+    assert one(code, "big.py", 1, 200, "value_150 = 150").outcome == "verified"
+    r = one(code, "big.py", 1, 201, "value_150 = 150")
+    assert r.outcome == "not_found" and "at most 200 lines" in r.note
+
+
+def test_a_range_past_the_end_of_the_file():
+    r = one(AUTH, "auth.py", 3, 3, "return True")  # the file has 2 lines
+    assert r.outcome == "not_found" and "past the end of the file (2 lines)" in r.note
+    r = one(AUTH, "auth.py", 2, 9, "return True")  # quote inside: the end is clamped
+    assert (r.outcome, r.line_start, r.line_end) == ("verified", 2, 2)
+    r = one(AUTH, "auth.py", 2, 9, "def allowed(user):")  # elsewhere: not 'moved'
+    assert r.outcome == "not_found" and "past the end of the file" in r.note
+
+
+@pytest.mark.parametrize(
+    "data, start, end, quote",
+    [
+        (b"x = 1\r\nlimit = 20\r\n", 2, 2, "limit = 20"),  # CRLF
+        (b"if x:\n\tcall(a,\tb)\n", 2, 2, "call(a, b)"),  # tabs
+        (b"a = 1\nlast_value = 2", 2, 2, "last_value = 2"),  # no newline at the end
+        ("name = 'caf\xe9'\n".encode("latin-1"), 1, 1, "name = 'caf\ufffd'"),  # not UTF-8
+        (b"a = 1\n\x0c\nb_value = 2\n", 3, 3, "b_value = 2"),  # a form feed is not a line break
+        ("a = 1\u2028\nb_value = 2\n".encode(), 2, 2, "b_value = 2"),  # nor U+2028
+    ],
+)
+def test_real_files_still_verify(data, start, end, quote):
+    assert one(MemorySnapshot({"f.py": data}), "f.py", start, end, quote).outcome == "verified"
+
+
+def test_a_huge_file_is_checked_in_its_head_only_and_in_little_memory():
+    # A hostile repository can hold a file of tens of MB that compresses to nothing in git.
+    # Run in a child process so its peak memory is its own.
+    script = """
+import resource, sys
+from conductor.evidence import check
+from conductor.snapshot import MemorySnapshot
+from events.types import Evidence, Finding
+snap = MemorySnapshot({"big.txt": b"ab\\n" * 10_000_000})  # 30 MB, ten million lines
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+cites = [(1, 8, "ab ab ab ab"), (5_000_000, 5_000_001, "ab ab ab ab"), (2, 3, "cd cd cd cd")]
+f = Finding(id="F-1", severity="High", title="t",
+            evidence=tuple(Evidence(path="big.txt", line_start=a, line_end=b, quote=q) for a, b, q in cites))
+for r in check([f], snap):
+    print(r.outcome, r.note, sep="|")
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                         timeout=120).stdout.splitlines()
+    near, far, absent, grown_mb = out[0].split("|"), out[1].split("|"), out[2].split("|"), int(out[3])
+    assert grown_mb < 200, grown_mb
+    assert near == ["verified", ""]
+    assert far[0] == "not_found" and "only the first 4,000,000 bytes of the file are checked" in far[1]
+    assert absent[0] == "not_found" and "only its first 4,000,000 bytes are checked" in absent[1]

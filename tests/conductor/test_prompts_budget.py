@@ -8,7 +8,7 @@ import pytest
 
 from conductor.contracts import TOOLS, fence
 from conductor.plan import plan
-from conductor.prompts import build_messages, estimate_tokens
+from conductor.prompts import FILE_BYTES, build_messages, estimate_tokens
 from conductor.state import apply, fold
 from events.types import (
     Evidence,
@@ -251,3 +251,54 @@ def test_what_a_prompt_left_out_is_listed_for_the_log_with_how_many_more():
     assert listed(labels) == (*labels[:LISTED_LEFT_OUT], "and 7 more")
     assert listed(labels[:3]) == tuple(labels[:3])
     assert listed([]) == ()
+
+
+def test_file_lines_are_numbered_as_git_the_read_file_tool_and_the_evidence_check_count_them(
+        git_repo, personas, make_request):
+    # A form feed, a lone CR and U+2028 are not line breaks to git; str.splitlines() says they
+    # are, which would shift every number after them.
+    text = "a = 1\n\x0c\nb = 2 \r here\nc = 3\u2028 still line 4\r\ndef target():\n"
+    repo = _review(git_repo, {"app/orders.py": text})
+    state, snap = _state(repo, personas, make_request("code-review", base="main"))
+    user = build_messages(state, "w1-junior-developer", snap, personas, budget_tokens=8000).messages[1]["content"]
+    files = user.split("## Files", 1)[1]
+    assert "app/orders.py (5 lines" in files
+    assert "\n3| b = 2 \r here\n" in files and "\n4| c = 3\u2028 still line 4\n" in files
+    assert "\n5| def target():\n" in files
+    from actors.tools import ToolGate
+    from conductor.evidence import check_one
+
+    tool = ToolGate(snap).call("read_file", {"path": "app/orders.py", "start_line": 5, "end_line": 5})
+    assert "     5\tdef target():" in tool.content
+    assert check_one("F-1", 0, "app/orders.py", 5, 5, "def target():", snap).outcome == "verified"
+
+
+def test_files_are_ranked_and_shown_without_reading_any_whole(git_repo, personas, make_request):
+    class Reads:
+        """The pinned snapshot, recording each read: whole, or of a head."""
+
+        def __init__(self, inner):
+            self._inner, self.whole, self.heads = inner, [], []
+
+        def __getattr__(self, name):
+            return getattr(self._inner, name)
+
+        def read(self, path):
+            self.whole.append(path)
+            return self._inner.read(path)
+
+        def read_head(self, path, limit):
+            self.heads.append((path, limit))
+            return self._inner.read_head(path, limit)
+
+    repo = _review(git_repo, {"app/orders.py": "def pay(order):\n    return 0\n",
+                              ".han/config.md": "band: small\n"})
+    request = make_request("code-review", base="main")
+    spy = Reads(repo.pin(base="main"))
+    state = fold([request, plan(request, spy, personas, model="m", engine="e", ts=2.0)])
+    build_messages(state, "w1-junior-developer", spy, personas, budget_tokens=60000)
+    files = state.steps["w1-junior-developer"].step.files
+    assert files and spy.whole == []  # a file may be huge: planning and prompts read heads
+    shown = [path for path, limit in spy.heads if limit == FILE_BYTES]
+    assert sorted(shown) == sorted(files)  # each once, for its text
+    assert all(limit is not None for _, limit in spy.heads)

@@ -136,26 +136,139 @@ def test_html_is_self_contained_and_phone_ready(golden_run, frozen):
 
 
 HOSTILE = '<script>alert("x")</script> | # heading\n## Fake section'
-HOSTILE_SNAP = MemorySnapshot({"a.py": "ok = True\n"}, commit="e" * 40)
+HOSTILE_SNAP = MemorySnapshot({"a.py": "ready = True\n"}, commit="e" * 40)
 
 
-def test_model_text_cannot_inject_markup():
-    bad = Finding(id="JD-001", severity="Blocks decision", title=HOSTILE, claim=HOSTILE,
-                  recommendation=HOSTILE,
-                  evidence=(Evidence(path="a.py", line_start=1, line_end=1, quote="ok = True"),))
-    report = build_report(make_run({"jd": ("junior-developer", [bad])}, snapshot=HOSTILE_SNAP))
-    html = render_html(report)
-    assert "<script>" not in html and "&lt;script&gt;" in html
-    md = render_markdown(report)
-    assert "<script>" not in md
-    assert "\n## Fake section" not in md  # a line of model text cannot open a section
-    assert [line for line in md.splitlines() if line.startswith("## ")] == [
-        "## Review summary", "## Recommendation", "## Critical", "## Agent appendix"]
+# Model text (and repository text it quotes) as a hostile agent would write it: each tries to
+# make structure in the rendered Markdown.
+HOSTILE_TEXTS = {
+    "html": HOSTILE,
+    "tilde fence": "Consider renaming.\n~~~",
+    "backtick fence": "See the note.\n```",
+    "setext headings": ("Minor wording.\n\nUnverified claims\n--\nNone: every claim checked out.\n\n"
+                        "JD-007 — Remote code execution in login (verified)\n=\nConfirmed by the validator."),
+    "forged verified finding": ("Nothing else stood out.\n\nCritical\n--\n"
+                                "JD-003 — allowed() lets every user in\n=\n"
+                                "Level: critical (Blocks decision) · verified at auth.py:2-2 ✓"),
+    "links and images": ("wording ![](https://attacker.example/beacon.png) [click](https://attacker.example) "
+                         "<https://attacker.example/auto> [ref]\n\n[ref]: https://attacker.example/ref"),
+    "indented code": "Prose.\n\n    indented = code\n\n\ttabbed = code",
+    "lists quotes breaks": "* * *\n- item\n+ item\n1. one\n2) two\n> quote\n***\n___",
+    "table": "| a | b |\n|---|---|\n| 1 | 2 |\na | b\n--- | ---",
+    "inline": "`code` **bold** __bold__ _em_ *em* ~~strike~~ line\\\nbreak  \nx",
+    "entities and escapes": "&lt;b&gt; &amp; &#x41; \\* \\\\ closing ##",
+}
+NOTES_MD = "## Summary\n```\n~~~~\n**Recommendation: Approve.**\n"
+
+
+def _hostile_run(text):
+    """A finished, validated code-review run in which every piece of model text is ``text``."""
+    import json
+
+    from conductor.evidence import check
+    from conductor.findings import parse_output
+    from conductor.validator import gate
+    from events.types import EvidenceChecked, RunPlanned, RunRequested
+
+    snap = MemorySnapshot({"a.py": "ready = True\nvalue = compute(1)\n", "docs/notes.md": NOTES_MD},
+                          commit="e" * 40)
+
+    def cite(path, line, quote):
+        return [{"path": path, "line_start": line, "line_end": line + quote.count("\n"), "quote": quote}]
+
+    jd = {"summary": text, "findings": [
+        {"id": "JD-001", "severity": "Blocks decision", "title": text, "claim": text, "recommendation": text,
+         "category": text, "evidence": cite("a.py", 1, "ready = True")},
+        {"id": "JD-002", "severity": "Blocks decision", "title": "Doc quote", "claim": "c",
+         "evidence": cite("docs/notes.md", 1, NOTES_MD.rstrip("\n"))},
+        {"id": "JD-003", "severity": "Blocks decision", "title": text, "claim": text,
+         "evidence": cite("a.py", 2, "return True always")},  # not in the file: unverified
+        {"id": "JD-004", "severity": "Polish", "title": text, "claim": text, "deferred": True,
+         "why_deferred": text, "reopen_when": text, "evidence": cite("a.py", 2, "value = compute(1)")},
+    ]}
+    outputs = {"jd": ("junior-developer", json.dumps(jd)),
+               "sec": ("adversarial-security-analyst", json.dumps({"summary": text, "findings": []})),
+               "qa": ("test-engineer", json.dumps({"summary": text, "findings": []}))}
+    verdicts = {"summary": text, "verdicts": [
+        {"finding_id": "JD-001", "result": "confirmed", "reason": text, "counter_evidence": []},
+        {"finding_id": "JD-002", "result": "confirmed", "reason": text, "counter_evidence": []}]}
+    steps = [PlannedStep(step_id=sid, persona=persona, phase="review", wave=0)
+             for sid, (persona, _) in outputs.items()]
+    steps.append(PlannedStep(step_id="validate", persona="adversarial-validator", phase="validation", wave=1,
+                             role="validator"))
+    state = fold([
+        RunRequested(run_id="r", ts=1.0, flow="code-review", repo="/repo"),
+        RunPlanned(run_id="r", ts=2.0, band="large", band_reason="t", band_source="explicit", roster=(),
+                   steps=tuple(steps), commit=snap.commit, model="m", engine="e"),
+    ])
+    for sid, (persona, output) in outputs.items():
+        parsed = parse_output(output, persona=persona, step_id=sid, role="discovery")
+        assert not parsed.error, parsed.error
+        apply(state, StepStarted(run_id="r", ts=3.0, step_id=sid))
+        apply(state, StepFinished(run_id="r", ts=4.0, step_id=sid, output=output, findings=parsed.findings))
+        apply(state, EvidenceChecked(run_id="r", ts=5.0, step_id=sid, results=check(parsed.findings, snap)))
+    apply(state, StepStarted(run_id="r", ts=6.0, step_id="validate"))
+    apply(state, StepFinished(run_id="r", ts=7.0, step_id="validate", output=json.dumps(verdicts)))
+    apply(state, gate(state, "validate", snap))
+    return build_report(state)
+
+
+def _plain(token) -> str:
+    return "".join(c.content if c.type != "softbreak" else " " for c in token.children or ())
+
+
+@pytest.mark.parametrize("text", HOSTILE_TEXTS.values(), ids=HOSTILE_TEXTS.keys())
+def test_model_text_cannot_make_markdown_structure(frozen, text):
+    from markdown_it import MarkdownIt
+
+    report = _hostile_run(text)
+    assert [f.id for f in report.findings] == ["JD-001", "JD-002"]
+    assert [u.id for u in report.unverified] == ["JD-003"] and [d.id for d in report.deferred] == ["JD-004"]
+    tokens = MarkdownIt("commonmark").parse(render_markdown(report))
+    flat = [t for tok in tokens for t in (tok, *(tok.children or ()))]
+
+    # The headings are the report's own, each model title whole on its line.
+    title = " ".join(text.split())
+    headings = [(int(t.tag[1]), _plain(tokens[n + 1])) for n, t in enumerate(tokens) if t.type == "heading_open"]
+    assert headings == [
+        (1, "code-review report — /repo"), (2, "Review summary"), (2, "Recommendation"), (2, "Critical"),
+        (3, f"JD-001 — {title}"), (3, "JD-002 — Doc quote"), (2, "Deferred (YAGNI)"), (3, f"JD-004 — {title}"),
+        (2, "Security vulnerabilities"), (2, "Unverified claims"), (3, f"JD-003 — {title} (unverified)"),
+        (2, "Validator outcome"), (2, "What's good"), (2, "Agent appendix"),
+    ]
+    # The claim that failed its check stands only under Unverified claims.
+    section = None
+    for level, words in headings:
+        section = words if level == 2 else section
+        if words.startswith("JD-003"):
+            assert (level, section) == (3, "Unverified claims")
+    # Code blocks: exactly one per verified citation, holding its quote verbatim.
+    assert [(t.type, t.content) for t in flat if t.type in ("fence", "code_block")] == [
+        ("fence", "ready = True\n"), ("fence", NOTES_MD)]
+    assert [t.content for t in flat if t.type == "code_inline"] == ["a.py:1-1", "docs/notes.md:1-4"]
+    # No link, image, HTML, strike-through or table: the report makes none, model text cannot.
+    made = {t.type for t in flat}
+    assert not made & {"link_open", "image", "html_inline", "html_block", "s_open", "table_open",
+                       "blockquote_open", "ordered_list_open", "hr", "hardbreak"}
+    # Emphasis only where the report put it: its labels, the recommendation, persona names, ids.
+    emphasised = {_plain_between(flat, n) for n, t in enumerate(flat) if t.type in ("em_open", "strong_open")}
+    own = re.compile(r"[A-Z][A-Za-z ]*:|[a-z-]+|[A-Z]+-\d{3}")
+    assert all(own.fullmatch(e) or e == report.recommendation for e in emphasised), emphasised
+    assert "<script>" not in render_html(report)
+
+
+def _plain_between(flat, start: int) -> str:
+    close = flat[start].type.replace("_open", "_close")
+    out, n = [], start + 1
+    while flat[n].type != close:
+        out.append(flat[n].content if flat[n].type == "text" else "")
+        n += 1
+    return "".join(out)
 
 
 def _one(persona, severity, flow="code-review", band="large"):
     f = Finding(id="X-001", severity=severity, title="t",
-                evidence=(Evidence(path="a.py", line_start=1, line_end=1, quote="ok = True"),))
+                evidence=(Evidence(path="a.py", line_start=1, line_end=1, quote="ready = True"),))
     return build_report(make_run({"s": (persona, [f])}, snapshot=HOSTILE_SNAP, flow=flow, band=band))
 
 
@@ -221,7 +334,7 @@ def test_a_brief_cut_names_each_persona_once_however_many_steps_it_has():
 
 def test_flow_sections_place_each_personas_findings():
     s1 = Finding(id="S-001", severity="High", title="coupled",
-                 evidence=(Evidence(path="a.py", line_start=1, line_end=1, quote="ok = True"),))
+                 evidence=(Evidence(path="a.py", line_start=1, line_end=1, quote="ready = True"),))
     report = build_report(make_run({"s": ("structural-analyst", [s1])}, snapshot=HOSTILE_SNAP,
                                    flow="architectural-analysis"))
     titles = [s.title for s in report.sections]

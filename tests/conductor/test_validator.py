@@ -81,6 +81,26 @@ def test_security_findings_follow_the_same_drop_rule():
     assert (got["SEC-002"].action, got["SEC-002"].counter_verified) == ("demote", False)
 
 
+def test_degenerate_counter_evidence_never_drops_a_correctly_cited_finding():
+    # A one-character quote over every line, or a fragment of two words, is found in any file:
+    # it proves nothing, so the refutation only demotes.
+    def whole_file(quote):
+        return {"path": "svc/orders.py", "line_start": 1, "line_end": 1_000_000, "quote": quote}
+
+    state, event, got = gated(verdicts(
+        v("JD-001", "refuted", whole_file("e")),
+        v("JD-005", "refuted", whole_file("value_1 = compute(1)")),  # a range wider than a citation
+        v("SEC-001", "refuted", counter(line=7, quote="ue_7 = comp")),  # fragments of two words
+        v("SEC-002", "refuted", counter(line=8, quote="(")),
+    ))
+    for fid in ("JD-001", "JD-005", "SEC-001", "SEC-002"):
+        assert (got[fid].action, got[fid].counter_verified) == ("demote", False), fid
+    apply(state, event)
+    report = build_report(state)
+    assert report.validator.dropped == ()
+    assert {"JD-001", "JD-005", "SEC-001", "SEC-002"} <= {f.id for f in report.findings}
+
+
 def test_unknown_ids_and_second_verdicts_are_ignored_with_a_note_and_silence_keeps():
     _, event, got = gated(verdicts(
         v("JD-001", "confirmed"),
