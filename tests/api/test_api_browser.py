@@ -350,6 +350,48 @@ def test_two_runs_in_two_panes_and_cancelling_one(page: Page):
     shot(page, "06-one-cancelled")
 
 
+def test_two_panes_of_one_run_both_follow_it_and_a_launch_reaches_the_document_once(page: Page):
+    # A host page may show one run twice (in its chat thread and in a side panel), and mounts
+    # a pane on each "orch-launched" it hears.
+    page.evaluate("() => { window.launched = []; "
+                  "document.addEventListener('orch-launched', (e) => launched.push(e.detail.run_id)); }")
+    subscribes = []
+    page.on("websocket", lambda ws: ws.on("framesent", lambda f: subscribes.append(f) if '"type":"subscribe"' in f else None))
+    run_id = slash_launch(page, "/code-review small slow-start in two panes").get_attribute("run-id")
+    app_pane = page.locator(".orch-panes orch-run-pane")
+    assert page.evaluate("() => launched") == [run_id]
+    # Two more panes join once the run is under way: each sees it from its start.
+    expect(app_pane.locator(".orch-agent-status").first).to_have_text("waiting for the model")
+    page.evaluate("""id => { for (const where of ['thread', 'side']) { const p = document.createElement('orch-run-pane');
+        p.setAttribute('run-id', id); p.dataset.where = where; document.body.append(p); } }""", run_id)
+    thread, side = page.locator("orch-run-pane[data-where=thread]"), page.locator("orch-run-pane[data-where=side]")
+    for pane in (thread, side):
+        expect(pane.locator(".orch-pane-title")).to_have_text("code-review")
+        expect(pane.locator(".orch-msg-user")).to_contain_text("slow-start in two panes")
+        expect(pane.locator(".orch-agent")).to_have_count(4)
+    assert len(subscribes) == 1  # the panes share the server's subscription
+    # A reconnect subscribes once for the three of them.
+    page.evaluate("async () => (await import('/orch.js')).client().socket.drop()")
+    deadline = time.monotonic() + 10
+    while len(subscribes) < 2 and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
+    page.wait_for_timeout(300)
+    assert len(subscribes) == 2
+    # The last to join leaves mid-run: the others keep following the run.
+    seen = thread.evaluate("p => p.run.lastSeq")
+    side.evaluate("p => p.remove()")
+    for pane in (app_pane, thread):
+        wait_terminal(pane)
+        expect(pane.locator(".orch-pane-head .orch-status")).to_have_text("Finished")
+    assert thread.evaluate("p => p.run.lastSeq") > seen
+    folded = "p => [...p.run.steps].map(([id, st]) => [id, st.status, st.text, st.tools.length])"
+    assert thread.evaluate(folded) == app_pane.evaluate(folded)
+    for pane in (app_pane, thread):
+        expect(pane.locator(".orch-report")).to_contain_text("Shell command built from request input")
+    assert thread.locator(".orch-report").text_content() == app_pane.locator(".orch-report").text_content()
+    assert page.evaluate("() => launched") == [run_id]
+
+
 def test_history_reopens_a_run_and_its_report_can_be_saved_copied_and_sent(page: Page, server):
     with server.client() as http:
         runs = http.get("/api/runs", params={"status": "finished", "flow": "code-review"}).json()["runs"]

@@ -56,12 +56,8 @@ export class OrchApp extends HTMLElement {
     });
     this.addEventListener("orch-open-launcher", (e) => this.launcher.open(e.detail.flow));
     this.addEventListener("orch-close", () => queueMicrotask(() => this._saveOpen()));
-    // Events bubble to the document too, for the history and for a host page.
-    for (const type of ["orch-launched", "orch-run-status", "orch-run-ended"]) {
-      this.addEventListener(type, (e) => {
-        if (e.target !== this) document.dispatchEvent(new CustomEvent(type, { detail: e.detail }));
-      });
-    }
+    // The components' events bubble (composed) on to the document, where the history and a
+    // host page hear them: sending them there again would deliver each twice.
     document.addEventListener("keydown", (e) => {
       if (e.key === "Escape" && !this.side.hidden && window.matchMedia("(max-width: 900px)").matches) this.toggleHistory(false);
     });

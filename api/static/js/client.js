@@ -133,7 +133,7 @@ class Socket {
   constructor(client) {
     this.client = client;
     this.ws = null;
-    this.subs = new Map(); // run id → {onFrame, lastSeq}
+    this.subs = new Map(); // run id → {listeners, frames, from, lastSeq, waiting}
     this.retry = 0;
     this.listeners = new Set();
     this.status = "idle";
@@ -158,15 +158,43 @@ class Socket {
   }
 
   subscribe(runId, onFrame, after = 0) {
-    const sub = { onFrame, lastSeq: after };
-    this.subs.set(runId, sub);
-    this._ensure();
-    if (this.ws?.readyState === WebSocket.OPEN) this._send({ type: "subscribe", run_id: runId, after });
+    const listener = { onFrame, lastSeq: after };
+    let run = this.subs.get(runId);
+    if (!run) {
+      run = { listeners: new Set(), frames: [], from: after, lastSeq: after, waiting: false };
+      this.subs.set(runId, run);
+      this._ensure();
+      if (this.ws?.readyState === WebSocket.OPEN) this._follow(runId, run);
+    } else if (after < run.from) {
+      // It needs events older than this client holds: the server follows the run again from
+      // there (the others skip what they have seen).
+      Object.assign(run, { frames: [], from: after, lastSeq: after });
+      if (this.ws?.readyState === WebSocket.OPEN) this._follow(runId, run);
+    } else {
+      // The run is followed already (another pane shows it): replay what came so far.
+      for (const frame of run.frames) this._deliver(listener, frame);
+    }
+    run.listeners.add(listener);
     return () => {
-      if (this.subs.get(runId) !== sub) return;
+      if (!run.listeners.delete(listener) || run.listeners.size > 0) return;
       this.subs.delete(runId);
       if (this.ws?.readyState === WebSocket.OPEN) this._send({ type: "unsubscribe", run_id: runId });
     };
+  }
+
+  _follow(runId, run) {
+    // The server replaces a run's subscription: events of the old one still on their way are
+    // dropped until the snapshot of this one (which carries its after).
+    run.waiting = true;
+    this._send({ type: "subscribe", run_id: runId, after: run.lastSeq });
+  }
+
+  _deliver(listener, frame) {
+    if (frame.type === "event") {
+      if (frame.seq <= listener.lastSeq) return;
+      listener.lastSeq = frame.seq;
+    }
+    listener.onFrame(frame);
   }
 
   _ensure() {
@@ -181,8 +209,8 @@ class Socket {
       this.retry = 0;
       this.lastFrame = Date.now();
       this._setStatus("open");
-      // Resubscribe everything from the last seq seen: nothing missed, nothing twice.
-      for (const [runId, sub] of this.subs) this._send({ type: "subscribe", run_id: runId, after: sub.lastSeq });
+      // Resubscribe each run once, from the last seq seen: nothing missed, nothing twice.
+      for (const [runId, run] of this.subs) this._follow(runId, run);
     };
     ws.onmessage = (msg) => {
       this.lastFrame = Date.now();
@@ -207,19 +235,20 @@ class Socket {
   _frame(frame) {
     switch (frame.type) {
       case "snapshot":
-      case "event": {
-        const sub = this.subs.get(frame.sub);
-        if (!sub) return;
-        if (frame.type === "event") {
-          if (frame.seq <= sub.lastSeq) return;
-          sub.lastSeq = frame.seq;
-        }
-        sub.onFrame(frame);
-        return;
-      }
+      case "event":
       case "error": {
-        const sub = frame.run_id != null ? this.subs.get(frame.run_id) : null;
-        if (sub) sub.onFrame(frame);
+        const key = frame.type === "error" ? frame.run_id ?? undefined : frame.sub;
+        const run = this.subs.get(key); // (an error about no run goes to no one)
+        if (!run) return;
+        if (frame.type === "snapshot" && frame.after === run.lastSeq) run.waiting = false;
+        if (frame.type === "event") {
+          if (run.waiting || frame.seq <= run.lastSeq) return;
+          run.lastSeq = frame.seq;
+        }
+        for (const listener of run.listeners) this._deliver(listener, frame);
+        // Kept for a listener that joins later, which must see the run from its start (not
+        // for the feed of every run, which would keep the whole log in the page).
+        if (key !== null) run.frames.push(frame);
         return;
       }
       case "heartbeat":
