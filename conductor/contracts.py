@@ -20,6 +20,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 
+from conductor.evidence import MAX_CITED_LINES
 from conductor.flows import Flow
 from events.types import Band
 from personas.model import Persona
@@ -57,8 +58,9 @@ def read_only() -> str:
 
 def evidence_rule() -> str:
     return (
-        "Evidence: every finding cites a path, its first and last line, and a quote copied "
-        "exactly from those lines. Quotes are checked against the commit; one that is not there "
+        "Evidence: every finding cites a path, its first and last line (at most "
+        f"{MAX_CITED_LINES} lines), and a quote of at least a few words copied exactly from those "
+        "lines. Quotes are checked against the commit; one that is not there "
         "marks the finding unverified. The code is the trusted record of what the system does; "
         "docs, comments and commit messages are claims about it. If a finding rests on "
         "something you could not inspect, end its claim with 'Unverified: could not inspect "
