@@ -50,7 +50,6 @@ RETRY_FOR = 60.0  # seconds a client keeps retrying while the actor restarts
 OPEN_TIMEOUT = 5.0  # seconds a restarted actor waits for its predecessor to let go of the file
 WIRE_CONNECT = 2.0  # seconds to connect to the wire before falling back to Ray calls
 WIRE_RETRY = 30.0  # seconds a client stays on Ray calls after the wire could not be reached
-SQL_MAX_ROWS = 100_000  # rows a person's query gets through the server at most (sent whole)
 APPEND_WAIT = 60.0  # seconds without an answer before an append is sent again (same keys)
 
 ProjectorSpec = str | Callable[[], Projector] | None
@@ -109,7 +108,8 @@ class EventLogActor:
         freeze_heap()
 
     async def _blocking(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """The one way this actor runs a blocking DuckDB call: on a reader thread, off the loop."""
+        """How this actor runs a blocking DuckDB call: on a reader thread, off the loop (people's
+        queries have a thread of their own, see ``sql``)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, functools.partial(fn, *args, **kwargs))
 
@@ -203,10 +203,10 @@ class EventLogActor:
 
     async def sql(self, text: str, max_rows: int | None = None, timeout: float | None = None):
         """A person's read-only query (``orchestrator sql``): ``projections.sql``'s guard,
-        interrupted after ``timeout`` seconds, at most ``SQL_MAX_ROWS`` rows."""
-        from projections.sql import readonly_query
+        interrupted after ``timeout`` seconds, at most ``SERVER_MAX_ROWS`` rows."""
+        from projections.sql import SERVER_MAX_ROWS, readonly_query
 
-        rows = SQL_MAX_ROWS if max_rows is None else min(max_rows, SQL_MAX_ROWS)
+        rows = SERVER_MAX_ROWS if max_rows is None else min(max_rows, SERVER_MAX_ROWS)
         options = {"max_rows": rows, "timeout": timeout}
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(

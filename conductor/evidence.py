@@ -131,10 +131,14 @@ def check_one(
     total, partial = files.extent(clean)
     past = ""
     if line_end > total:
-        past = (f"only the first {READ_BYTES:,} bytes of the file are checked (lines 1-{total})"
-                if partial else
-                f"cited lines {line_start}-{line_end} run past the end of the file ({total} lines)")
-    if line_start > total:
+        if not partial:
+            past = f"cited lines {line_start}-{line_end} run past the end of the file ({total} lines)"
+        elif total:
+            past = f"only the first {READ_BYTES:,} bytes of the file are checked (lines 1-{total})"
+        else:
+            past = (f"the file has no whole line in its first {READ_BYTES:,} bytes, which are "
+                    "all that is checked")
+    if line_start > total or (past and partial):
         return result("not_found", note=past, where=clean)
     last = min(line_end, total)  # an end past the last line is clamped only with the quote inside
     nearest, gap = None, 0

@@ -362,8 +362,13 @@ def _context_items(state: RunState, flow: Flow, st: StepState, snapshot: Snapsho
             continue
         if len(data) < size:  # whole lines only: the head may stop inside one
             data = data[: data.rfind(b"\n") + 1]
+            if not data:
+                items.append(_whole("Files", path, (
+                    f"{path}: {size} bytes with no line break in the first {FILE_BYTES:,} (not "
+                    "shown; read_file shows part of it)")))
+                continue
         text = data.decode("utf-8", errors="replace")
-        items.append(_file_item(path, text))
+        items.append(_file_item(path, text, size if len(data) < size else None))
     return items
 
 
@@ -384,18 +389,21 @@ def _lines_item(section: str, label: str, source: str, text: str) -> _Item:
     return _Item(section=section, label=label, render=render, lines=len(lines))
 
 
-def _file_item(path: str, text: str) -> _Item:
+def _file_item(path: str, text: str, cut_from: int | None = None) -> _Item:
+    """A file's numbered lines; ``cut_from``: the file's size when ``text`` is only its head."""
     lines = _split_lines(text)
     width = len(str(len(lines)))
+    whole = f"{len(lines)} lines" if cut_from is None else (
+        f"the first {len(lines)} lines of {cut_from:,} bytes")
 
     def numbered(n: int) -> str:
         return "\n".join(f"{i:>{width}}| {line}" for i, line in enumerate(lines[:n], 1))
 
     def render(n: int | None) -> tuple[str, str]:
         if n is None or n >= len(lines):
-            note = f"{len(lines)} lines; the number before '|' is the line number, not file text"
+            note = f"{whole}; the number before '|' is the line number, not file text"
             return contracts.fence(numbered(len(lines)), source=path, note=note), path
-        note = (f"lines 1-{n} of {len(lines)}; the number before '|' is the line number, not "
+        note = (f"lines 1-{n} of {whole}; the number before '|' is the line number, not "
                 "file text")
         return contracts.fence(numbered(n), source=path, note=note), f"{path} (lines {n + 1}-{len(lines)})"
 

@@ -110,6 +110,7 @@ VOLATILE_READS = frozenset(
     }
 )
 _PATHLIKE = set("./\\:*?~")
+SERVER_MAX_ROWS = 100_000  # rows a query gets through the server at most (its answer goes whole)
 
 
 class ReadOnlyViolation(ValueError):

@@ -38,18 +38,19 @@ def run(args: argparse.Namespace, settings) -> int:
     if args.max_rows is not None and args.max_rows < 0:
         raise CommandError("--max-rows must not be negative")
     try:
-        result = query(settings, args.query, max_rows=args.max_rows)
+        result, served = query(settings, args.query, max_rows=args.max_rows)
     except (ReadOnlyViolation, QueryTimedOut) as exc:
         raise CommandError(str(exc)) from None
     if args.json:
         print(to_json(result))
     else:
-        print_table(result)
+        print_table(result, served=served)
     return 0
 
 
 def query(settings, sql: str, *, max_rows: int | None = None):
-    """``projections.sql.QueryResult`` of ``sql``: from the file, or through the server."""
+    """(``projections.sql.QueryResult`` of ``sql``, whether a server answered it): from the
+    file, or through the server that holds it."""
     import duckdb
 
     from projections.sql import readonly_query
@@ -62,9 +63,9 @@ def query(settings, sql: str, *, max_rows: int | None = None):
     except duckdb.IOException as exc:
         if "lock" not in str(exc).lower():
             raise CommandError(f"cannot open {path}: {exc}") from None
-        return _through_server(settings, sql, max_rows, str(exc))
+        return _through_server(settings, sql, max_rows, str(exc)), True
     try:
-        return readonly_query(con, sql, max_rows=max_rows, timeout=settings.sql_timeout)
+        return readonly_query(con, sql, max_rows=max_rows, timeout=settings.sql_timeout), False
     except duckdb.Error as exc:
         raise CommandError(f"query failed: {_first_line(exc)}{_stale_hint(con)}") from None
     finally:
@@ -201,7 +202,7 @@ def to_json(result) -> str:
     ).decode()
 
 
-def print_table(result) -> None:
+def print_table(result, *, served: bool = False) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -215,10 +216,12 @@ def print_table(result) -> None:
     shown = len(result.rows)
     note = f"{shown} row{'s' if shown != 1 else ''}"
     if result.truncated:
-        from actors.eventlog import SQL_MAX_ROWS
+        from projections.sql import SERVER_MAX_ROWS
 
-        note += " (more rows matched; raise --max-rows"
-        note += f": a server answers at most {SQL_MAX_ROWS:,})" if shown == SQL_MAX_ROWS else ")"
+        if served and shown == SERVER_MAX_ROWS:
+            note += f" (more rows matched; a server answers at most {SERVER_MAX_ROWS:,})"
+        else:
+            note += " (more rows matched; raise --max-rows)"
     console.print(note, style="dim")
 
 

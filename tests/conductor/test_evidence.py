@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from conductor import evidence
 from conductor.evidence import check, finding_status, safe_path, unverified_reason
 from conductor.snapshot import MemorySnapshot
 from events.types import Evidence, EvidenceResult, Finding
@@ -273,6 +274,19 @@ def test_a_range_past_the_end_of_the_file():
     assert (r.outcome, r.line_start, r.line_end) == ("verified", 2, 2)
     r = one(AUTH, "auth.py", 2, 9, "def allowed(user):")  # elsewhere: not 'moved'
     assert r.outcome == "not_found" and "past the end of the file" in r.note
+
+
+def test_a_citation_reaching_past_the_checked_head_is_not_found(monkeypatch):
+    monkeypatch.setattr(evidence, "READ_BYTES", 40)
+    snap = MemorySnapshot({
+        "long.py": b"first_value = 1\nsecond_value = 2\nthird_value = 3\n",  # line 3 past byte 40
+        "bundle.js": b"var a_long_name = 1; " * 4,  # no line break in the head at all
+    })
+    assert one(snap, "long.py", 1, 2, "second_value = 2").outcome == "verified"
+    r = one(snap, "long.py", 2, 3, "second_value = 2")  # its end is not clamped to the head
+    assert r.outcome == "not_found" and "only the first 40 bytes" in r.note and "lines 1-2" in r.note
+    r = one(snap, "bundle.js", 1, 1, "var a_long_name = 1;")
+    assert r.outcome == "not_found" and "no whole line in its first 40 bytes" in r.note
 
 
 @pytest.mark.parametrize(

@@ -273,6 +273,22 @@ def test_file_lines_are_numbered_as_git_the_read_file_tool_and_the_evidence_chec
     assert check_one("F-1", 0, "app/orders.py", 5, 5, "def target():", snap).outcome == "verified"
 
 
+def test_a_file_cut_at_the_read_bound_is_shown_as_its_head(git_repo, personas, make_request, monkeypatch):
+    import conductor.prompts
+
+    monkeypatch.setattr(conductor.prompts, "FILE_BYTES", 64)
+    orders = "".join(f"line_{n} = {n}\n" for n in range(1, 21))  # lines 1-5 end by byte 64
+    repo = _review(git_repo, {"app/orders.py": orders, "app/bundle.js": "var a = 1; " * 20})
+    state, snap = _state(repo, personas, make_request("code-review", base="main"))
+    user = build_messages(state, "w1-junior-developer", snap, personas, budget_tokens=8000).messages[1]["content"]
+    files = user.split("## Files", 1)[1]
+    # Whole lines of the head, said to be the head; a line that never ends there is not shown.
+    assert f"app/orders.py (the first 5 lines of {len(orders)} bytes" in files
+    assert "5| line_5 = 5" in files and "line_6" not in files
+    assert "app/bundle.js: 220 bytes with no line break in the first 64" in files
+    assert "var a" not in files
+
+
 def test_files_are_ranked_and_shown_without_reading_any_whole(git_repo, personas, make_request):
     class Reads:
         """The pinned snapshot, recording each read: whole, or of a head."""

@@ -224,8 +224,11 @@ def test_model_text_cannot_make_markdown_structure(frozen, text):
     report = _hostile_run(text)
     assert [f.id for f in report.findings] == ["JD-001", "JD-002"]
     assert [u.id for u in report.unverified] == ["JD-003"] and [d.id for d in report.deferred] == ["JD-004"]
-    tokens = MarkdownIt("commonmark").parse(render_markdown(report))
+    # GitHub's tables and strike-through too, which CommonMark alone would not notice.
+    parser = MarkdownIt("commonmark").enable(["table", "strikethrough"])
+    tokens = parser.parse(render_markdown(report))
     flat = [t for tok in tokens for t in (tok, *(tok.children or ()))]
+    plain = parser.parse(render_markdown(_hostile_run("plain words")))
 
     # The headings are the report's own, each model title whole on its line.
     title = " ".join(text.split())
@@ -246,10 +249,13 @@ def test_model_text_cannot_make_markdown_structure(frozen, text):
     assert [(t.type, t.content) for t in flat if t.type in ("fence", "code_block")] == [
         ("fence", "ready = True\n"), ("fence", NOTES_MD)]
     assert [t.content for t in flat if t.type == "code_inline"] == ["a.py:1-1", "docs/notes.md:1-4"]
-    # No link, image, HTML, strike-through or table: the report makes none, model text cannot.
+    # No link, image, HTML or strike-through (the report makes none, model text cannot), and
+    # only the report's own tables.
     made = {t.type for t in flat}
-    assert not made & {"link_open", "image", "html_inline", "html_block", "s_open", "table_open",
+    assert not made & {"link_open", "image", "html_inline", "html_block", "s_open",
                        "blockquote_open", "ordered_list_open", "hr", "hardbreak"}
+    tables = sum(t.type == "table_open" for t in tokens)
+    assert tables == sum(t.type == "table_open" for t in plain) > 0
     # Emphasis only where the report put it: its labels, the recommendation, persona names, ids.
     emphasised = {_plain_between(flat, n) for n, t in enumerate(flat) if t.type in ("em_open", "strong_open")}
     own = re.compile(r"[A-Z][A-Za-z ]*:|[a-z-]+|[A-Z]+-\d{3}")
