@@ -14,12 +14,13 @@ frame encoded once; a subscription first catches up from the log by pages, pulle
 pace its client reads.
 
 A client that reconnects and subscribes with ``after`` = the last ``seq`` it saw misses
-nothing and sees nothing twice. A client that does not read fast enough is disconnected
-(close code 1013 and a reason) instead of slowing the others: each connection has a bounded
-send queue; what does not fit waits, up to a bound, for the client to read, and a client that
-reads nothing for a while (``SLOW_AFTER_S``) is cut off. A share of the queue is kept for
-the connection's own replies (pong, ack, error, heartbeat), so replying to a client that reads
-through a backlog never overflows it.
+nothing and sees nothing twice; an ``after`` past the log's end is refused
+(``after_past_end``) rather than followed in silence. A client that does not read fast enough
+is disconnected (close code 1013 and a reason) instead of slowing the others: each connection
+has a bounded send queue; what does not fit waits, up to a bound, for the client to read, and
+a client that reads nothing for a while (``SLOW_AFTER_S``) is cut off. A share of the queue is
+kept for the connection's own replies (pong, ack, error, heartbeat), so replying to a client
+that reads through a backlog never overflows it.
 
 One connection cannot take the server from the others: its frames are served at most
 ``CONCURRENT_WORK`` at a time (each reads the log on a worker thread, and the threads are
@@ -43,7 +44,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from actors.service import LaunchError, NotFound
-from api.routes.shapes import ApiError, LaunchBody, to_launch_request
+from api.routes.shapes import ApiError, LaunchBody, past_end, to_launch_request
 from events.errors import SubscriberDropped
 from events.log import Record
 from events.types import AgentEvent
@@ -560,6 +561,14 @@ class Connection:
                 point = max((r.last_seq for r in runs), default=0)
                 start = point if after is None else after
                 snapshot = SnapshotFrame(sub=None, run_id=None, runs=runs, seq=point, after=start)
+            # A seq this log never reached (the client's is from another data directory, or
+            # made up) would follow nothing until the log caught up: say so instead.
+            if start > point:
+                head = detail["seq"] if run_id is not None else await self._worker(self.backend.log.max_seq)
+                if start > head:
+                    self.subs.pop(run_id, None)
+                    self.offer(ErrorFrame(code="after_past_end", run_id=run_id, message=past_end(start, head)))
+                    return
         except NotFound:
             self.subs.pop(run_id, None)
             self.offer(ErrorFrame(code="not_found", message=f"no run {run_id!r}", run_id=run_id))

@@ -29,6 +29,7 @@ from api.routes.shapes import (
     SendBody,
     Sent,
     decode_body,
+    past_end,
     to_launch_request,
 )
 from events.types import RunStatus
@@ -185,7 +186,13 @@ async def run_events(
     after: Annotated[int, Query(ge=0, le=2**62)] = 0,
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
 ) -> Response:
-    records = await run_in_threadpool(_backend(request).events, run_id, after, limit + 1)
+    backend = _backend(request)
+    records = await run_in_threadpool(backend.events, run_id, after, limit + 1)
+    if not records and after:
+        # Polling from a seq this log never reached would wait for ever, silently.
+        head = await run_in_threadpool(backend.log.max_seq)
+        if after > head:
+            raise ApiError(422, "after_past_end", past_end(after, head))
     more = len(records) > limit
     records = records[:limit]
     page = EventPage(

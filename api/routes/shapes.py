@@ -23,6 +23,11 @@ PathText = Annotated[str, msgspec.Meta(max_length=4096)]
 RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 
 
+def past_end(after: int, head: int) -> str:
+    """Why a read from ``after`` was refused: the log never reached that seq."""
+    return f"after={after} is past the end of the event log (its last seq is {head}): start from a seq this server sent"
+
+
 class ApiError(Exception):
     """A refusal with an HTTP status, a stable ``code`` and a message for a person."""
 

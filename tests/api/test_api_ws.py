@@ -141,6 +141,34 @@ def test_bad_frames_get_errors_and_write_nothing(server, backend):
     assert max_seq(backend) == before
 
 
+def test_a_seq_the_log_never_reached_is_refused_and_one_it_did_reach_is_followed(server, backend):
+    with server.client() as http:
+        run_id = http.post("/api/runs", json={"flow": "code-review", "repo": "demo"}).json()["run_id"]
+        wait_status(http, run_id, ("finished",))
+        head = settled_seq(backend)
+        run_last = http.get(f"/api/runs/{run_id}").json()["run"]["last_seq"]
+        # REST: past the end is a clear refusal, not an empty page to poll for ever.
+        resp = http.get(f"/api/runs/{run_id}/events", params={"after": head + 1000})
+        assert resp.status_code == 422 and resp.json()["error"]["code"] == "after_past_end", resp.text
+        assert str(head) in resp.json()["error"]["message"]
+        page = http.get(f"/api/runs/{run_id}/events", params={"after": head}).json()
+        assert page["records"] == [] and page["last_seq"] == head
+    with ws_sync.connect(server.ws_url) as ws:
+        for sub in (run_id, None):
+            ws.send(json.dumps({"type": "subscribe", "run_id": sub, "after": head + 1000}))
+            frame = next_error(ws)
+            assert (frame["code"], frame["run_id"]) == ("after_past_end", sub), frame
+            assert str(head) in frame["message"]
+        # The subscriptions were not kept: the same ones from a seq the log did reach work.
+        ws.send(json.dumps({"type": "subscribe", "run_id": run_id, "after": run_last - 1}))
+        frames = []
+        while not any(f["type"] == "event" for f in frames):
+            frames += [f for f in recv_frames(ws, 10) if f["type"] != "heartbeat"]
+        assert [f["type"] for f in frames[:2]] == ["snapshot", "event"], frames
+        assert frames[1]["seq"] == run_last
+    assert max_seq(backend) == head  # refusals write nothing
+
+
 def next_error(ws) -> dict:
     """The next error frame (a heartbeat may come first)."""
     while True:
