@@ -159,7 +159,12 @@ def test_a_seq_the_log_never_reached_is_refused_and_one_it_did_reach_is_followed
             frame = next_error(ws)
             assert (frame["code"], frame["run_id"]) == ("after_past_end", sub), frame
             assert str(head) in frame["message"]
-        # The subscriptions were not kept: the same ones from a seq the log did reach work.
+        # Neither subscription was kept, and one from a seq the log did reach works.
+        ws.send(json.dumps({"type": "unsubscribe", "run_id": None}))
+        acks = []
+        while not acks:
+            acks = [f for f in recv_frames(ws, 10) if f["type"] == "ack"]
+        assert acks[0]["ok"] is False, acks
         ws.send(json.dumps({"type": "subscribe", "run_id": run_id, "after": run_last - 1}))
         frames = []
         while not any(f["type"] == "event" for f in frames):
