@@ -545,6 +545,11 @@ class Connection:
 
     # -- what frames do --
 
+    def _refuse(self, run_id: str | None, code: str, message: str) -> None:
+        """End a subscription before its snapshot, saying why."""
+        self.subs.pop(run_id, None)
+        self.offer(ErrorFrame(code=code, message=message, run_id=run_id))
+
     async def _follow(self, run_id: str | None, after: int | None) -> None:
         try:
             if run_id is not None:
@@ -561,18 +566,14 @@ class Connection:
                 point = max((r.last_seq for r in runs), default=0)
                 start = point if after is None else after
                 snapshot = SnapshotFrame(sub=None, run_id=None, runs=runs, seq=point, after=start)
-            # A seq this log never reached (the client's is from another data directory, or
-            # made up) would follow nothing until the log caught up: say so instead.
-            if start > point:
-                head = detail["seq"] if run_id is not None else await self._worker(self.backend.log.max_seq)
-                if start > head:
-                    self.subs.pop(run_id, None)
-                    self.offer(ErrorFrame(code="after_past_end", run_id=run_id, message=past_end(start, head)))
-                    return
         except NotFound:
-            self.subs.pop(run_id, None)
-            self.offer(ErrorFrame(code="not_found", message=f"no run {run_id!r}", run_id=run_id))
-            return
+            return self._refuse(run_id, "not_found", f"no run {run_id!r}")
+        # A seq this log never reached (the client's is from another data directory, or made
+        # up) would follow nothing until the log caught up: say so instead.
+        if start > point:
+            head = detail["seq"] if run_id is not None else await self._worker(self.backend.log.max_seq)
+            if start > head:
+                return self._refuse(run_id, "after_past_end", past_end(start, head))
         self.offer(snapshot)
         listener = Listener(self, run_id, start)
         self.hub.add(listener)  # before the catch-up: nothing committed from now on is missed
