@@ -32,24 +32,28 @@ the run to that subdirectory. Deleted files show in ``diff()`` but not in ``chan
 files that can be read are considered.
 
 How git is run: fixed argument vectors (never a shell), a timeout, no pager, literal pathspecs,
-``--no-optional-locks``, neither system nor global config (a pin depends only on the repository,
-and no program configured there runs), and repository config that could run a program or write
-into ``.git`` overridden (``core.fsmonitor``, ``core.hooksPath``, clean/process filters, split
-index, untracked cache, auto gc), and no transport allowed (a partial clone's missing object is
-reported missing, never fetched). Plumbing commands never run hooks; the override is a second
-belt. Reads are bounded: the tree's listing, each blob (a big one's unread rest is not drained),
+``--no-optional-locks``, neither system nor global config (no program configured there runs;
+only the user's ``core.excludesFile`` is taken from it, so what the user ignores stays out),
+repository config that could run a program or write into ``.git`` overridden
+(``core.fsmonitor``, ``core.hooksPath``, clean/process filters, split index, untracked cache,
+auto gc), submodules never looked into (only their HEAD is read), reads given no index (the
+user's is never loaded), and no transport allowed (a partial clone's missing object is reported
+missing, never fetched). Plumbing commands never run hooks; the override is a second belt. Reads are bounded: the tree's listing, each blob (a big one's unread rest is not drained),
 link targets. Git refuses a repository owned by another user ("dubious ownership"); that is
 reported, not bypassed.
 """
 
 from __future__ import annotations
 
+import atexit
 import errno
+import functools
 import os
 import posixpath
 import shutil
 import stat
 import subprocess
+import tempfile
 import threading
 import weakref
 from collections import OrderedDict
@@ -179,6 +183,19 @@ def _base_env(objects: str = "", alternates: str = "", index: str = "") -> dict[
 Config = Sequence[tuple[str, str]]
 
 
+@functools.cache
+def _absent_index() -> str:
+    """An index file that does not exist, for reads.
+
+    A diff reads attributes, and with the user's index that meant loading it: a sparse index
+    then had its cache-tree rebuilt, freshening objects of the user's. The path lies in a
+    private directory of this process, so nobody else can put a file there.
+    """
+    folder = tempfile.mkdtemp(prefix="orchestrator-git-")
+    atexit.register(shutil.rmtree, folder, True)
+    return os.path.join(folder, "no-index")
+
+
 def _argv(root: str, args: Sequence[str]) -> list[str]:
     return ["git", "--no-pager", "--no-optional-locks", "-C", root, *args]
 
@@ -289,7 +306,7 @@ def pin(
     scope = tuple(_clean_scope(p) for p in paths)
     work = Path(work_dir).expanduser().resolve()
     where = _locate(source)
-    _refuse_inside(work, Path(where.root) if where is not None else source, "the run's data directory")
+    _refuse_inside(work, _protected(where, source), "the run's data directory")
     created = not work.exists()
     store = work / STORE
     if store.exists():
@@ -362,15 +379,32 @@ def check_outside(
     if not source.is_dir():
         return  # pin says what is wrong with it (or the repository has gone since)
     where = _locate(source)
-    _refuse_inside(Path(path).expanduser().resolve(), Path(where.root) if where else source, what, advice)
+    _refuse_inside(Path(path).expanduser().resolve(), _protected(where, source), what, advice)
 
 
-def _refuse_inside(path: Path, root: Path, what: str, advice: str = _DATA_DIR_ADVICE) -> None:
-    if path.is_relative_to(root):
-        raise SnapshotError(
-            f"{what} {path} is inside the repository {root}; Orchestrator never writes "
-            f"into what it analyses: {advice}"
-        )
+def _protected(where: _Where | None, source: Path) -> list[Path]:
+    """Where nothing may be written for a run of ``source``: its work tree, and its git
+    directory wherever that lives (a linked worktree's or a ``.git`` file's is elsewhere),
+    with the main work tree around it."""
+    if where is None:
+        return [source]
+    common = Path(where.objects).parent
+    roots = [Path(where.root), common]
+    if common.name == ".git":  # a linked worktree's shared .git sits in the main work tree
+        roots.append(common.parent)
+    return roots
+
+
+def _refuse_inside(
+    path: Path, roots: Sequence[Path], what: str, advice: str = _DATA_DIR_ADVICE
+) -> None:
+    for root in roots:
+        if path.is_relative_to(root):
+            where = f"the repository {root}" if root == roots[0] else f"{root}, part of the repository {roots[0]}"
+            raise SnapshotError(
+                f"{what} {path} is inside {where}; Orchestrator never writes into what it "
+                f"analyses: {advice}"
+            )
 
 
 def _locate(source: Path) -> _Where | None:
@@ -478,7 +512,7 @@ def _pin_work_tree(
         _git(root, ["read-tree", head], _base_env(str(objects), where.objects, str(index)))
     spec = where.prefix or "."
     _check_change_size(root, spec, write_env, filters, limit)
-    _git(root, ["add", "-A", "--", spec], write_env, extra_config=filters)
+    _add_all(root, spec, write_env, filters)
     # write-tree re-checks racily clean files too, so it needs the same overrides as add.
     tree = _out(_git(root, ["write-tree", "--missing-ok"], write_env, extra_config=filters))
     index.unlink(missing_ok=True)
@@ -495,6 +529,40 @@ def _pin_work_tree(
         args[2:2] = ["-p", head]
     commit = _out(_git(root, args, {**read_env, **_IDENTITY}))
     return commit, True, str(objects)
+
+
+def _add_all(root: str, spec: str, env: dict[str, str], filters: Config) -> None:
+    """``git add -A`` of ``spec`` into the private index, never looking inside a submodule.
+
+    For a submodule whose commit has not moved, ``add`` runs ``git status`` inside it, and that
+    runs the clean filters the submodule's own config names (``filters`` only knows the
+    superproject's). So submodules are left out of ``add``; ``update-index`` then records each
+    one's commit, reading only its HEAD.
+    """
+    listed = _git(root, ["ls-files", "-s", "-z", "--", spec], env).stdout
+    gitlinks = [
+        name
+        for meta, _, name in (item.partition(b"\t") for item in listed.split(b"\0") if item)
+        if meta.startswith(_MODE_GITLINK.encode() + b" ")
+    ]
+    if not gitlinks:
+        _git(root, ["add", "-A", "--", spec], env, extra_config=filters)
+        return
+    specs = [b":(literal)" + spec.encode()] + [b":(exclude,literal)" + name for name in gitlinks]
+    _git(
+        root,
+        ["add", "-A", "--pathspec-from-file=-", "--pathspec-file-nul"],
+        {k: v for k, v in env.items() if k != "GIT_LITERAL_PATHSPECS"},  # for the magic above
+        extra_config=filters,
+        stdin=b"\0".join(specs),
+    )
+    _git(
+        root,
+        ["update-index", "--add", "--remove", "--ignore-skip-worktree-entries", "-z", "--stdin"],
+        env,
+        extra_config=filters,
+        stdin=b"".join(name + b"\0" for name in gitlinks),
+    )
 
 
 def _copy_sparse_trees(root: str, write_env: dict[str, str], read_env: dict[str, str]) -> None:
@@ -547,21 +615,56 @@ def _check_change_size(
 
 
 def _filter_overrides(root: str) -> list[tuple[str, str]]:
-    """Config items that turn off every clean/process filter the repository config defines.
+    """Config items for the pin's ``add``: every clean/process filter the repository config
+    defines turned off, and the user's own ignore file put back.
 
     A filter is a program; it could also write into ``.git`` (git-lfs does). The pin holds the
-    bytes on disk instead.
+    bytes on disk instead. The global config is off for every git call here (it may name
+    programs too), but its ``core.excludesFile`` decides what the user's own git ignores: without
+    it, files the user ignores everywhere (``.env``, keys) would be pinned and shown to the model.
     """
-    proc = _git(root, ["config", "-z", "--name-only", "--get-regexp", r"^filter\."], _base_env(), check=False)
-    names = set()
+    proc = _git(
+        root,
+        ["config", "-z", "--name-only", "--get-regexp", r"^(filter\.|core\.excludesfile$)"],
+        _base_env(),
+        check=False,
+    )
+    names, own_excludes = set(), False
     for key in proc.stdout.decode("utf-8", "replace").split("\0"):
         head, _, _ = key.rpartition(".")
         if head.startswith("filter.") and head != "filter":
             names.add(head)
+        own_excludes = own_excludes or key.lower() == "core.excludesfile"
     items = []
     for name in sorted(names):
         items += [(f"{name}.clean", ""), (f"{name}.process", ""), (f"{name}.required", "false")]
+    if not own_excludes:  # the repository's own setting wins, as it does for git
+        excludes = _user_excludes_file()
+        if excludes:
+            items.append(("core.excludesFile", excludes))
     return items
+
+
+def _user_excludes_file() -> str:
+    """The user's ``core.excludesFile`` from their global and system config, as a path."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    for name in ("GIT_CONFIG_GLOBAL", "GIT_CONFIG_SYSTEM", "GIT_CONFIG_NOSYSTEM"):
+        if name in os.environ:  # where the user's git looks for those files
+            env[name] = os.environ[name]
+    folder = os.path.dirname(_absent_index())  # no repository: no repository config is read
+    try:
+        proc = subprocess.run(
+            ["git", "config", "--type=path", "--get", "core.excludesFile"],
+            cwd=folder,
+            env={**env, "GIT_CEILING_DIRECTORIES": os.path.dirname(folder)},
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=GIT_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return _out(proc) if proc.returncode == 0 else ""
 
 
 def _pin_copy(
@@ -604,7 +707,10 @@ def _plan_copy(source: Path, limit: int) -> tuple[list[tuple[str, str]], list[st
             raise SnapshotError(f"cannot read {source / rel}: {exc.strerror}") from None
         for entry in entries:
             path = posixpath.join(rel, entry.name) if rel else entry.name
-            st = entry.stat(follow_symlinks=False)
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError as exc:  # a directory that may be listed but not entered
+                raise SnapshotError(f"cannot read {source / path}: {exc.strerror}") from None
             if entry.name == ".git":
                 skipped.append(path)
             elif stat.S_ISLNK(st.st_mode):
@@ -655,6 +761,13 @@ def _size(n: int) -> str:
 
 
 # --- reading -------------------------------------------------------------------------------
+
+
+def _path_text(name: bytes) -> str:
+    """A path git printed, as text. Bytes that are not UTF-8 show as escapes (``\\xff``), so
+    two names that differ only there stay two names (a replacement character made them one,
+    and one file hid the other); ``normalize`` refuses the backslash, so neither is read."""
+    return name.decode("utf-8", "backslashreplace")
 
 
 def normalize(path: str) -> str | None:
@@ -754,7 +867,7 @@ class GitSnapshot:
         self.head = record.head
         self.dirty = record.dirty
         self.skipped = record.skipped
-        self._env = _base_env(record.objects, record.alternates)
+        self._env = _base_env(record.objects, record.alternates, _absent_index())
         self._lock = threading.Lock()
         self._entries: dict[str, Entry] | None = None
         self._dirs: frozenset[str] | None = None
@@ -859,7 +972,7 @@ class GitSnapshot:
                     ["diff-tree", "-r", "-z", "--name-only", "--no-renames", "--diff-filter=d",
                      self.base, self.commit]
                 ).stdout
-                files = [p for p in out.decode("utf-8", "replace").split("\0") if p]
+                files = [_path_text(p) for p in out.split(b"\0") if p]
             else:
                 files = list(self.paths())
             readable = set(self.paths())
@@ -920,7 +1033,7 @@ class GitSnapshot:
                     continue
                 meta, _, name = item.partition(b"\t")
                 mode, _kind, oid = meta.decode().split()
-                entries[name.decode("utf-8", "replace")] = Entry(mode, oid)
+                entries[_path_text(name)] = Entry(mode, oid)
             dirs = {""}
             for p in entries:
                 parts = p.split("/")

@@ -24,6 +24,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Annotated, Any
@@ -59,6 +60,7 @@ class ToolLimits(msgspec.Struct, frozen=True, kw_only=True):
     max_entries: int = 400  # list_dir entries, glob results
     max_matches: int = 100  # grep matches
     grep_seconds: float = 5.0
+    glob_seconds: float = 5.0
     grep_bytes: int = 20_000_000  # text searched by one grep
     grep_file_bytes: int = 1_000_000  # larger files are not searched (and that is reported)
     read_bytes: int = 4_000_000  # read_file looks at most this far into a file
@@ -347,8 +349,21 @@ class ToolGate:
     def _glob(self, a: GlobArgs) -> ToolOutcome:
         pattern = self._pattern(a.pattern)
         kinds, _ = self._tree()
-        found = [p for p in kinds if kinds[p] == "file" or self._resolve(p) is not None]
-        found = sorted(p for p in found if glob_match(pattern, p))
+        candidates = sorted(p for p in kinds if kinds[p] == "file" or self._resolve(p) is not None)
+        # A pattern of many "**" between literal names costs more per path than any time
+        # bound would allow over a big tree: stop at the budget and say so.
+        deadline = time.monotonic() + self.limits.glob_seconds
+        found: list[str] = []
+        for n, p in enumerate(candidates):
+            if n % 256 == 0 and time.monotonic() > deadline:
+                header = (
+                    f"{len(found)} files match {_show(pattern)} among the first {n} of "
+                    f"{len(candidates)} (matching stopped after {self.limits.glob_seconds:g}s)"
+                )
+                outcome = self._listing([_show(f) for f in found], header, "files")
+                return ToolOutcome(ok=True, content=outcome.content, truncated=True)
+            if glob_match(pattern, p):
+                found.append(p)
         lines = [_show(p) for p in found]
         return self._listing(lines, f"{len(found)} files match {_show(pattern)}", "files")
 
@@ -579,7 +594,10 @@ def glob_match(pattern: str, path: str) -> bool:
     >>> glob_match("*.py", "src/app.py"), glob_match("src/**/*.py", "src/a/b/c.py")
     (True, True)
     """
-    pat = [p for p in pattern.split("/") if p not in ("", ".")]
+    pat: list[str] = []
+    for p in pattern.split("/"):
+        if p not in ("", ".") and not (p == "**" and pat[-1:] == ["**"]):  # **/** is **
+            pat.append(p)
     parts = path.split("/")
     if len(pat) == 1 and pat[0] != "**":
         return _segment(_tokens(pat[0]), parts[-1])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 from hostile import (
@@ -17,7 +19,7 @@ from hostile import (
     write,
 )
 
-from actors.snapshot import GitSnapshot, SnapshotError, pin
+from actors.snapshot import Entry, GitSnapshot, SnapshotError, check_outside, pin
 from conductor.snapshot import Snapshot
 
 
@@ -276,6 +278,22 @@ def test_data_directory_inside_the_repository_is_refused(repo, tmp_path):
     assert sorted(p.name for p in plain.iterdir()) == ["a.py"]
 
 
+def test_a_linked_worktrees_data_directory_may_not_be_in_the_repository_it_shares(repo, tmp_path):
+    # Only the linked work tree's own root was checked: a data directory in the main work
+    # tree, or in the .git directory both share, was accepted and written into.
+    git(repo, "worktree", "add", "-q", str(tmp_path / "linked"), "-b", "feature")
+    write(tmp_path / "linked", {"src/lib.py": "X = 2\n"})
+    before = fingerprint(repo)
+    for inside in (repo / ".git" / "orchestrator", repo / ".orchestrator"):
+        with pytest.raises(SnapshotError, match="part of the repository"):
+            check_outside(tmp_path / "linked", inside, "the data directory")
+        with pytest.raises(SnapshotError, match="part of the repository"):
+            pin(tmp_path / "linked", work_dir=inside)
+    assert fingerprint(repo) == before
+    snap = pin(tmp_path / "linked", work_dir=tmp_path / "run")
+    assert snap.mode == "uncommitted" and snap.read("src/lib.py") == b"X = 2\n"
+
+
 def test_bare_repository_pins_head(repo, tmp_path):
     bare = tmp_path / "bare.git"
     git(tmp_path, "clone", "-q", "--bare", str(repo), str(bare))
@@ -475,3 +493,116 @@ def test_a_sparse_index_pins_every_file_outside_the_cone_too(tmp_path):
     assert snap.mode == "uncommitted" and snap.changed() == ("in/f.txt",)
     assert snap.read("out/f.txt") == b"out\n" and snap.read("in/f.txt") == b"edited\n"
     assert "deleted" not in snap.diff()
+
+
+def test_a_submodules_own_filter_never_runs_and_its_commit_is_still_pinned(tmp_path):
+    # For a submodule whose commit has not moved, `git add -A` runs `git status` inside it,
+    # and that ran the clean filter the submodule's own config names: any program at all.
+    lib = make_repo(tmp_path / "lib", {"a.txt": "hello\n"})
+    repo = make_repo(tmp_path / "repo", {"top.txt": "top\n"})
+    git(repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(lib), "sub")
+    git(repo, "commit", "-q", "-m", "add the submodule")
+    first = git(repo / "sub", "rev-parse", "HEAD").strip()
+    script, mark = _armed_script(tmp_path, "submodule-filter")
+    git(repo / "sub", "config", "filter.evil.clean", str(script))
+    git(repo / "sub", "config", "filter.evil.required", "true")
+    (repo / ".git" / "modules" / "sub" / "info").mkdir(exist_ok=True)
+    (repo / ".git" / "modules" / "sub" / "info" / "attributes").write_text("* filter=evil\n")
+    stamp = os.stat(repo / "sub" / "a.txt").st_mtime_ns + 2_000_000_000
+    os.utime(repo / "sub" / "a.txt", ns=(stamp, stamp))  # stat-dirty: status would re-hash it
+    write(repo, {"top.txt": "top, edited\n"})
+    before = fingerprint(repo)
+    snap = pin(repo, work_dir=tmp_path / "run")
+    assert not mark.exists()
+    assert fingerprint(repo) == before
+    assert snap.mode == "uncommitted" and snap.changed() == ("top.txt",)
+    assert snap.entries()["sub"] == Entry("160000", first)
+
+    # The submodule moved on: the pin records its new commit (the helper's git turns the
+    # filter off for its own commit), and a submodule removed from disk is pinned as removed.
+    write(repo / "sub", {"b.txt": "more\n"})
+    git(repo / "sub", "add", "b.txt")
+    git(repo / "sub", "commit", "-q", "-m", "more")
+    moved = git(repo / "sub", "rev-parse", "HEAD").strip()
+    snap = pin(repo, work_dir=tmp_path / "run")
+    assert not mark.exists()
+    assert snap.mode == "uncommitted" and snap.entries()["sub"] == Entry("160000", moved)
+    git(repo, "-c", "protocol.file.allow=always", "submodule", "deinit", "-q", "-f", "sub")
+    os.rmdir(repo / "sub")
+    snap = pin(repo, work_dir=tmp_path / "run")
+    assert "sub" not in snap.entries() and snap.read("top.txt") == b"top, edited\n"
+
+
+def test_reading_a_sparse_index_repository_touches_none_of_its_objects(tmp_path):
+    # A diff reads attributes, and with the user's index that meant loading a sparse index,
+    # whose cache-tree git rebuilt, freshening the mtimes of objects the user already had.
+    repo = make_repo(tmp_path / "repo", {"d/x.txt": "d\n", "e/x.txt": "e\n", "f/x.txt": "f\n"})
+    write(repo, {"d/x.txt": "two\n"})
+    git(repo, "commit", "-qam", "two")
+    git(repo, "sparse-checkout", "set", "--cone", "--sparse-index", "d")
+    old = 1_000_000_000_000_000_000
+    for dirpath, _, filenames in os.walk(repo / ".git" / "objects"):
+        for name in filenames:
+            os.utime(os.path.join(dirpath, name), ns=(old, old))
+    before = fingerprint(repo)
+    snap = pin(repo, base="HEAD~1", work_dir=tmp_path / "run")
+    assert snap.changed() == ("d/x.txt",) and "+two" in snap.diff()
+    assert fingerprint(repo) == before
+
+
+def test_files_the_user_ignores_everywhere_are_not_pinned(tmp_path, monkeypatch):
+    # The global config is off for the pin's git calls, but its core.excludesFile is what
+    # keeps a user's .env and keys out of their own `git status`: the pin honours it too.
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "ignore-everywhere").write_text(".env\n*.pem\n")
+    (home / ".gitconfig").write_text("[core]\n\texcludesFile = ~/ignore-everywhere\n")
+    for name in ("XDG_CONFIG_HOME", "GIT_CONFIG_GLOBAL", "GIT_CONFIG_SYSTEM", "GIT_CONFIG_NOSYSTEM"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    repo = make_repo(tmp_path / "repo", {"app.py": "print(1)\n"})
+    write(repo, {".env": "TOKEN=hunter2\n", "id.pem": "-----BEGIN PRIVATE KEY-----\n"})
+    snap = pin(repo, work_dir=tmp_path / "run")
+    assert not snap.dirty and snap.paths() == ("app.py",)
+
+    # A repository's own core.excludesFile wins over the user's, as it does for git.
+    (tmp_path / "repo-ignore").write_text("*.pem\n")
+    git(repo, "config", "core.excludesFile", str(tmp_path / "repo-ignore"))
+    snap = pin(repo, work_dir=tmp_path / "run")
+    assert snap.mode == "uncommitted" and snap.changed() == (".env",)
+
+
+def test_names_that_differ_only_in_bytes_that_are_not_utf8_stay_two_names(tmp_path):
+    # Decoded with a replacement character, both became one name and one file hid the other.
+    repo = make_repo(tmp_path / "repo", {"ok.txt": "ok\n"})
+    for name, text in ((b"bad\xffname", b"first\n"), (b"bad\xfename", b"second\n")):
+        with open(os.path.join(os.fsencode(repo), name), "wb") as fh:
+            fh.write(text)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "two odd names")
+    snap = pin(repo, work_dir=tmp_path / "run")
+    odd = {name: entry.oid for name, entry in snap.entries().items() if name.startswith("bad")}
+    assert sorted(odd) == ["bad\\xfename", "bad\\xffname"] and len(set(odd.values())) == 2
+    assert snap.paths() == ("ok.txt",)  # listed, never read: a path with a backslash is refused
+
+
+def test_a_directory_that_can_be_listed_but_not_entered_is_a_clear_error(tmp_path):
+    # Its entries could be listed and not stat'ed: that raised a bare PermissionError.
+    plain = tmp_path / "plain"
+    write(plain, {"ok.txt": "ok\n", "inner/f.txt": "x\n"})
+    (plain / "inner").chmod(0o644)
+    code = (
+        "import sys\nfrom actors.snapshot import SnapshotError, pin\n"
+        "try:\n    pin(sys.argv[1], work_dir=sys.argv[2])\n"
+        "except SnapshotError as exc:\n    print('SnapshotError:', exc)\n"
+    )
+    command = [sys.executable, "-c", code, str(plain), str(tmp_path / "run")]
+    if os.geteuid() == 0:  # root reads anything: run without the capabilities that allow it
+        caps = "-dac_override,-dac_read_search"
+        command = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", *command]
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    finally:
+        (plain / "inner").chmod(0o755)
+    assert proc.stdout.startswith(f"SnapshotError: cannot read {plain / 'inner' / 'f.txt'}"), proc.stderr
+    assert not (tmp_path / "run").exists()

@@ -256,12 +256,26 @@ def test_list_dir_and_glob(gate):
         ("[a-c]*", "banana", True),
         ("*[", "x[", True),
         ("a*a*a*a*a*a*a*a*a*a*a*a*b", "a" * 4000, False),
+        ("/".join(["**"] * 60 + ["c.py"]), "a/b/c.py", True),  # **/** is **, not 60 loops
+        ("/".join(["**"] * 60 + ["x.py"]), "/".join("abcdefghijklm"), False),
     ],
 )
 def test_glob_match(pattern, path, hit):
     started = time.monotonic()
     assert glob_match(pattern, path) is hit
     assert time.monotonic() - started < 1.0  # no backtracking blow-up
+
+
+def test_a_glob_too_costly_for_the_tree_stops_at_its_budget_and_says_so():
+    # "*/**" repeated costs more per path than a big tree allows; it stopped at nothing.
+    deep = "/".join("d" * 40)
+    files = {f"{deep}/{name}{i}.txt": "x\n" for name in ("f", "g") for i in range(1500)}
+    gate = ToolGate(MemorySnapshot(files), ToolLimits(glob_seconds=0.05, max_output_chars=10**7))
+    out = gate.call("glob", {"pattern": "*/**/" * 30 + "f1*.txt"})
+    assert out.ok and out.truncated
+    assert "matching stopped after 0.05s" in out.content.splitlines()[0]
+    found = out.content.splitlines()[1:]
+    assert found and all(glob_match("**/f1*.txt", f) for f in found)  # what it found is right
 
 
 # --- grep -----------------------------------------------------------------------------------
