@@ -331,6 +331,7 @@ class FlowRun:
             keys.append(f"{self._run_id}/queued/{step_id}/{attempt}")
         persona = personas.get(st.persona)
         plan = self._state.plan
+        seated = next((e for e in plan.roster if e.persona == st.persona), None)
         return StepSpec(
             run_id=self._run_id,
             step_id=step_id,
@@ -340,6 +341,8 @@ class FlowRun:
             resume=resume,
             messages=prompt.messages,
             final_schema=output_schema(st.step.role, persona),
+            id_prefix=seated.id_prefix if seated else "",
+            severities=seated.severities if seated else (),
             max_tokens=self._settings.step_max_tokens,
             turn_limit=self._settings.step_turns,
             context_tokens=self._settings.context_tokens,

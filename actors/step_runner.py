@@ -52,6 +52,10 @@ class StepSpec(msgspec.Struct, frozen=True, kw_only=True):
     resume: bool = False
     messages: list[dict[str, Any]]
     final_schema: dict[str, Any] | None = None
+    # The persona's id prefix and severity words as the run's plan recorded them: a user
+    # persona is no builtin, so its name alone would not give them to the answer's reader.
+    id_prefix: str = ""
+    severities: tuple[str, ...] = ()
     max_tokens: int = 512
     turn_limit: int = 6
     # The conversation's budget in tokens (0: unbounded; the answer's ``max_tokens`` come on
@@ -435,7 +439,7 @@ async def run_step(
     """
     from actors.engines.base import ChatRequest, EngineError
     from actors.tools import TOOL_SPECS, call_schema, outcome_event
-    from conductor.findings import parse_output
+    from conductor.findings import PersonaInfo, parse_output
 
     # A first attempt just queued has nothing in the log to pick up or replay: no read.
     fresh = not spec.resume and spec.attempt == 1
@@ -536,7 +540,12 @@ async def run_step(
                 wanted = _wanted_call(text, calls, native_tools, turn)
                 if wanted is None or last:
                     final = _final_text(text, native_tools)
-                    parsed = parse_output(final, persona=spec.persona, step_id=spec.step_id, role=spec.role)
+                    persona = (
+                        PersonaInfo(spec.persona, spec.id_prefix, spec.severities)
+                        if spec.id_prefix
+                        else spec.persona
+                    )
+                    parsed = parse_output(final, persona=persona, step_id=spec.step_id, role=spec.role)
                     note = parsed.error
                     if wanted is not None:
                         why = (

@@ -36,13 +36,13 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Literal
 
 import msgspec
 
 from conductor.evidence import finding_status, unverified_reason
-from conductor.findings import persona_info
+from conductor.findings import PersonaInfo, persona_info
 from conductor.state import RunState
 from events.types import EvidenceResult, Finding
 
@@ -58,6 +58,7 @@ __all__ = [
     "is_security",
     "level_of",
     "rank",
+    "seated_personas",
     "surviving_findings",
 ]
 
@@ -185,15 +186,18 @@ def collect(state: RunState, *, before_wave: int | None = None) -> Collected:
 
 def _gather(state: RunState, before_wave: int | None, notes: list[str]) -> list[Item]:
     items: list[Item] = []
+    personas = seated_personas(state)
     steps = [
         (n, st) for n, st in enumerate(state.steps.values())
         if st.status == "finished" and st.step.role in FINDING_ROLES
         and (before_wave is None or st.step.wave < before_wave)
     ]
-    # A renumbered id must not clash with an id a later step already uses either.
-    reserved = {f.id for _, st in steps for f in st.findings}
     taken: set[str] = set()
     for step_no, st in steps:
+        # A renumbered id must not clash with an id another step of this wave or an earlier one
+        # uses either. Not later waves': the validator's gate sees only the waves before it,
+        # and an id must come out the same there and in the report, or a verdict lands wrong.
+        reserved = {f.id for _, other in steps if other.step.wave <= st.step.wave for f in other.findings}
         results = st.evidence or ()
         for n, finding in enumerate(st.findings):
             persona = finding.persona or st.persona
@@ -217,7 +221,7 @@ def _gather(state: RunState, before_wave: int | None, notes: list[str]) -> list[
                     step_id=st.step_id,
                     persona=persona,
                     role=st.step.role,
-                    level=level_of(finding.severity, persona),
+                    level=level_of(finding.severity, persona, personas),
                     security=is_security(finding, persona),
                     status=status,
                     citations=citations,
@@ -284,7 +288,14 @@ _LEVEL_WORDS: dict[str, Level] = {
 }
 
 
-def level_of(severity: str, persona: str) -> Level:
+def seated_personas(state: RunState) -> dict[str, PersonaInfo]:
+    """The roster's personas with the id prefix and severity words the plan recorded: a user
+    persona's come from the log, whatever its file says by now."""
+    roster = state.plan.roster if state.plan else ()
+    return {e.persona: PersonaInfo(e.persona, e.id_prefix, e.severities) for e in roster if e.id_prefix}
+
+
+def level_of(severity: str, persona: str, personas: Mapping[str, PersonaInfo] | None = None) -> Level:
     """The report level of a persona's severity word.
 
     Known words map by meaning (``Blocks rollout`` is critical, ``High`` a warning, ``Polish``
@@ -294,7 +305,7 @@ def level_of(severity: str, persona: str) -> Level:
     key = " ".join(severity.lower().split())
     if key in _LEVEL_WORDS:
         return _LEVEL_WORDS[key]
-    vocab = [" ".join(s.lower().split()) for s in persona_info(persona).severities]
+    vocab = [" ".join(s.lower().split()) for s in persona_info(persona, personas).severities]
     return "warning" if vocab and key == vocab[0] else "suggestion"
 
 

@@ -50,6 +50,9 @@ READ_BYTES = 4_000_000
 # wider than this covers most of one: either would verify anything.
 MIN_QUOTE_CHARS = 8
 MAX_CITED_LINES = 200
+# Places a quote is looked for, per search: a hostile file can repeat a quote on every line,
+# and the check runs in the supervisor's loop. Normal files never come near it.
+MAX_SCANNED = 10_000
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
@@ -141,10 +144,12 @@ def check_one(
     if line_start > total or (past and partial):
         return result("not_found", note=past, where=clean)
     last = min(line_end, total)  # an end past the last line is clamped only with the quote inside
+    # The cited lines first, searched on their own, so how often the quote occurs elsewhere
+    # cannot change this answer.
+    for _ in files.spans(clean, needle, line_start, last):
+        return result("verified", start=line_start, end=last, where=clean)
     nearest, gap = None, 0
     for span in files.spans(clean, needle):
-        if span[0] >= line_start and span[1] <= last:
-            return result("verified", start=line_start, end=last, where=clean)
         distance = _distance(span, line_start, line_end)
         if nearest is None or distance < gap:  # ties go to the earlier: spans come in file order
             nearest, gap = span, distance
@@ -217,8 +222,12 @@ def _is_word(ch: str) -> bool:
 def _unwrap(quote: str) -> str:
     """Drop one pair of backticks a model may have put around a quote."""
     q = quote.strip()
-    m = re.fullmatch(r"(`{1,3})(?:[A-Za-z0-9_+-]*\n)?(.*?)\1", q, re.S)
-    return m.group(2) if m else q
+    m = re.fullmatch(r"(`{1,3})(.*?)\1", q, re.S)
+    if not m:
+        return q
+    if m.group(1) == "```":  # only a real fence may open with a language line ('python')
+        return re.sub(r"\A[A-Za-z0-9_+-]*\n", "", m.group(2))
+    return m.group(2)
 
 
 def _distance(span: tuple[int, int], start: int, end: int) -> int:
@@ -265,13 +274,24 @@ class _Files:
         _, _, _, total = self._indexed(path)
         return total, self._partial[path]
 
-    def spans(self, path: str, needle: str) -> Iterator[tuple[int, int]]:
-        """Each (first line, last line) where the normalised needle occurs in the file, in file
-        order, at token boundaries: 'rn Tr' is not a quote of 'return True'."""
+    def spans(
+        self, path: str, needle: str, from_line: int = 1, to_line: int | None = None
+    ) -> Iterator[tuple[int, int]]:
+        """Each (first line, last line) where the normalised needle occurs in the file, or in
+        lines ``from_line``-``to_line`` of it, in file order, at token boundaries: 'rn Tr' is
+        not a quote of 'return True'. At most ``MAX_SCANNED`` places are looked at."""
         joined, starts, lines, _ = self._indexed(path)
+        i = bisect.bisect_left(lines, from_line)
+        j = len(lines) - 1 if to_line is None else bisect.bisect_right(lines, to_line) - 1
+        if i > j:
+            return
+        lo = starts[i]
+        hi = starts[j + 1] - 1 if j + 1 < len(starts) else len(joined)  # before the joining space
         open_start, open_end = _is_word(needle[0]), _is_word(needle[-1])
-        pos = joined.find(needle)
-        while pos != -1:
+        pos = joined.find(needle, lo, hi)
+        for _ in range(MAX_SCANNED):
+            if pos == -1:
+                return
             after = pos + len(needle)
             if not (open_start and pos > 0 and _is_word(joined[pos - 1])) and not (
                 open_end and after < len(joined) and _is_word(joined[after])
@@ -279,7 +299,7 @@ class _Files:
                 first = lines[bisect.bisect_right(starts, pos) - 1]
                 last = lines[bisect.bisect_right(starts, after - 1) - 1]
                 yield first, last
-            pos = joined.find(needle, pos + 1)
+            pos = joined.find(needle, pos + 1, hi)
 
     def _indexed(self, path: str) -> tuple[str, array, array, int]:
         if path not in self._index:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -200,15 +201,22 @@ class PersonaInfo(msgspec.Struct, frozen=True):
     guessed: bool = False  # the prefix is a guess: the persona is not a builtin
 
 
-def persona_info(persona: Persona | str) -> PersonaInfo:
+def persona_info(
+    persona: Persona | PersonaInfo | str, personas: Mapping[str, PersonaInfo] | None = None
+) -> PersonaInfo:
     """Name, id prefix and severity vocabulary of a persona given as a struct or a name.
 
-    A name is looked up among the builtin personas; an unknown name gets a prefix made of its
-    initials (``my-checker`` → ``MC``) and no fixed vocabulary.
+    A name is looked up in ``personas`` (the run's, as its plan recorded them), then among the
+    builtin personas; an unknown name gets a prefix made of its initials (``my-checker`` →
+    ``MC``) and no fixed vocabulary.
     """
+    if isinstance(persona, PersonaInfo):
+        return persona
     if isinstance(persona, Persona):
         return PersonaInfo(persona.name, persona.id_prefix, tuple(persona.severities))
     name = str(persona)
+    if personas and name in personas:
+        return personas[name]
     known = _builtin_personas().get(name)
     if known is not None:
         return PersonaInfo(name, known.id_prefix, tuple(known.severities))
@@ -226,7 +234,9 @@ def _builtin_personas() -> dict[str, Persona]:
         return {}
 
 
-_THINK = re.compile(r"<think>.*?(?:</think>|\Z)", re.S | re.I)
+# Reasoning blocks the model writes before its answer (an unclosed one runs to the end). Only
+# leading ones: a '<think>' further on may sit inside a JSON string, as a claim or a quote.
+_THINK = re.compile(r"\s*<think>.*?(?:</think>|\Z)", re.S | re.I)
 _FENCE = re.compile(r"```[ \t]*(?:json|JSON|javascript|js)?[ \t]*\r?\n(.*?)```", re.S)
 _MAX_STARTS = 64  # positions tried for a JSON value; bounds the work on hostile text
 _FINDING_KEYS = ("findings", "issues", "results", "items")
@@ -235,7 +245,7 @@ _TEXT_KEYS = ("text", "draft", "rewritten", "content", "document")
 
 
 def parse_output(
-    text: str, *, persona: Persona | str, step_id: str, role: str
+    text: str, *, persona: Persona | PersonaInfo | str, step_id: str, role: str
 ) -> ParsedOutput:
     """Read a step's final answer; never raises.
 
@@ -257,7 +267,10 @@ def parse_output(
 
 
 def _parse(raw: str, info: PersonaInfo, role: str) -> ParsedOutput:
-    cleaned = _THINK.sub("", raw).strip()
+    at = 0
+    while m := _THINK.match(raw, at):
+        at = m.end()
+    cleaned = raw[at:].strip()
     if not cleaned:
         return ParsedOutput(error="empty output", raw=raw)
     answer, other = _first_json(cleaned)
@@ -543,7 +556,12 @@ def _evidence_list(value: Any) -> tuple[Evidence, ...]:
     return tuple(out)
 
 
-_CITE = re.compile(r"`?([A-Za-z0-9_.\-/]+\.[A-Za-z0-9_]+|[A-Za-z0-9_.\-/]+/[A-Za-z0-9_.\-]+):(\d+)(?:\s*[-–]\s*(\d+))?`?")
+# A path starts where a run of path characters starts (the lookbehind): tried from every
+# character of a long run, the pattern backtracked quadratically; the leftmost match is the same.
+_CITE = re.compile(
+    r"`?(?<![A-Za-z0-9_.\-/])([A-Za-z0-9_.\-/]+\.[A-Za-z0-9_]+|[A-Za-z0-9_.\-/]+/[A-Za-z0-9_.\-]+)"
+    r":(\d+)(?:\s*[-–]\s*(\d+))?`?"
+)
 
 
 def _citation(item: Any) -> Evidence | None:
@@ -571,7 +589,8 @@ def _citation(item: Any) -> Evidence | None:
             path, start, end = m.group(1), int(m.group(2)), int(m.group(3) or m.group(2))
     if start is None:
         return None
-    quote = _as_str(next((item[k] for k in ("quote", "code", "snippet", "text") if k in item), "")) or ""
+    # A quote given as a list is a list of lines: joined by "; " it could match nothing.
+    quote = _as_str(next((item[k] for k in ("quote", "code", "snippet", "text") if k in item), ""), "\n") or ""
     return _make_evidence(path, start, end if end is not None else start, quote)
 
 
@@ -694,7 +713,7 @@ def _bullets(text: str, info: PersonaInfo) -> list[dict[str, Any]]:
 # --- coercions -----------------------------------------------------------------------------
 
 
-def _as_str(value: Any) -> str | None:
+def _as_str(value: Any, joiner: str = "; ") -> str | None:
     if isinstance(value, str):
         return value
     if isinstance(value, bool) or value is None:
@@ -702,7 +721,7 @@ def _as_str(value: Any) -> str | None:
     if isinstance(value, (int, float)):
         return str(value)
     if isinstance(value, list) and all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value):
-        return "; ".join(str(v) for v in value) or None
+        return joiner.join(str(v) for v in value) or None
     return None
 
 

@@ -29,7 +29,7 @@ from collections.abc import Iterable
 import msgspec
 
 from conductor.band import why
-from conductor.collect import LEVELS, Citation, Item, collect
+from conductor.collect import LEVELS, Citation, Item, collect, seated_personas
 from conductor.evidence import finding_status
 from conductor.findings import parse_output
 from conductor.prompts import brief_cuts
@@ -317,7 +317,8 @@ def build_report(state: RunState, snapshot: Snapshot | None = None) -> Report:
     del snapshot  # see the module docstring: the report must re-render identically without it
     flow_name = state.request.flow if state.request else ""
     flow = _flow(flow_name)
-    validated = apply_verdicts(collect(state), (state.verdicts[s] for s in state.steps if s in state.verdicts))
+    verdicts = (state.verdicts[s] for s in state.steps if s in state.verdicts)
+    validated = apply_verdicts(collect(state), verdicts)
     got = validated.collected
     parsed = _parsed_steps(state)
 
@@ -379,9 +380,11 @@ def build_report(state: RunState, snapshot: Snapshot | None = None) -> Report:
 
 def _parsed_steps(state: RunState) -> dict[str, object]:
     out = {}
+    seated = seated_personas(state)
     for st in state.steps.values():
         if st.status == "finished":
-            out[st.step_id] = parse_output(st.output, persona=st.persona, step_id=st.step_id, role=st.step.role)
+            persona = seated.get(st.persona, st.persona)
+            out[st.step_id] = parse_output(st.output, persona=persona, step_id=st.step_id, role=st.step.role)
     return out
 
 
@@ -920,9 +923,10 @@ def _md_finding(f: FindingView) -> list[str]:
         moved = f" (moved: {_md(c.note)})" if c.outcome == "moved" else ""
         lines.append(f"`{_code(c.path)}:{c.line_start}-{c.line_end}`{moved}")
         lines.append("")
-        # Longer than any run of backticks or tildes inside, so no line of the quote closes it.
-        fence = "`" * max(3, _longest_run(c.quote, "`") + 1, _longest_run(c.quote, "~") + 1)
-        lines.extend([fence, c.quote.replace("\r", ""), fence, ""])
+        quote = shown_quote(c.quote)
+        # Longer than any run of backticks or tildes in the text written, so no line of it closes it.
+        fence = "`" * max(3, _longest_run(quote, "`") + 1, _longest_run(quote, "~") + 1)
+        lines.extend([fence, quote, fence, ""])
     return lines
 
 
@@ -996,6 +1000,15 @@ def _md(text: str) -> str:
     text = _md_inline(_one_line(text))
     # A heading drops a closing run of '#'; with its last one escaped, the run stays text.
     return text[:-1] + "\\#" if text.endswith("#") else text
+
+
+def shown_quote(quote: str) -> str:
+    """A quote as both renderings write it: every CR, alone or before LF, is one line break.
+
+    That is how CommonMark and HTML read a CR anyway; writing it out lets the Markdown fence be
+    sized on the very text inside it (a CR dropped instead would join two runs of backticks).
+    """
+    return quote.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _md_block(text: str) -> list[str]:

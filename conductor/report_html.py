@@ -17,6 +17,7 @@ from conductor.report import (
     agent_problems,
     deferred_evidence,
     header_rows,
+    shown_quote,
 )
 
 __all__ = ["render"]
@@ -192,7 +193,7 @@ def _finding(f: FindingView) -> str:
         moved = f' <span class="muted">(moved: {escape(c.note)})</span>' if c.outcome == "moved" else ""
         parts.append(
             f"<p><code>{escape(c.path)}:{c.line_start}-{c.line_end}</code>{moved}</p>"
-            f"<pre><code>{escape(c.quote)}</code></pre>"
+            f"<pre><code>{escape(shown_quote(c.quote))}</code></pre>"
         )
     parts.append("</article>")
     return "\n".join(parts)

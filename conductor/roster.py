@@ -86,8 +86,7 @@ def choose(
             if name not in personas:
                 notes.append(f"spine persona {name!r} is not available; {phase.name} runs without it")
                 continue
-            seated[name] = RosterEntry(persona=name, reason=_spine_reason(flow, phase, band, sigs),
-                                       phase=phase.name)
+            seated[name] = _entry(name, personas[name], _spine_reason(flow, phase, band, sigs), phase.name)
 
     for raw in named:
         name = raw.strip().lower()
@@ -99,7 +98,7 @@ def choose(
             continue
         choice = next((c for c in flow.choices if c.persona == name), None)
         phase = choice.phase if choice is not None and choice.phase else joining.name
-        seated[name] = RosterEntry(persona=name, reason="named in the request", phase=phase)
+        seated[name] = _entry(name, personas[name], "named in the request", phase)
 
     candidates: list[_Candidate] = []
     considered: set[str] = set(seated)
@@ -160,11 +159,16 @@ def choose(
             + ("; a larger band would seat them" if band != "large" else "")
         )
     for c in kept:
-        seated[c.persona] = RosterEntry(persona=c.persona, reason=c.reason, phase=c.phase)
+        seated[c.persona] = _entry(c.persona, personas[c.persona], c.reason, c.phase)
 
     order = {p.name: i for i, p in enumerate(flow.phases)}
     entries = sorted(seated.values(), key=lambda e: order.get(e.phase, len(order)))
     return Roster(entries=tuple(entries), notes=tuple(notes))
+
+
+def _entry(name: str, persona: Persona, reason: str, phase: str) -> RosterEntry:
+    return RosterEntry(persona=name, reason=reason, phase=phase,
+                       id_prefix=persona.id_prefix, severities=tuple(persona.severities))
 
 
 def instances(phase: Phase, band: Band, sigs: SignalSet) -> int:

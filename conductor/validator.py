@@ -15,7 +15,9 @@ of the report (it stays at least a suggestion).
 
 A finding the validator did not mention is kept (uncertainty keeps the item). Verdicts on ids
 that were not in its input, and second verdicts on one id, are ignored with a note. YAGNI and
-unverified items are not the validator's input and are untouched.
+unverified items are not the validator's input and are untouched. A finding made after the
+validator's wave that merges with a judged one takes that verdict (its sources name the judged
+id), so a refuted claim cannot come back under a later finding's id.
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ def gate(
             notes.append(f"ignored a second verdict on {v.finding_id}")
             continue
         seen.add(v.finding_id)
-        verdicts.append(_decide(v, snapshot))
+        verdicts.append(v)
+    verdicts = _decide(verdicts, snapshot)
     if strays:  # one note for them all: a small model can number a dozen verdicts 1, 2, 3…
         ids = ", ".join(strays)
         notes.append(f"ignored a verdict on {ids}: not a finding the validator was given"
@@ -90,18 +93,21 @@ def _canonical(fid: str) -> str:
     return f"{m.group(1).upper()}-{int(m.group(2))}" if m else fid
 
 
-def _decide(v: Verdict, snapshot: Snapshot) -> Verdict:
-    counter_verified = False
-    if v.counter_evidence:
-        probe = Finding(id=v.finding_id, severity="", title="", evidence=v.counter_evidence)
-        counter_verified = finding_status(probe, check([probe], snapshot)) == "verified"
-    if v.result == "confirmed":
-        action = "keep"
-    elif v.result == "refuted" and counter_verified:
-        action = "drop"
-    else:
-        action = "demote"
-    return msgspec.structs.replace(v, counter_verified=counter_verified, action=action)
+def _decide(verdicts: list[Verdict], snapshot: Snapshot) -> list[Verdict]:
+    # One check for every counter-citation: each file is read and indexed once, not per verdict.
+    probes = [Finding(id=v.finding_id, severity="", title="", evidence=v.counter_evidence) for v in verdicts]
+    results = check(probes, snapshot)
+    out = []
+    for v, probe in zip(verdicts, probes):
+        counter_verified = bool(v.counter_evidence) and finding_status(probe, results) == "verified"
+        if v.result == "confirmed":
+            action = "keep"
+        elif v.result == "refuted" and counter_verified:
+            action = "drop"
+        else:
+            action = "demote"
+        out.append(msgspec.structs.replace(v, counter_verified=counter_verified, action=action))
+    return out
 
 
 class Validated(msgspec.Struct, frozen=True, kw_only=True):
@@ -126,12 +132,18 @@ def apply_verdicts(collected: Collected, events: Iterable[ValidatorVerdict]) -> 
         if event.note:
             notes.append(event.note)
         for v in event.verdicts:
+            # A finding made after the validator's wave may have merged with the judged one and
+            # be kept in its place: the verdict judges that substance, so it follows the merge.
             at = next((n for n, i in enumerate(items) if i.id == v.finding_id), None)
+            if at is None:
+                at = next((n for n, i in enumerate(items) if v.finding_id in i.finding.sources), None)
             if at is None:
                 continue  # dropped earlier, or no longer in the list
             applied.append(v)
             item = items[at]
             label = v.result.replace("_", " ")
+            if item.id != v.finding_id:
+                label += f" (on {v.finding_id}, merged here)"
             if v.action == "drop":
                 dropped.append((item, v))
                 del items[at]
@@ -146,7 +158,7 @@ def apply_verdicts(collected: Collected, events: Iterable[ValidatorVerdict]) -> 
                 else:
                     items[at] = _note(item, f"validator: {label}, demoted from {item.level}", level=lower)
             else:
-                items[at] = _note(item, "validator: confirmed")
+                items[at] = _note(item, f"validator: {label}")
     return Validated(
         collected=msgspec.structs.replace(
             collected,

@@ -121,6 +121,10 @@ class RosterEntry(msgspec.Struct, frozen=True, kw_only=True):
     persona: str
     reason: str
     phase: str
+    # The persona's id prefix and severity words, so the report reads them from the log (a
+    # user persona's file may change or go after the run). Empty in plans logged before.
+    id_prefix: str = ""
+    severities: tuple[str, ...] = ()
 
 
 class PlannedStep(msgspec.Struct, frozen=True, kw_only=True):

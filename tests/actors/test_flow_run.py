@@ -59,17 +59,52 @@ SCRIPT = {
         {"match": ["scenario-hostile"], "turn": 3, "json": {"tool": "read_file", "args": {"path": "/etc/passwd"}}},
         {"match": ["scenario-hostile"], "json": {"final": {"summary": "nothing", "findings": []}}},
         {"match": ["adversarial-validator/"], "json": {"final": {"verdicts": []}}},
+        # A user persona's model numbers its finding as if it were the security analyst's.
+        {"match": ["perf-auditor/"], "json": {"final": {"summary": "one hot path", "findings": [
+            {"id": "SEC-001", "severity": "Showstopper", "category": "Performance",
+             "title": "one global lock serialises every add",
+             "claim": "every call of add takes the module's single lock, so adds never run at once",
+             "evidence": [{"path": "calc.py", "line_start": 3, "line_end": 3,
+                           "quote": "lock = threading.Lock()"}],
+             "recommendation": "drop the lock: add touches no shared state"}]}}},
         {"turn": 0, "json": {"tool": "read_file", "args": {"path": "calc.py"}}},
         {"json": {"final": FINDING}},
     ],
 }
 
 
+# Seated only when a request names it: it has no signals of its own.
+USER_PERSONA = """\
+---
+name: perf-auditor
+lens: Looks for slow code on hot paths.
+boundaries:
+  - does_not: prove exploit paths
+    use: adversarial-security-analyst
+inputs:
+  - the files in scope
+id_prefix: PA
+severities: [Showstopper, Slow, Nit]
+evidence_rule: true
+yagni_rule: false
+slice: all
+---
+
+## Posture
+
+Find slow code.
+"""
+
+
 @pytest.fixture(scope="module")
 def orch(ray_session, tmp_path_factory):
     from actors.service import Orchestrator
 
-    settings = Settings.load({}, data_dir=str(tmp_path_factory.mktemp("flow-run-data")))
+    personas = tmp_path_factory.mktemp("user-personas")
+    (personas / "perf-auditor.md").write_text(USER_PERSONA)
+    settings = Settings.load(
+        {}, data_dir=str(tmp_path_factory.mktemp("flow-run-data")), personas_dir=str(personas)
+    )
     o = Orchestrator(settings, engine="scripted", script=SCRIPT)
     yield o
     o.close()
@@ -367,3 +402,20 @@ def test_the_report_names_what_each_agent_answered_without(orch, repo):
         assert any(e.persona in n and n.endswith(f"went without {said}") for n in notes), e.persona
     agents = {a["step_id"]: a for a in json.loads(orch.report(run_id, "json"))["agents"]}
     assert all(tuple(agents[e.step_id]["left_out"]) == e.left_out for e in queued)
+
+
+def test_a_user_persona_answers_in_its_own_words_and_ids(orch, repo):
+    # By name alone a user persona had no id prefix and no severity words: its SEC-001 passed
+    # for a security finding, and its top word ranked as a mere suggestion.
+    run_id = orch.launch(LaunchRequest(flow="code-review", repo=str(repo), text="scenario-user-persona",
+                                       personas=("perf-auditor",)))
+    assert orch.wait(run_id, 120) == "finished"
+    events = _events(orch, run_id)
+    (seat,) = [e for e in events[1].roster if e.persona == "perf-auditor"]
+    assert (seat.id_prefix, seat.severities) == ("PA", ("Showstopper", "Slow", "Nit"))
+    (step,) = [s.step_id for s in events[1].steps if s.persona == "perf-auditor"]
+    (finished,) = [e for e in events if e.__struct_config__.tag == "step_finished" and e.step_id == step]
+    assert [(f.id, f.severity) for f in finished.findings] == [("PA-001", "Showstopper")]
+    report = json.loads(orch.report(run_id, "json"))
+    (view,) = [f for f in report["findings"] if f["id"] == "PA-001"]
+    assert (view["persona"], view["level"], view["security"]) == ("perf-auditor", "warning", False)

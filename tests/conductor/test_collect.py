@@ -178,6 +178,24 @@ def test_clashing_ids_of_two_steps_are_renumbered_and_keep_their_evidence():
     assert any("E-001 of step inv-2 renumbered E-003" in n for n in got.notes)
 
 
+def test_a_renumbered_id_is_the_same_for_the_validator_and_in_the_report():
+    # A later wave's id used to be reserved too, so the report renumbered an earlier finding
+    # past it while the validator, seeing only the earlier waves, had judged it by another id.
+    state = run({
+        "inv-1": ("evidence-based-investigator", [f("E-001", "Direct", "error path", lines=(1,))]),
+        "inv-2": ("evidence-based-investigator", [f("E-001", "Direct", "data flow", lines=(60,))]),
+        "late": ("evidence-based-investigator", [f("E-002", "Direct", "retry storm", lines=(90,))]),
+    }, flow="investigate", waves={"late": 2})
+
+    def by_title(items):
+        return {i.finding.title: i.id for i in items}
+
+    judged = by_title(collect(state, before_wave=1).findings)
+    reported = by_title(collect(state).findings)
+    assert judged == {"error path": "E-001", "data flow": "E-002"}
+    assert reported == {**judged, "retry storm": "E-003"}  # the later step gives way
+
+
 def test_collect_is_deterministic_and_ordered_by_level_then_plan():
     steps = {
         "a": ("structural-analyst", [f("S-001", "Low", "low one", lines=(1,)), f("S-002", "High", "high one", lines=(2,))]),

@@ -120,6 +120,15 @@ def test_a_quote_wrapped_in_backticks_is_unwrapped(snap):
     assert one(snap, "app/io.py", 7, 7, "`return eval(data)`").outcome == "verified"
 
 
+def test_only_a_real_fence_may_open_with_a_language_line(snap):
+    # The report shows the quote as given, so every line of it must be in the file.
+    fenced = "```python\nwith open(path) as fh:\n    data = fh.read()\n```"
+    assert one(snap, "app/io.py", 5, 6, fenced).outcome == "verified"
+    forged = "`BACKDOOR_accepted\n    data = fh.read()`"
+    assert one(snap, "app/io.py", 6, 6, forged).outcome == "not_found"
+    assert one(snap, "app/io.py", 6, 6, forged.replace("`", "``")).outcome == "not_found"
+
+
 def test_a_missing_file(snap):
     r = one(snap, "app/other.py", 1, 1, "x")
     assert (r.outcome, r.path) == ("no_such_file", "app/other.py")
@@ -302,6 +311,20 @@ def test_a_citation_reaching_past_the_checked_head_is_not_found(monkeypatch):
 )
 def test_real_files_still_verify(data, start, end, quote):
     assert one(MemorySnapshot({"f.py": data}), "f.py", start, end, quote).outcome == "verified"
+
+
+def test_a_quote_repeated_all_over_a_file_is_checked_quickly():
+    # A hostile repository makes every line an occurrence of the quote; the check runs in the
+    # supervisor's loop, so it must not walk each of them for every citation.
+    import time
+
+    snap = MemorySnapshot({"gen/t.txt": "x = 1\n" + "((\n" * 600_000}, commit="e" * 40)
+    quote = "(( (( (( (( (("
+    cites = [("gen/t.txt", 1, 1, quote)] * 24 + [("gen/t.txt", 500_000, 500_004, quote)]
+    t = time.perf_counter()
+    results = check([finding(*cites)], snap)
+    assert time.perf_counter() - t < 5  # ~25 s when every occurrence was walked
+    assert [r.outcome for r in results] == ["moved"] * 24 + ["verified"]
 
 
 def test_a_huge_file_is_checked_in_its_head_only_and_in_little_memory():

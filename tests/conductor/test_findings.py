@@ -182,6 +182,28 @@ def test_markdown_bullets_are_the_last_resort():
     assert got.findings[1].evidence[0].line_end == 12
 
 
+def test_a_long_dotted_bullet_is_read_in_linear_time():
+    import time
+
+    from conductor import findings
+
+    # A hostile file can steer the model into a huge "a.a.a." line with no ':<line>' after it.
+    t = time.perf_counter()
+    (f,) = parse("- High: " + "a." * 32_768).findings
+    assert time.perf_counter() - t < 3 and f.evidence == ()  # ~19 s when it backtracked
+    # Citations in ordinary text are read as before.
+    for text, want in [
+        ("see `app/handlers.py:1` here", ("app/handlers.py", "1", None)),
+        ("in app/util.py:10-12 and b.py:3", ("app/util.py", "10", "12")),
+        ("x`src/a-b/c.d.py:7 – 9`", ("src/a-b/c.d.py", "7", "9")),
+        ("dir/Makefile:4", ("dir/Makefile", "4", None)),
+        ("v1.2:3", ("v1.2", "3", None)),
+        ("not a path: x-y:3, but lib/x-y:5", ("lib/x-y", "5", None)),
+    ]:
+        assert findings._CITE.search(text).groups() == want, text
+    assert findings._CITE.search("no.path-here:7 dir/:8") is None
+
+
 def test_nothing_readable_is_a_labelled_failure_that_keeps_the_raw_text():
     got = parse("I could not find anything worth reporting today.")
     assert got.findings == ()
@@ -252,6 +274,36 @@ def test_thinking_blocks_are_ignored():
     assert parse(text).summary == "right"
 
 
+def test_a_think_tag_inside_a_json_string_is_content_not_reasoning():
+    # A finding about code that strips reasoning blocks quotes the tags; the answer must survive.
+    first = dict(FINDING, id="S-001", claim="The reader removes <think> blocks before parsing.",
+                 evidence=[{"path": "a.py", "line_start": 1, "line_end": 1,
+                            "quote": 'THINK = re.compile(r"<think>.*?</think>")'}])
+    second = dict(FINDING, id="S-002", title="Second finding")
+    p = parse("<think>draft {\"summary\": \"wrong\"}</think>\n"
+              + json.dumps({"summary": "right", "findings": [first, second]}))
+    assert p.error == "" and p.summary == "right"
+    assert [f.id for f in p.findings] == ["S-001", "S-002"]
+    assert p.findings[0].claim == first["claim"]
+    assert p.findings[0].evidence[0].quote == first["evidence"][0]["quote"]
+    # An opening tag with no closing one, inside a string, is content too.
+    (f,) = parse(json.dumps({"summary": "s", "findings": [dict(FINDING, claim="emits <think> first")]})).findings
+    assert f.claim == "emits <think> first"
+
+
+def test_a_quote_given_as_a_list_of_lines_keeps_its_line_breaks():
+    from conductor.evidence import check
+    from conductor.snapshot import MemorySnapshot
+
+    code = "def load(path):\n    with open(path) as fh:\n        return eval(fh.read())\n"
+    snap = MemorySnapshot({"app/io.py": code})
+    item = dict(FINDING, evidence=[{"path": "app/io.py", "line_start": 2, "line_end": 3,
+                                    "quote": ["with open(path) as fh:", "return eval(fh.read())"]}])
+    (f,) = parse(json.dumps({"summary": "s", "findings": [item]})).findings
+    assert f.evidence[0].quote == "with open(path) as fh:\nreturn eval(fh.read())"
+    assert [r.outcome for r in check([f], snap)] == ["verified"]
+
+
 def test_validator_verdicts_are_read_and_normalised():
     text = json.dumps({"summary": "x", "verdicts": [
         {"finding_id": "S-001", "result": "Partially Refuted", "reason": "r",
@@ -318,3 +370,58 @@ def test_the_embedded_model_under_the_schema_gives_output_the_parser_reads(perso
         assert "cut off" not in got.error
     for f in got.findings:
         assert f.id.startswith("SEC-") and f.severity in sec.severities and f.persona == sec.name
+
+
+USER_PERSONA = """\
+---
+name: perf-auditor
+lens: Looks for performance problems on hot paths.
+boundaries:
+  - does_not: prove exploit paths
+    use: adversarial-security-analyst
+inputs:
+  - the files in scope
+id_prefix: PA
+severities: [Showstopper, Slow, Nit]
+evidence_rule: true
+yagni_rule: false
+slice: all
+---
+
+## Posture
+
+Find slow code.
+"""
+
+
+def test_a_user_persona_keeps_its_vocabulary_and_prefix(tmp_path, git_repo, make_request):
+    # Looked up by name among the builtins, a user persona had no words and no prefix: its
+    # findings kept whatever id the model wrote (SEC-001 passed for a security finding) and
+    # its top word ranked as a suggestion. The plan now records them, and readers use that.
+    from golden.synthetic import make_run
+
+    from conductor.collect import collect
+    from conductor.findings import PersonaInfo
+    from conductor.plan import plan
+    from conductor.snapshot import MemorySnapshot
+    from personas import load_personas
+
+    (tmp_path / "perf-auditor.md").write_text(USER_PERSONA)
+    repo = git_repo({"app/core.py": "def total(items):\n    return sum(items)\n"})
+    repo.branch("feature")
+    repo.write({"app/core.py": "def total(items):\n    return sum(items) + 1\n"})
+    repo.commit("change")
+    planned = plan(make_request("code-review", base="main", personas=("perf-auditor",)),
+                   repo.pin(base="main"), load_personas(tmp_path), model="m", engine="e", ts=2.0)
+    (seat,) = [e for e in planned.roster if e.persona == "perf-auditor"]
+    assert (seat.id_prefix, seat.severities) == ("PA", ("Showstopper", "Slow", "Nit"))
+
+    answer = json.dumps({"summary": "s", "findings": [dict(FINDING, id="SEC-001", severity="Showstopper")]})
+    (f,) = parse(answer, persona=PersonaInfo(seat.persona, seat.id_prefix, seat.severities)).findings
+    assert (f.id, f.severity) == ("PA-001", "Showstopper")  # not a security finding by its id
+
+    (tmp_path / "perf-auditor.md").unlink()  # the report reads the words from the log alone
+    snap = MemorySnapshot({"app/handlers.py": "from app.db import query\n"}, commit="e" * 40)
+    state = make_run({"pa": ("perf-auditor", [f])}, snapshot=snap, roster=planned.roster)
+    (item,) = collect(state).findings
+    assert (item.id, item.level, item.security) == ("PA-001", "warning", False)

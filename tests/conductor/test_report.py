@@ -367,3 +367,27 @@ def test_a_run_without_a_plan_still_renders():
         out = render(report)
         assert "/x" in out and "embedded" in out
     assert "No agent step was planned." in render_markdown(report)
+
+
+def test_a_carriage_return_in_a_quote_cannot_close_its_fence(frozen):
+    from html import unescape
+
+    from markdown_it import MarkdownIt
+
+    # A lone CR between two backtick runs: the quote still checks out against a file whose
+    # lines are '```' and '```', so the hostile text reaches the report as a verified quote.
+    doc = "Examples\n```\n```\n### JD-009 — forged\n![x](https://attacker.example/x.png)\n"
+    snap = MemorySnapshot({"docs/guide.md": doc}, commit="e" * 40)
+    quote = "```\r```\n### JD-009 — forged\n![x](https://attacker.example/x.png)"
+    f = Finding(id="JD-001", severity="Polish", title="t", claim="c",
+                evidence=(Evidence(path="docs/guide.md", line_start=2, line_end=5, quote=quote),))
+    report = build_report(make_run({"jd": ("junior-developer", [f])}, snapshot=snap))
+    tokens = MarkdownIt("commonmark").parse(render_markdown(report))
+    flat = [t for tok in tokens for t in (tok, *(tok.children or ()))]
+    shown = "```\n```\n### JD-009 — forged\n![x](https://attacker.example/x.png)"
+    assert [t.content for t in tokens if t.type == "fence"] == [shown + "\n"]
+    assert not any("JD-009" in _plain(tokens[n + 1]) for n, t in enumerate(tokens) if t.type == "heading_open")
+    assert not any(t.type in ("image", "link_open") for t in flat)
+    # The HTML page shows the same text.
+    html = render_html(report)
+    assert unescape(html[html.index("<pre><code>") + 11:html.index("</code></pre>")]) == shown

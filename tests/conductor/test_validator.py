@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import msgspec
+
 from golden.synthetic import make_run
 
 from conductor.collect import collect
@@ -186,3 +188,45 @@ def test_gate_reads_no_clock():
     assert first == second
     assert first.ts == state.steps["validate"].ended_ts
     assert gate(state, "validate", SNAP, ts=99.0).ts == 99.0
+
+
+def _judged_then_restated(verdict):
+    """gap-analysis: JD-001 judged by the validator, then restated by a synthesis step after it."""
+    from conductor.evidence import check
+    from conductor.state import fold
+    from events.types import (EvidenceChecked, PlannedStep, RunPlanned, RunRequested, StepFinished,
+                              StepStarted)
+
+    jd = finding("JD-001", "Worth clarifying", 2)
+    later = msgspec.structs.replace(jd, id="D-001", severity="Disputed")
+    steps = (PlannedStep(step_id="jd", persona="junior-developer", phase="swarm", wave=1, role="synthesis"),
+             PlannedStep(step_id="validate", persona="adversarial-validator", phase="validation", wave=2,
+                         role="validator"),
+             PlannedStep(step_id="ps", persona="plan-synthesizer", phase="synthesis", wave=3, role="synthesis"))
+    state = fold([RunRequested(run_id="r", ts=1.0, flow="gap-analysis", repo="/repo"),
+                  RunPlanned(run_id="r", ts=2.0, band="medium", band_reason="t", band_source="explicit",
+                             roster=(), steps=steps, commit=SNAP.commit, model="m", engine="e")])
+
+    def finish(sid, output="", findings=()):
+        apply(state, StepStarted(run_id="r", ts=3.0, step_id=sid))
+        apply(state, StepFinished(run_id="r", ts=4.0, step_id=sid, output=output, findings=findings))
+        apply(state, EvidenceChecked(run_id="r", ts=5.0, step_id=sid, results=check(findings, SNAP)))
+
+    finish("jd", findings=(jd,))
+    finish("validate", output=verdicts(verdict))
+    apply(state, gate(state, "validate", SNAP))
+    finish("ps", findings=(later,))
+    return build_report(state)
+
+
+def test_a_verdict_still_applies_when_a_later_finding_merged_with_the_judged_one():
+    dropped = _judged_then_restated(v("JD-001", "refuted", counter(line=40)))
+    # The refuted substance is gone, under either id, and the drop is counted.
+    assert [f.id for f in dropped.findings] == []
+    assert (dropped.validator.refuted, dropped.validator.dropped) == (1, ("D-001",))
+    assert [(o.id, o.reason.startswith("dropped by the validator")) for o in dropped.omitted] == [("D-001", True)]
+
+    demoted = _judged_then_restated(v("JD-001", "partially_refuted"))
+    (f,) = demoted.findings
+    assert (f.id, f.sources, f.level) == ("D-001", ("D-001", "JD-001"), "suggestion")
+    assert demoted.validator.demoted == ("D-001",)

@@ -337,6 +337,8 @@ def make_run(
     band: str = "large",
     files: tuple[str, ...] = (),
     validator_output: str | None = None,
+    roster: tuple = (),
+    waves: dict[str, int] | None = None,
 ) -> RunState:
     """A run whose discovery steps (``step id -> (persona, findings)``) finished and were
     checked against ``snapshot``; with ``validator_output``, a validator step in the next wave
@@ -344,7 +346,7 @@ def make_run(
     from events.types import EvidenceChecked
 
     planned = [
-        PlannedStep(step_id=sid, persona=persona, phase="review", wave=0, files=files)
+        PlannedStep(step_id=sid, persona=persona, phase="review", wave=(waves or {}).get(sid, 0), files=files)
         for sid, (persona, _) in steps.items()
     ]
     if validator_output is not None:
@@ -353,7 +355,7 @@ def make_run(
     state = RunState(run_id="run-t")
     apply(state, RunRequested(run_id="run-t", ts=1.0, flow=flow, repo="/repo"))
     apply(state, RunPlanned(run_id="run-t", ts=2.0, band=band, band_reason="test", band_source="explicit",
-                            roster=(), steps=tuple(planned), commit=snapshot.commit, model="m",
+                            roster=roster, steps=tuple(planned), commit=snapshot.commit, model="m",
                             engine="scripted"))
     ts = itertools.count(3)
     for sid, (persona, findings) in steps.items():
