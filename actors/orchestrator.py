@@ -274,6 +274,18 @@ class Orchestrator:
     def _resolve_engine(self, requested: RunRequested) -> tuple[str, str]:
         from actors.engines import select_engine
 
+        if (
+            requested.engine == "scripted"
+            and self._script is None
+            and requested.model != self.settings.model
+        ):
+            # Without a script the test double plays the JSON file its model names: a caller
+            # of the API could name any file on this machine. It plays only its own.
+            raise LaunchError(
+                "the scripted engine is a test double: it plays only the script this "
+                "Orchestrator was started with, never a model a launch names",
+                "bad_engine",
+            )
         settings = msgspec.structs.replace(
             self.settings, engine=requested.engine, model=requested.model
         )

@@ -33,7 +33,9 @@ class ChatSender:
     def __init__(self, backend, webhook_url: str = ""):
         self.backend = backend
         self.webhook_url = webhook_url
-        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        # Each lock with the count of its users: it goes when the last one is done (the send
+        # is in the log by then), or every request id ever tried would be kept for ever.
+        self._locks: dict[tuple[str, str], tuple[threading.Lock, list[int]]] = {}
         self._guard = threading.Lock()
 
     def send(self, run_id: str, request_id: str) -> dict:
@@ -41,25 +43,35 @@ class ChatSender:
         ``LaunchError(code="not_ready")`` before the report exists."""
         key = (run_id, request_id)
         with self._guard:
-            lock = self._locks.setdefault(key, threading.Lock())
-        with lock:
-            state = self.backend.state(run_id)
-            first = state.sent.get(request_id)
-            if first is not None:
-                return _outcome(first, seq=self._seq_of(run_id, request_id), repeated=True)
-            markdown = self.backend.report(run_id, "md")
-            target = f"thread:{state.request.thread or run_id}" if state.request else "thread"
-            ok, detail = True, "shown in the run's thread"
-            if self.webhook_url:
-                target += f",webhook:{urlsplit(self.webhook_url).netloc}"
-                ok, detail = self._post(
-                    {"run_id": run_id, "title": _title(state), "markdown": markdown}
-                )
-            event = ReportSent(
-                run_id=run_id, ts=time.time(), request_id=request_id, target=target, ok=ok, detail=detail
+            lock, users = self._locks.setdefault(key, (threading.Lock(), [0]))
+            users[0] += 1
+        try:
+            with lock:
+                return self._send(run_id, request_id)
+        finally:
+            with self._guard:
+                users[0] -= 1
+                if not users[0]:
+                    del self._locks[key]
+
+    def _send(self, run_id: str, request_id: str) -> dict:
+        state = self.backend.state(run_id)
+        first = state.sent.get(request_id)
+        if first is not None:
+            return _outcome(first, seq=self._seq_of(run_id, request_id), repeated=True)
+        markdown = self.backend.report(run_id, "md")
+        target = f"thread:{state.request.thread or run_id}" if state.request else "thread"
+        ok, detail = True, "shown in the run's thread"
+        if self.webhook_url:
+            target += f",webhook:{urlsplit(self.webhook_url).netloc}"
+            ok, detail = self._post(
+                {"run_id": run_id, "title": _title(state), "markdown": markdown}
             )
-            (seq,) = self.backend.log.append([event], [f"{run_id}/report_sent/{request_id}"])
-            return _outcome(event, seq=seq)
+        event = ReportSent(
+            run_id=run_id, ts=time.time(), request_id=request_id, target=target, ok=ok, detail=detail
+        )
+        (seq,) = self.backend.log.append([event], [f"{run_id}/report_sent/{request_id}"])
+        return _outcome(event, seq=seq)
 
     def _seq_of(self, run_id: str, request_id: str) -> int:
         """The seq of the ``ReportSent`` that answered ``request_id`` first."""

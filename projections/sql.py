@@ -137,6 +137,10 @@ def check_readonly(con: Any, sql: str) -> str:
     """
     import duckdb
 
+    try:
+        sql.encode("utf-8")
+    except UnicodeEncodeError:  # a shell argument of bytes that are not UTF-8
+        raise ReadOnlyViolation("refused: the query is not UTF-8 text") from None
     statements = con.extract_statements(sql)
     if not statements:
         raise ReadOnlyViolation("refused: the query is empty")
@@ -156,7 +160,7 @@ def check_readonly(con: Any, sql: str) -> str:
     if kind == duckdb.StatementType.SELECT:
         _check_tree(con, text)
     elif kind == duckdb.StatementType.EXPLAIN:
-        _check_explain(con, text)
+        text = _checked_explain(con, text)
     elif kind == duckdb.StatementType.PRAGMA:
         name = _pragma_name(text)
         if name not in READ_PRAGMAS:
@@ -249,12 +253,20 @@ def _pragma_name(text: str) -> str:
     return name.lower()
 
 
-def _check_explain(con: Any, text: str) -> None:
-    """EXPLAIN [ANALYZE] of a SELECT only (EXPLAIN ANALYZE runs the statement it explains)."""
+def _checked_explain(con: Any, text: str) -> str:
+    """EXPLAIN [ANALYZE] of a SELECT only (EXPLAIN ANALYZE runs the statement it explains).
+
+    Returns the statement to run, rebuilt from the SELECT that was checked: run as given, a
+    comment before EXPLAIN shifted what was checked away from what ran (a COPY went through).
+    """
     import duckdb
 
-    rest = text[len("explain") :].lstrip()
-    if rest[:7].lower() in ("analyze", "analyse"):
+    head = _without_leading_comments(text)
+    if head[:7].lower() != "explain":
+        raise ReadOnlyViolation("refused: EXPLAIN is allowed for a single SELECT only")
+    rest = head[7:].lstrip()
+    analyze = rest[:7].lower() in ("analyze", "analyse")
+    if analyze:
         rest = rest[7:]
     try:
         inner = con.extract_statements(rest)
@@ -262,7 +274,24 @@ def _check_explain(con: Any, text: str) -> None:
         inner = []
     if len(inner) != 1 or inner[0].type != duckdb.StatementType.SELECT:
         raise ReadOnlyViolation("refused: EXPLAIN is allowed for a single SELECT only")
-    _check_tree(con, inner[0].query.strip())
+    query = inner[0].query.strip()
+    _check_tree(con, query)
+    return ("EXPLAIN ANALYZE " if analyze else "EXPLAIN ") + query
+
+
+def _without_leading_comments(text: str) -> str:
+    while True:
+        text = text.lstrip()
+        if text.startswith("--"):
+            _, newline, text = text.partition("\n")
+            if not newline:
+                return ""
+        elif text.startswith("/*"):
+            _, close, text = text[2:].partition("*/")
+            if not close:
+                return ""
+        else:
+            return text
 
 
 def _check_tree(con: Any, text: str) -> None:

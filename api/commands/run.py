@@ -78,7 +78,10 @@ def run(args: argparse.Namespace, settings) -> int:
     out = sys.stdout
     with contextlib.redirect_stdout(sys.stderr):
         try:
-            orch = Orchestrator(settings, engine=args.engine, script=script)
+            # The flags configure this process's own Orchestrator, as ORCH_MODEL would: the
+            # scripted engine plays a model path only when it is the instance's own.
+            own = msgspec.structs.replace(settings, model=req.model) if req.model else settings
+            orch = Orchestrator(own, engine=args.engine, script=script)
         except LogLocked as exc:  # another `orchestrator run`, or a server still starting
             raise CommandError(str(exc)) from None
         # `timeout`, a CI job or a service manager stops us with SIGTERM: stop the run as
@@ -187,6 +190,8 @@ def _check_early(req) -> None:
 
     if not Path(req.repo).expanduser().exists():
         raise CommandError(f"no such repository: {req.repo}", 2)
+    if not Path(req.repo).expanduser().is_dir():
+        raise CommandError(f"the repository {req.repo} is not a directory", 2)
     _validate(req)
     try:
         check_base(req.repo, req.base)  # read-only: git resolves the ref, nothing is pinned

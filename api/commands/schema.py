@@ -29,7 +29,7 @@ def run(args: argparse.Namespace, settings) -> int:
 
         doc = schema_document()
     text = json.dumps(doc, indent=2, sort_keys=True)
-    if args.output:
+    if args.output is not None:
         write_output(args.output, text + "\n")
     else:
         print(text)

@@ -29,7 +29,7 @@ def run(args: argparse.Namespace, settings) -> int:
         )
     render = {"md": render_markdown, "json": render_json, "html": render_html}[args.format]
     text = render(build_report(state))
-    if args.output:
+    if args.output is not None:
         if state.request is not None:
             _check_outside_repo(state.request.repo, args.output)
         write_output(args.output, text)

@@ -16,27 +16,27 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from api.commands import CommandError
+from api.commands import CommandError, whole_number
 
 NAME = "sql"
 HELP = "Run one read-only SQL query over the event log and the projections."
 
 SERVER_FILE = "server.json"
+MAX_ROWS = 100_000_000  # far more than a terminal shows; past it DuckDB's fetch overflows
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("query", help="one SELECT (or EXPLAIN, or a PRAGMA that describes)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
-        "--max-rows", type=int, default=None, metavar="N", help="print at most N rows"
+        "--max-rows", type=whole_number(0, MAX_ROWS), default=None, metavar="N",
+        help="print at most N rows",
     )
 
 
 def run(args: argparse.Namespace, settings) -> int:
     from projections.sql import QueryTimedOut, ReadOnlyViolation
 
-    if args.max_rows is not None and args.max_rows < 0:
-        raise CommandError("--max-rows must not be negative")
     try:
         result, served = query(settings, args.query, max_rows=args.max_rows)
     except (ReadOnlyViolation, QueryTimedOut) as exc:

@@ -355,6 +355,14 @@ def test_a_model_that_will_not_start_is_one_clear_error_and_writes_nothing(ray_s
     data = tmp_path / "data"
     o = Orchestrator(Settings.load({}, data_dir=str(data)), engine="scripted")
     try:
+        # Nor may a launch hand the test double a script of its choosing: it would read any
+        # JSON file on the machine (the API takes an engine and a model from its callers).
+        elsewhere = tmp_path / "elsewhere.json"
+        elsewhere.write_text(json.dumps(SCRIPT))
+        with pytest.raises(LaunchError) as err:
+            o.launch(LaunchRequest(flow="code-review", repo=str(repo), engine="scripted",
+                                   model=str(elsewhere)))
+        assert err.value.code == "bad_engine" and "never a model a launch names" in str(err.value)
         with pytest.raises(LaunchError) as err:
             o.launch(LaunchRequest(flow="code-review", repo=str(repo)))
         assert err.value.code == "model_unavailable"

@@ -150,3 +150,20 @@ def test_sending_before_the_report_exists_or_with_a_bad_body_writes_nothing(serv
         assert max_seq(server.backend) == before
         assert sent_events(http, run_id) == []
     assert hook.posts == []
+
+
+def test_a_send_keeps_no_lock_once_done_so_request_ids_cannot_pile_up(backend, finished):
+    # One lock per request id was kept for ever: any caller could grow the server's memory
+    # by sending with new ids, even to runs that do not exist.
+    from actors.service import NotFound
+    from api.chat import ChatSender
+
+    sender = ChatSender(backend)
+    for n in range(200):
+        with pytest.raises(NotFound):
+            sender.send("no-such-run", f"flood-{n}")
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: sender.send(finished, "req-6"), range(4)))
+    assert sorted(a["repeated"] for a in answers) == [False, True, True, True]
+    assert sender._locks == {}
+    assert sender.send(finished, "req-6")["repeated"] is True  # the log remembers, not the lock

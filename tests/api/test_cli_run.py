@@ -104,6 +104,12 @@ def test_run_prints_the_report_and_history_reopens_it(tmp_path, repo):
         assert f"is inside the repository {repo}" in refused.stderr
         assert "write it somewhere outside the repository" in refused.stderr
         assert len(refused.stderr.splitlines()) == 1
+    # A hard link is a name outside for a file inside: the report takes the name with a
+    # new file, and the repository's file keeps its bytes.
+    os.link(repo / "calc.py", tmp_path / "linked.md")
+    linked = orchestrator(data, "show", run_id, "-o", str(tmp_path / "linked.md"))
+    assert linked.returncode == 0, linked.stderr
+    assert (tmp_path / "linked.md").read_text() == shown.stdout.removesuffix("\n")
     assert fingerprint(repo) == before
     again = orchestrator(data, "cancel", run_id)
     assert again.returncode != 0 and "already finished" in again.stderr
@@ -222,6 +228,7 @@ def _descendant(root: int, marker: str) -> int | None:
     [
         (["run", "no-such-flow", "--repo", "{repo}"], "unknown flow"),
         (["run", "code-review", "--repo", "{missing}"], "no such repository"),
+        (["run", "code-review", "--repo", "{plain}/calc.py"], "is not a directory"),
         (["run", "code-review", "--repo", "{repo}", "--band", "huge"], "band"),
         (["run", "architectural-analysis", "--repo", "{repo}"], "focus"),
         (["run", "code-review", "--repo", "{repo}", "--persona", "secruity-analyst"], "unknown persona 'secruity-analyst'"),

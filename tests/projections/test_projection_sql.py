@@ -89,6 +89,11 @@ REFUSED = [
     "SELECT 1; DELETE FROM flow_runs",
     "SELECT 1; SELECT 2",
     "EXPLAIN ANALYZE DELETE FROM flow_runs",
+    # A comment before EXPLAIN once moved what was checked (the SELECT inside the comment)
+    # away from what ran.
+    "/*xxxxxSELECT 1 --*/ EXPLAIN ANALYZE CHECKPOINT",
+    "/*xxxxxSELECT 1 --*/ EXPLAIN ANALYZE SET threads = 1",
+    "/*xxxxxSELECT 1 --*/ EXPLAIN ANALYZE COPY flow_runs TO '{out}/runs.csv'",
     "SELECT * FROM read_csv('/etc/passwd')",
     "SELECT * FROM '/etc/passwd'",
     "SELECT * FROM glob('/*')",
@@ -129,6 +134,7 @@ def test_reading_queries_pass_the_guard(logged):
             "SHOW TABLES",
             "PRAGMA table_info('flow_runs')",
             "EXPLAIN SELECT * FROM flow_steps",
+            "-- how the steps are read\n/* a plan */ EXPLAIN ANALYZE SELECT * FROM flow_steps",
             "SELECT * FROM duckdb_tables()",
             "SELECT * FROM range(3)",
             "SELECT * FROM analytics_persona",
@@ -162,6 +168,8 @@ FILE_READS = [
     'SUMMARIZE "{d}/secret".csv',
     'SHOW "{d}/secret".csv',
     'EXPLAIN ANALYZE SELECT * FROM "{d}/secret".csv',
+    "/*xxxxxSELECT 1 --*/ EXPLAIN ANALYZE COPY (SELECT * FROM events) TO '{d}/copied.csv'",
+    "/*xxxxxSELECT 1 --*/ EXPLAIN ANALYZE SET GLOBAL memory_limit = '3MB'",
     'SELECT * FROM main."secret.csv"',
     'SELECT * FROM "https://example.invalid/x".csv',
 ]
@@ -179,6 +187,8 @@ def test_a_query_on_the_servers_connection_reads_no_file(data_dir, tmp_path, que
             readonly_query(cur, query.format(d=tmp_path))
         with log.reader() as cur:  # the cursor is left usable, outside any transaction
             assert readonly_query(cur, "SELECT count(*) FROM flow_runs").rows == [[1]]
+        assert not (tmp_path / "copied.csv").exists()
+        log.append(events[:1], ["one-more"])  # the writer's settings are as they were
 
 
 def test_tables_views_and_with_names_are_read_however_they_are_named(data_dir):
@@ -270,6 +280,18 @@ def test_sql_reports_a_bad_query_and_a_missing_log(logged, data_dir, tmp_path, c
     assert "no_such_table" in capsys.readouterr().err
     assert sql(tmp_path / "empty", "SELECT 1") == 1
     assert "no event log" in capsys.readouterr().err
+
+
+def test_arguments_no_query_can_take_are_one_clear_line(logged, capsys):
+    # Both once ended in a TypeError's traceback: a row count DuckDB's fetch cannot hold, and
+    # a shell argument of bytes that are not UTF-8 (Python hands them on as lone surrogates).
+    with pytest.raises(SystemExit) as done:
+        sql(logged, "SELECT 1", "--max-rows", "99999999999999999999")
+    assert done.value.code == 2
+    assert "argument --max-rows: must be a whole number from 0 to 100000000" in capsys.readouterr().err
+    assert sql(logged, "SELECT 'caf\udce9'") == 1
+    err = capsys.readouterr().err
+    assert err == "orchestrator: refused: the query is not UTF-8 text\n"
 
 
 def test_tables_of_an_earlier_version_are_named_until_a_writer_rebuilds_them(logged, capsys):
