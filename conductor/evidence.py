@@ -146,7 +146,7 @@ def check_one(
     last = min(line_end, total)  # an end past the last line is clamped only with the quote inside
     # The cited lines first, searched on their own, so how often the quote occurs elsewhere
     # cannot change this answer.
-    for _ in files.spans(clean, needle, line_start, last):
+    if next(files.spans(clean, needle, line_start, last), None) is not None:
         return result("verified", start=line_start, end=last, where=clean)
     nearest, gap = None, 0
     for span in files.spans(clean, needle):

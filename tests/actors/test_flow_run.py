@@ -17,6 +17,7 @@ import pytest
 from actors.config import Settings
 from actors.service import LaunchError, LaunchRequest
 from tests.actors.hostile import SECRET, fingerprint, make_hostile_repo, make_repo
+from tests.conductor.golden.synthetic import USER_PERSONA
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -71,29 +72,6 @@ SCRIPT = {
         {"json": {"final": FINDING}},
     ],
 }
-
-
-# Seated only when a request names it: it has no signals of its own.
-USER_PERSONA = """\
----
-name: perf-auditor
-lens: Looks for slow code on hot paths.
-boundaries:
-  - does_not: prove exploit paths
-    use: adversarial-security-analyst
-inputs:
-  - the files in scope
-id_prefix: PA
-severities: [Showstopper, Slow, Nit]
-evidence_rule: true
-yagni_rule: false
-slice: all
----
-
-## Posture
-
-Find slow code.
-"""
 
 
 @pytest.fixture(scope="module")

@@ -372,33 +372,11 @@ def test_the_embedded_model_under_the_schema_gives_output_the_parser_reads(perso
         assert f.id.startswith("SEC-") and f.severity in sec.severities and f.persona == sec.name
 
 
-USER_PERSONA = """\
----
-name: perf-auditor
-lens: Looks for performance problems on hot paths.
-boundaries:
-  - does_not: prove exploit paths
-    use: adversarial-security-analyst
-inputs:
-  - the files in scope
-id_prefix: PA
-severities: [Showstopper, Slow, Nit]
-evidence_rule: true
-yagni_rule: false
-slice: all
----
-
-## Posture
-
-Find slow code.
-"""
-
-
 def test_a_user_persona_keeps_its_vocabulary_and_prefix(tmp_path, git_repo, make_request):
     # Looked up by name among the builtins, a user persona had no words and no prefix: its
     # findings kept whatever id the model wrote (SEC-001 passed for a security finding) and
     # its top word ranked as a suggestion. The plan now records them, and readers use that.
-    from golden.synthetic import make_run
+    from golden.synthetic import USER_PERSONA, make_run
 
     from conductor.collect import collect
     from conductor.findings import PersonaInfo

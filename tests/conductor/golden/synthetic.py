@@ -370,3 +370,27 @@ def make_run(
                                   output=validator_output))
         apply(state, EvidenceChecked(run_id="run-t", ts=float(next(ts)), step_id="validate", results=()))
     return state
+
+
+# A user persona with its own id prefix and severity words; no signals, so it is seated only
+# when a request names it.
+USER_PERSONA = """\
+---
+name: perf-auditor
+lens: Looks for performance problems on hot paths.
+boundaries:
+  - does_not: prove exploit paths
+    use: adversarial-security-analyst
+inputs:
+  - the files in scope
+id_prefix: PA
+severities: [Showstopper, Slow, Nit]
+evidence_rule: true
+yagni_rule: false
+slice: all
+---
+
+## Posture
+
+Find slow code.
+"""
