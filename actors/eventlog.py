@@ -45,6 +45,9 @@ from events.types import AgentEvent
 DEFAULT_NAME = "eventlog"
 DEFAULT_PROJECTOR = "projections.projector:Projector"
 POLL_LIMIT = 10_000  # records per poll answer at most
+# Bytes per poll answer at most (past the first record): an answer must fit the wire's frame,
+# or a subscriber would ask for the same too-big page for ever.
+POLL_BYTES = 64 * 1024 * 1024
 LOOP_READ = 2_000  # a poll this close to the head is answered on the loop, from memory
 RETRY_FOR = 60.0  # seconds a client keeps retrying while the actor restarts
 OPEN_TIMEOUT = 5.0  # seconds a restarted actor waits for its predecessor to let go of the file
@@ -146,8 +149,10 @@ class EventLogActor:
         run_id: str | None = None,
         timeout: float = 10.0,
         limit: int = POLL_LIMIT,
+        max_bytes: int = POLL_BYTES,
     ) -> list[tuple[int, bytes]]:
-        """Committed records after ``after`` as soon as there are any, or [] after ``timeout``."""
+        """Committed records after ``after`` as soon as there are any, or [] after ``timeout``;
+        at most ``limit`` of them, and past the first no more than ``max_bytes`` of bodies."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         scanned = after  # nothing of ours in (after, scanned]
@@ -166,7 +171,7 @@ class EventLogActor:
                         self._log.read_encoded, scanned, run_id=run_id, limit=limit
                     )
                 if records:
-                    return records
+                    return _within(records, max_bytes)
                 scanned = committed
                 continue
             remaining = deadline - loop.time()
@@ -539,3 +544,13 @@ def _creation_error(exc: BaseException) -> tuple[str, str]:
     if sep and " " not in head:
         return head.rsplit(".", 1)[-1], message
     return "", last
+
+
+def _within(records: list[tuple[int, bytes]], budget: int) -> list[tuple[int, bytes]]:
+    """The first of ``records`` whose bodies fit ``budget`` bytes (at least one record)."""
+    total = 0
+    for n, (_, body) in enumerate(records):
+        total += len(body)
+        if total > budget and n:
+            return records[:n]
+    return records

@@ -726,6 +726,12 @@ class DuckDBLog(EventLog):
                 # DuckDB refuses bytes that are not UTF-8 text: say which, as for any other
                 # malformed append (checked only now, since the check costs every append).
                 problem = text_problem(group[0].blobs, group[0].keys)
+                if not problem and isinstance(exc, duckdb.ConversionException):
+                    # msgspec's int has no bound; the projections' BIGINT columns do.
+                    problem = (
+                        f"an event holds a number its column cannot store "
+                        f"({str(exc).splitlines()[0]}); nothing of this append was written"
+                    )
                 _fail(group[0].future, MalformedEvent(problem) if problem else exc)
                 return
             # One bad append (say, a projector error) must not sink the others: retry alone.

@@ -21,6 +21,11 @@ from events.types import AgentEvent
 
 
 def _check_keys(keys: Sequence[str], count: int) -> None:
+    if isinstance(keys, str | bytes):  # its characters would pass for keys
+        raise MalformedEvent(
+            "the idempotency keys are one string: give a list of them, one per event; "
+            "nothing of this append was written"
+        )
     if len(keys) != count:
         raise MalformedEvent(
             f"{count} events but {len(keys)} idempotency keys: each event needs exactly one; "

@@ -126,6 +126,25 @@ def test_polls_near_the_head_and_far_behind_it_agree_with_read(actor_log):
         assert len(polled) == (0 if after == 3000 else len(client.read(after, run_id=run_id)))
 
 
+def test_a_poll_answer_is_bounded_in_bytes_and_a_follower_still_reads_everything(actor_log):
+    # Bounded by count alone, 10,000 big records made an answer too big for the wire's frame:
+    # the follower asked for the same page for ever and the live feed stalled.
+    _, handle = actor_log
+    client = LogClient(handle)
+    big = "x" * 200_000
+    events = [delta("r", "s", i, text=big + str(i)) for i in range(10)]
+    client.append(events, [f"big/{i}" for i in range(10)])
+    pages, after = [], 0
+    while after < 10:
+        page = ray.get(handle.poll.remote(after, None, 10.0, 10_000, 500_000))
+        pages.append(len(page))
+        after = page[-1][0]
+    assert pages == [2, 2, 2, 2, 2]  # two bodies fit 500,000 bytes, a third would not
+    one = ray.get(handle.poll.remote(0, None, 10.0, 10_000, 1_000))  # a body over the budget
+    assert [seq for seq, _ in one] == [1]  # still comes, alone
+    assert [r.event for r in client.read(0)] == events
+
+
 def _count_events(cur) -> int:
     return cur.execute("SELECT count(*) FROM events").fetchall()[0][0]
 

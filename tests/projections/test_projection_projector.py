@@ -245,6 +245,24 @@ def test_a_failed_batch_in_the_real_log_leaves_tables_equal_to_rebuild(path):
         assert tables(con) == live
 
 
+def test_a_number_too_big_for_its_column_is_a_malformed_event_and_writes_nothing(path):
+    # msgspec's int has no bound, the projections' BIGINT columns do: DuckDB's own
+    # ConversionException came out of the append instead of the log's refusal.
+    from events.errors import MalformedEvent
+    from events.types import StepFinished
+
+    events = review_run("r1", 1000.0)
+    with DuckDBLog(path, projector=Projector()) as log:
+        append_all(log, events)
+        before = log.max_seq()
+        huge = StepFinished(run_id="r9", ts=1010.0, step_id="s9", output="", tokens_in=2**63)
+        with pytest.raises(MalformedEvent, match="a number its column cannot store"):
+            log.append([huge], ["huge"])
+        with pytest.raises(MalformedEvent, match="the idempotency keys are one string"):
+            log.append([huge], "k")  # its one character would have passed for a key
+        assert log.max_seq() == before
+
+
 def test_setup_catches_up_a_log_written_without_the_projector(path):
     events = interleave([review_run("r1", 1000.0), review_run("r2", 1500.0)],
                         lambda lo, hi: lo)
