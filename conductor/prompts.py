@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -46,6 +47,8 @@ MIN_PART_TOKENS = 64  # a file is cut at a line only when at least this much of 
 USER_TEXT_CAP = 4000  # characters of each of the person's inputs shown (their text is trusted)
 FILE_BYTES = 1_000_000  # of a file read for a prompt at most: more than any context holds
 LISTED_FILES = 30  # paths of the step's slice listed by name before "and N more"
+LISTED_CHARS = 1_200  # and at most about this many characters of them
+SHOWN_PATH_CHARS = 160  # a longer path is shown cut in the middle
 LISTED_LEFT_OUT = 20  # items named in the "not included" line before "and N more"
 SECTION_SLACK = 16  # tokens kept for section headings and separators between items
 # Signals that say nothing about one file's relevance (they fire on every file).
@@ -132,12 +135,21 @@ def build_messages(
     # (or all it needs, when that is less).
     wanted = sum(estimate_tokens(i.render(None)[0]) + 1 for i in items)
     reserve = min(budget_tokens // 4, wanted + SECTION_SLACK)
-    body, cut_sections = _fit_body(persona.body, budget_tokens - reserve - _messages_tokens(rules, task))
+    room = budget_tokens - reserve - _messages_tokens(rules, task)
+    # A cut brief is named in a note at the end, which needs room of its own: fit again with
+    # that room kept until the note fits it (each round only cuts more, so this ends).
+    cut_note = 0
+    for _ in range(5):
+        body, cut_sections = _fit_body(persona.body, room - cut_note)
+        cut = [BRIEF + s + CUT for s in cut_sections]
+        need = estimate_tokens(_left_out_note(cut, upstream=False)) if cut else 0
+        if need <= cut_note:
+            break
+        cut_note = need
     system = f"{body}\n\n{rules}" if body else rules
 
-    cut = [BRIEF + s + CUT for s in cut_sections]
     base = _messages_tokens(system, task) + SECTION_SLACK
-    sections, skipped, used = _fill(items, budget_tokens - base)
+    sections, skipped, used = _fill(items, budget_tokens - base - cut_note)
     if skipped:
         # Something did not fit: make room for the note that says so, and fill again.
         note_room = estimate_tokens(_left_out_note([i.label for i in items] + cut, upstream=True))
@@ -244,9 +256,12 @@ def _task(
         f"{len(plan.considered)} file{'s' if len(plan.considered) != 1 else ''} considered.",
     ]
     if step.files:
-        shown = ", ".join(step.files[:LISTED_FILES])
-        more = len(step.files) - LISTED_FILES
-        lines.append(f"Your files ({len(step.files)}): {shown}" + (f", and {more} more" if more > 0 else ""))
+        listed_files = [shown_path(p) for p in step.files[:LISTED_FILES]]
+        while len(listed_files) > 1 and sum(map(len, listed_files)) > LISTED_CHARS:
+            listed_files.pop()
+        more = len(step.files) - len(listed_files)
+        lines.append(f"Your files ({len(step.files)}): {', '.join(listed_files)}"
+                     + (f", and {more} more" if more > 0 else ""))
 
     given: list[str] = []
     for field, label in (("focus", "Focus"), ("symptom", "Symptom"), ("text", "Notes")):
@@ -318,6 +333,14 @@ def _fit_body(body: str, room: int) -> tuple[str, list[str]]:
     for i in order:
         if estimate_tokens("".join(parts[k] for k in keep)) <= room or len(keep) == 1:
             break
+        # Keep the head of this section when that is enough: dropping it whole for a few
+        # tokens (the note naming a cut needs some) would lose more of the brief than needed.
+        rest = estimate_tokens("".join(parts[k] for k in keep if k != i))
+        head = _paragraphs_within(parts[i], room - rest)
+        if head:
+            parts[i] = head + "\n\n"
+            cut.append(f"section {titles[i]!r} after {len(head)} characters")
+            break
         keep.remove(i)
         cut.append(f"section {titles[i]!r}")
     text = "".join(parts[k] for k in keep).strip()
@@ -328,6 +351,21 @@ def _fit_body(body: str, room: int) -> tuple[str, list[str]]:
         cut.append(f"section {kept_title!r} after {len(head)} characters")
         text = head.rstrip()
     return text, cut
+
+
+def _paragraphs_within(section: str, room: int) -> str:
+    """The whole paragraphs at the head of ``section`` (its heading and at least one more)
+    that fit ``room`` tokens, or '' when they do not."""
+    if room < MIN_PART_TOKENS:
+        return ""
+    paragraphs = section.strip().split("\n\n")
+    head = ""
+    for n, paragraph in enumerate(paragraphs):
+        grown = f"{head}\n\n{paragraph}" if head else paragraph
+        if estimate_tokens(grown) > room:
+            return head if n >= 2 else ""
+        head = grown
+    return head
 
 
 # --- the optional part -----------------------------------------------------------------------
@@ -351,25 +389,45 @@ def _context_items(state: RunState, flow: Flow, st: StepState, snapshot: Snapsho
         by_file = _split_diff(diff)
         for path in files:
             if path in by_file:
-                items.append(_lines_item("Diff", f"diff of {path}", f"diff of {path}", by_file[path]))
+                name = shown_path(path)
+                items.append(_lines_item("Diff", f"diff of {name}", f"diff of {name}", by_file[path]))
     for path in files:
         head = snapshot.read_head(path, FILE_BYTES)
         if head is None:
             continue
         data, size = head
+        name = shown_path(path)
         if b"\0" in data[:8192]:
-            items.append(_whole("Files", path, f"{path}: binary file, {size} bytes (not shown)"))
+            items.append(_whole("Files", name, f"{name}: binary file, {size} bytes (not shown)"))
             continue
         if len(data) < size:  # whole lines only: the head may stop inside one
             data = data[: data.rfind(b"\n") + 1]
             if not data:
-                items.append(_whole("Files", path, (
-                    f"{path}: {size} bytes with no line break in the first {FILE_BYTES:,} (not "
+                items.append(_whole("Files", name, (
+                    f"{name}: {size} bytes with no line break in the first {FILE_BYTES:,} (not "
                     "shown; read_file shows part of it)")))
                 continue
         text = data.decode("utf-8", errors="replace")
-        items.append(_file_item(path, text, size if len(data) < size else None))
+        items.append(_file_item(name, text, size if len(data) < size else None))
     return items
+
+
+def shown_path(path: str) -> str:
+    """A repository path as prompt text: one line, bounded.
+
+    Paths come from the analysed repository and are not fenced: a name holding a line break
+    could forge a section of the prompt ("## From the person who launched the run"). Such a
+    name is shown quoted, with escapes (as the tools show it); a very long one is cut.
+    """
+    if any(ch < " " or ch == "\x7f" or unicodedata.category(ch) in _HIDDEN for ch in path):
+        path = json.dumps(path)
+    if len(path) > SHOWN_PATH_CHARS:
+        half = SHOWN_PATH_CHARS // 2
+        path = f"{path[:half]}…{path[-half:]}"
+    return path
+
+
+_HIDDEN = ("Cc", "Cf", "Zl", "Zp")  # control and format characters, line and paragraph breaks
 
 
 def _whole(section: str, label: str, text: str) -> _Item:
@@ -537,7 +595,11 @@ def _surviving(state: RunState, step: PlannedStep) -> Iterable[tuple[Finding, st
 def _left_out_note(labels: list[str], *, upstream: bool) -> str:
     if not labels:
         return ""
-    shown = "; ".join(listed(labels))
+    names = list(listed(labels)[:LISTED_LEFT_OUT])
+    while len(names) > 1 and sum(map(len, names)) > LISTED_CHARS:
+        names.pop()  # long names (of files, say) would otherwise fill the room they were cut for
+    more = len(labels) - len(names)
+    shown = "; ".join(names + ([f"and {more} more"] if more > 0 else []))
     how = "Read files with read_file, grep or glob when you need them."
     if upstream:
         how += " Upstream results left out cannot be read with the tools; say which you did not see."
