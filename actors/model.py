@@ -97,15 +97,22 @@ async def merged(
     arrived = asyncio.Event()
 
     async def pump() -> None:
+        end: Any = _END
         try:
             async with contextlib.aclosing(deltas) as source:
                 async for delta in source:
                     items.append(delta)
                     arrived.set()
-            items.append(_END)
         except Exception as exc:  # handed to the reader, raised there
-            items.append(exc)
-        arrived.set()
+            end = exc
+        except BaseException as exc:
+            # A CancelledError of the engine's own (an inner request someone else cancelled)
+            # or this pump being stopped: either way the reader must not wait for ever.
+            end = EngineError(f"the model stream stopped: {type(exc).__name__}", retryable=True)
+            raise
+        finally:
+            items.append(end)
+            arrived.set()
 
     async def arrival(timeout: float | None) -> bool:
         # Waiting on an Event (not on a queue's get) so a timeout can never lose an item.

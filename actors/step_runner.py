@@ -95,7 +95,8 @@ class _Committed(msgspec.Struct, kw_only=True):
     text: str = ""
     turn_starts: dict[int, int] = {}  # where each turn's text begins in ``text``
     calls: list[ToolCalled] = []
-    outcomes: dict[str, ToolResult | ToolDenied] = {}
+    # By (turn, call id): a server may give calls of different turns the same id.
+    outcomes: dict[tuple[int, str], ToolResult | ToolDenied] = {}
     ended: StepFinished | StepFailed | None = None
 
     def turn_text(self, turn: int) -> str:
@@ -129,7 +130,11 @@ def _committed(records: Sequence[Record], attempt: int) -> _Committed:
             case ToolCalled():
                 c.calls.append(ev)
             case ToolResult() | ToolDenied():
-                c.outcomes[ev.call_id] = ev
+                # An outcome is written after its call, so it answers the latest call of that id
+                # (an outcome names no turn, in logs old and new).
+                turn = next((call.turn for call in reversed(c.calls) if call.call_id == ev.call_id), None)
+                if turn is not None:
+                    c.outcomes[(turn, ev.call_id)] = ev
             case StepFinished() | StepFailed():
                 c.ended = ev
     return c
@@ -497,13 +502,14 @@ async def run_step(
 
         native_tools = model.supports_tools
         # An engine without native tools is held to "call one tool or answer"; on the last turn to
-        # the answer alone, since a tool result asked for then could not be given.
+        # the answer alone (tool_choice "none" with native tools), since a tool result asked for
+        # then could not be given.
         schema = None if native_tools else call_schema(spec.final_schema)
         answer_only = None if native_tools else call_schema(spec.final_schema, tools=False)
         messages = list(spec.messages)
         # Replay committed turns: the model's text of each finished turn and its tool outcomes.
         for call in done.calls:
-            outcome = done.outcomes.get(call.call_id)
+            outcome = done.outcomes.get((call.turn, call.call_id))
             if outcome is None:  # called, but its outcome never reached the log
                 outcome = await call_tool(call.tool, dict(call.args), call.call_id)
                 await writer.write(outcome)
@@ -519,6 +525,9 @@ async def run_step(
                 request = ChatRequest(
                     messages=messages + ([{"role": "assistant", "content": partial}] if partial else []),
                     tools=TOOL_SPECS if native_tools else None,
+                    # Native tools on the last turn: the tools stay described (the conversation
+                    # holds calls of them), but the model may only answer.
+                    tool_choice="none" if native_tools and last else None,
                     response_schema=answer_only if last else schema,
                     max_tokens=spec.max_tokens,
                     temperature=0.0,

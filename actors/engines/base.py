@@ -61,15 +61,17 @@ class Delta(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class EngineError(Exception):
-    """The model failed. ``retryable``: a transient failure (connection, timeout, 5xx, 429)."""
+    """The model failed. ``retryable``: a transient failure (connection, timeout, 5xx, 429);
+    ``retry_after``: the seconds the server asked us to wait before trying again, if it did."""
 
-    def __init__(self, message: str, retryable: bool = False):
+    def __init__(self, message: str, retryable: bool = False, retry_after: float | None = None):
         super().__init__(message)
         self.message = message
         self.retryable = retryable
+        self.retry_after = retry_after
 
     def __reduce__(self):  # keep ``retryable`` across processes
-        return (type(self), (self.message, self.retryable))
+        return (type(self), (self.message, self.retryable, self.retry_after))
 
     def __str__(self) -> str:
         return self.message
@@ -109,7 +111,8 @@ class Guard:
     - ``first_token_timeout`` bounds the wait for the first delta, ``timeout`` the whole stream
       (both start once the stream has its slot): a timeout is a retryable ``EngineError``.
     - A retryable failure before any delta was yielded is retried up to ``attempts`` times with
-      jittered exponential backoff. After a delta was yielded it is raised (still retryable):
+      jittered exponential backoff, or as long as the server's ``Retry-After`` asks, up to
+      ``max_retry_after`` seconds. After a delta was yielded it is raised (still retryable):
       the caller holds the text so far and decides whether to continue it.
     """
 
@@ -123,6 +126,7 @@ class Guard:
         attempts: int = 4,
         backoff_base: float = 0.25,
         backoff_cap: float = 4.0,
+        max_retry_after: float = 8.0,
     ):
         if max_streams < 1:
             raise ValueError(f"max_streams must be at least 1, not {max_streams}")
@@ -140,6 +144,8 @@ class Guard:
         self.first_token_timeout = min(first_token_timeout or timeout, timeout)
         self.attempts = max(1, attempts)
         self._base, self._cap = backoff_base, backoff_cap
+        # A server's Retry-After is honoured up to this: a step does not sleep for minutes.
+        self.max_retry_after = max_retry_after
         self.active = 0  # streams holding a slot now (for tests and metrics)
         self.waiting = 0
 
@@ -165,7 +171,10 @@ class Guard:
                 except EngineError as exc:
                     if not exc.retryable or yielded or attempt + 1 >= self.attempts:
                         raise
-                await asyncio.sleep(backoff(attempt, self._base, self._cap))
+                    wait = backoff(attempt, self._base, self._cap)
+                    if exc.retry_after is not None:
+                        wait = max(wait, min(exc.retry_after, self.max_retry_after))
+                await asyncio.sleep(wait)
         finally:
             self.active -= 1
             self._slots.release()

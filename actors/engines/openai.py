@@ -8,7 +8,9 @@ form (llama-cpp-python's) gets ``json_object`` with the schema, and the engine r
 
 from __future__ import annotations
 
+import email.utils
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,6 +22,9 @@ from conductor.prompts import messages_tokens
 
 # Servers whose /models answer says they can continue a partial assistant message.
 CONTINUING_SERVERS = ("vllm",)
+# Of an answer that is not the stream (an error, a web page), only this much is read: its
+# message is in its first lines, and an error page may be huge.
+HEAD_BYTES = 8192
 
 
 class ServerInfo(msgspec.Struct, frozen=True):
@@ -47,6 +52,8 @@ def probe(base_url: str, api_key: str = "", timeout: float = 10.0) -> ServerInfo
     try:
         resp = httpx.get(url, headers=_headers(api_key), timeout=timeout)
     except httpx.HTTPError as exc:
+        if _certificate_failed(exc):
+            raise _certificate_error(url, exc) from None
         raise EngineError(f"cannot reach the OpenAI endpoint {url}: {exc}", True) from None
     if resp.status_code >= 400:
         raise _http_error(resp.status_code, resp.text, url)
@@ -59,11 +66,55 @@ def probe(base_url: str, api_key: str = "", timeout: float = 10.0) -> ServerInfo
     return ServerInfo(models=models, owned_by=owners[0] if owners else "")
 
 
-def _http_error(status: int, body: str, where: str = "") -> EngineError:
+def _http_error(status: int, body: str, where: str = "", retry_after: str | None = None) -> EngineError:
     transient = status == 429 or status >= 500
     detail = " ".join(body.split())[:300]
     who = f"model endpoint {where}" if where else "model endpoint"
-    return EngineError(f"{who} answered HTTP {status}: {detail}", transient)
+    wait = _retry_after(retry_after) if transient else None
+    return EngineError(f"{who} answered HTTP {status}: {detail}", transient, retry_after=wait)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds a ``Retry-After`` header asks to wait (seconds or an HTTP date), if it says."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _certificate_failed(exc: BaseException) -> bool:
+    # httpx names the SSL error in its message; its cause is the ssl module's own error.
+    return "CERTIFICATE_VERIFY_FAILED" in f"{exc} {exc.__cause__}"
+
+
+def _certificate_error(url: str, exc: BaseException) -> EngineError:
+    # Not transient: asking again gets the same certificate.
+    return EngineError(f"the TLS certificate of {url} could not be verified: {exc}")
+
+
+async def _head(resp: httpx.Response) -> str:
+    """The start of the body, read no further than ``HEAD_BYTES``."""
+    data = b""
+    async for part in resp.aiter_bytes():
+        data += part
+        if len(data) >= HEAD_BYTES:
+            break
+    return data[:HEAD_BYTES].decode("utf-8", "replace")
+
+
+def _not_a_stream(resp: httpx.Response) -> bool:
+    """An answer that is clearly no event stream: a redirect (a wrong base URL, a login page),
+    a web page, or one JSON completion (a server that ignores ``stream``). Real servers send
+    ``text/event-stream``, some with parameters; an answer with no type is given its chance."""
+    ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
+    return 300 <= resp.status_code < 400 or ctype in ("text/html", "application/json")
 
 
 def request_body(
@@ -104,54 +155,121 @@ def request_body(
 
 
 class Assembler:
-    """Turns OpenAI stream chunks into ``Delta``s; the last one carries calls and usage."""
+    """Turns OpenAI stream chunks into ``Delta``s; the last one carries calls and usage.
+
+    A chunk of the wrong shape is a clear ``EngineError``, not a Python error from deep in
+    here; a usage block that makes no sense is left out, since the answer does not need it.
+    """
 
     def __init__(self) -> None:
-        self._calls: dict[int, dict[str, str]] = {}
+        # Each call's id, name and argument pieces (joined once, at the end).
+        self._calls: dict[int, dict[str, Any]] = {}
         self.finish: str | None = None
         self.usage: Usage | None = None
         self.pieces = 0
 
-    def feed(self, chunk: dict[str, Any]) -> Delta | None:
+    def feed(self, chunk: Any) -> Delta | None:
+        if not isinstance(chunk, dict):
+            raise _malformed(chunk, "not an object")
         error = chunk.get("error")
         if error:
             raise _chunk_error(error)
         if chunk.get("usage"):
-            u = chunk["usage"]
-            self.usage = Usage(
-                prompt_tokens=int(u.get("prompt_tokens") or 0),
-                completion_tokens=int(u.get("completion_tokens") or 0),
-            )
+            self.usage = _usage(chunk["usage"]) or self.usage
+        choices = chunk.get("choices") or []
+        if not isinstance(choices, list):
+            raise _malformed(chunk, "choices is not a list")
         text, tokens = "", 0
-        for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") or {}
-            if delta.get("content"):
-                text += delta["content"]
+        for choice in choices:
+            delta = (choice.get("delta") or {}) if isinstance(choice, dict) else None
+            if not isinstance(delta, dict):
+                raise _malformed(chunk, "a choice without a delta object")
+            content = delta.get("content")
+            if content:
+                if not isinstance(content, str):
+                    raise _malformed(chunk, "content is not text")
+                text += content
                 tokens += 1
-            for frag in delta.get("tool_calls") or ():
+            frags = delta.get("tool_calls") or []
+            if not isinstance(frags, list):
+                raise _malformed(chunk, "tool_calls is not a list")
+            for frag in frags:
+                self._add_call(frag, chunk)
                 tokens += 1
-                call = self._calls.setdefault(
-                    int(frag.get("index") or 0), {"id": "", "name": "", "arguments": ""}
-                )
-                fn = frag.get("function") or {}
-                # Names and ids come whole (once, or repeated); arguments come in pieces.
-                call["id"] = call["id"] or frag.get("id") or ""
-                call["name"] = call["name"] or fn.get("name") or ""
-                call["arguments"] += fn.get("arguments") or ""
             if choice.get("finish_reason"):
-                self.finish = choice["finish_reason"]
+                self.finish = str(choice["finish_reason"])
         self.pieces += tokens
         return Delta(text=text, tokens=tokens) if text else None
 
+    def _add_call(self, frag: Any, chunk: dict[str, Any]) -> None:
+        fn = (frag.get("function") or {}) if isinstance(frag, dict) else None
+        if not isinstance(fn, dict):
+            raise _malformed(chunk, "a tool call without a function object")
+        call_id, name, args = frag.get("id") or "", fn.get("name") or "", fn.get("arguments")
+        if not isinstance(call_id, str) or not isinstance(name, str):
+            raise _malformed(chunk, "a tool call id or name is not text")
+        if isinstance(args, dict | list):
+            args = json.dumps(args)  # some servers send the arguments whole, as JSON, not text
+        elif args is not None and not isinstance(args, str):
+            raise _malformed(chunk, "tool call arguments are not text")
+        index = frag.get("index")
+        if index is None:
+            # Some servers (Gemini's endpoint, proxies) send whole calls with no index: a new
+            # id is a new call; a fragment without one continues the call before it.
+            last = max(self._calls, default=None)
+            index = 0 if last is None else last
+            if last is not None and call_id and call_id != self._calls[last]["id"]:
+                index = last + 1
+        elif not isinstance(index, int):
+            raise _malformed(chunk, "a tool call index is not a number")
+        call = self._calls.setdefault(index, {"id": "", "name": "", "parts": []})
+        # Names and ids come whole (once, or repeated); arguments come in pieces.
+        call["id"] = call["id"] or call_id
+        call["name"] = call["name"] or name
+        if args:
+            call["parts"].append(args)
+
     def done(self, prompt_estimate: int = 0) -> Delta:
         calls = [
-            ToolCallDelta(id=c["id"], name=c["name"], arguments=c["arguments"])
+            ToolCallDelta(id=c["id"], name=c["name"], arguments="".join(c["parts"]))
             for _, c in sorted(self._calls.items())
         ]
         # A server that sends no usage in a stream (llama-cpp-python's) gets the prompt
         # builder's estimate of the prompt and one token per streamed piece.
         usage = self.usage or Usage(prompt_tokens=prompt_estimate, completion_tokens=self.pieces)
         return Delta(tool_calls=calls, finish_reason=self.finish or "stop", usage=usage)
+
+
+def _usage(u: Any) -> Usage | None:
+    """The token counts of a usage block, or None if they are not counts."""
+    if not isinstance(u, dict):
+        return None
+    try:
+        return Usage(
+            prompt_tokens=int(u.get("prompt_tokens") or 0),
+            completion_tokens=int(u.get("completion_tokens") or 0),
+        )
+    except (TypeError, ValueError):
+        return None
+
+
+def _malformed(chunk: Any, why: str) -> EngineError:
+    shown = json.dumps(chunk, default=str)[:200]
+    return EngineError(f"model endpoint sent a malformed chunk ({why}): {shown}")
+
+
+def parse_event(data: str) -> Any:
+    """The JSON of one ``data:`` line; a clear error if it is not JSON."""
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise EngineError(f"model endpoint sent a malformed event: {data[:200]!r}") from None
+
+
+def cut_stream(hint: str = "") -> EngineError:
+    # A whole answer's last chunk says why it ended. Ending without one, even with [DONE],
+    # means the stream was cut, and its text is not the answer.
+    return EngineError(f"model endpoint closed the stream before the answer finished{hint}", True)
 
 
 def _chunk_error(error: Any) -> EngineError:
@@ -217,12 +335,25 @@ class OpenAIEngine:
             try:
                 async with self._client.stream("POST", "/chat/completions", json=body) as resp:
                     if resp.status_code >= 400:
-                        text = (await resp.aread()).decode("utf-8", "replace")
+                        text = await _head(resp)
                         if style != styles[-1] and "response_format" in text:
                             # This server wants the other schema form (llama-cpp-python says
                             # so with a 500 carrying a validation error).
                             continue
-                        raise _http_error(resp.status_code, text, self.base_url)
+                        raise _http_error(
+                            resp.status_code, text, self.base_url, resp.headers.get("retry-after")
+                        )
+                    if _not_a_stream(resp):
+                        # Not retried: asking again gets the same page.
+                        start = " ".join((await _head(resp)).split())[:200]
+                        ctype = resp.headers.get("content-type", "none")
+                        where = resp.headers.get("location")
+                        raise EngineError(
+                            f"model endpoint {self.base_url} sent no event stream:"
+                            f" HTTP {resp.status_code}, content-type {ctype}"
+                            + (f", redirected to {where}" if where else "")
+                            + f", beginning {start!r}"
+                        )
                     self._schema_style = style
                     async for delta in _read_sse(resp, messages_tokens(req.messages)):
                         yield delta
@@ -230,6 +361,8 @@ class OpenAIEngine:
             except httpx.TimeoutException as exc:
                 raise EngineError(f"model endpoint timed out: {type(exc).__name__}", True) from None
             except httpx.TransportError as exc:
+                if _certificate_failed(exc):
+                    raise _certificate_error(self.base_url, exc) from None
                 raise EngineError(f"model endpoint connection failed: {exc!r}", True) from None
 
     async def close(self) -> None:
@@ -246,21 +379,15 @@ async def _read_sse(resp: httpx.Response, prompt_estimate: int) -> AsyncIterator
         if data == "[DONE]":
             finished = True
             break
-        try:
-            chunk = json.loads(data)
-        except ValueError:
-            raise EngineError(f"model endpoint sent a malformed event: {data[:200]!r}") from None
-        delta = asm.feed(chunk)
+        delta = asm.feed(parse_event(data))
         if delta is not None:
             yield delta
     if asm.finish is None:
-        # A whole answer's last chunk says why it ended. Ending without one, even with [DONE],
-        # means the stream was cut, and its text is not the answer.
         hint = (
             " (a llama-cpp-python server cuts a stream short when another request comes: run it"
             " with --interrupt_requests false)"
             if finished
             else ""
         )
-        raise EngineError(f"model endpoint closed the stream before the answer finished{hint}", True)
+        raise cut_stream(hint)
     yield asm.done(prompt_estimate)

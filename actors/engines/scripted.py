@@ -157,6 +157,7 @@ class ScriptedEngine:
                 arguments=c.arguments if isinstance(c.arguments, str) else json.dumps(c.arguments),
             )
             for i, c in enumerate(reply.tool_calls)
+            if req.tool_choice != "none"  # as real servers do: no calls when none are allowed
         ]
         prompt = sum(len(p) for p in _haystack(req)) // 4
         yield Delta(

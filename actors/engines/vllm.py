@@ -10,7 +10,6 @@ chat body the ``openai`` engine sends, and reads the same stream chunks. Ray Ser
 from __future__ import annotations
 
 import importlib.util
-import json
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 from actors.config import Settings
 from actors.engines.base import ChatRequest, Delta, EngineError, check_request
-from actors.engines.openai import Assembler, request_body
+from actors.engines.openai import Assembler, cut_stream, parse_event, request_body
 
 # Qwen's tool calls are Hermes-style; vLLM needs both flags to return native tool calls.
 TOOL_CALL_PARSER = "hermes"
@@ -120,6 +119,8 @@ class VLLMEngine:
                     delta = asm.feed(chunk)
                     if delta is not None:
                         yield delta
+        if asm.finish is None:  # as in the openai engine: no finish reason, no whole answer
+            raise cut_stream()
         yield asm.done()
 
     async def close(self) -> None:
@@ -137,5 +138,5 @@ def _chunks(part: Any) -> list[dict[str, Any]]:
     for line in part.splitlines():
         line = line.strip()
         if line.startswith("data:") and line[5:].strip() != "[DONE]":
-            out.append(json.loads(line[5:].strip()))
+            out.append(parse_event(line[5:].strip()))
     return out
