@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from collections.abc import Sequence
 
 from conductor.evidence import MAX_CITED_LINES
@@ -45,6 +46,7 @@ _CLOSE = "<<<END UNTRUSTED DATA"
 # starts with them, so without them nothing in the text can open or close a fence.
 # A run of brackets is matched once, from its start, so a long run costs linear time.
 _LOOKALIKE = re.compile(r"(?<!<)<{2,}+(\s*+(?:END[\s_-]*+)?UNTRUSTED)", re.IGNORECASE)
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
 
 
 def read_only() -> str:
@@ -106,8 +108,46 @@ def calibration(flow: Flow, band: Band, persona: Persona, *, role: str) -> str:
 
 def neutralise(text: str) -> tuple[str, int]:
     """Break up anything in ``text`` that looks like one of our fence markers; return the
-    result and how many look-alikes were broken."""
-    return _LOOKALIKE.subn(lambda m: "< <" + m.group(1), text)
+    result and how many look-alikes were broken.
+
+    A marker reads the same to a reader with invisible characters in it (zero-width space,
+    word joiner, soft hyphen) or in full-width letters, so the search runs on the text as it
+    reads: format characters (category Cf) dropped and each character NFKC-normalised. Only
+    the bracket runs found are replaced; everything else is kept exactly as it was."""
+    if text.isascii():  # nothing to fold: the common case, and the original behaviour
+        return _LOOKALIKE.subn(lambda m: "< <" + m.group(1), text)
+    folded, origin = _fold(text)
+    out: list[str] = []
+    done = 0
+    count = 0
+    for m in _LOOKALIKE.finditer(folded):
+        start = origin[m.start()]
+        end = origin[m.start(1) - 1] + 1  # just past the last bracket of the run
+        out += [text[done:start], "< <"]
+        done = end
+        count += 1
+    out.append(text[done:])
+    return "".join(out), count
+
+
+def _fold(text: str) -> tuple[str, list[int]]:
+    """``text`` as it reads (see ``neutralise``), and for each of its characters the index of
+    the character of ``text`` it came from. ASCII is copied as it is, so this is linear."""
+    pieces: list[str] = []
+    origin: list[int] = []
+    done = 0
+    for m in _NON_ASCII.finditer(text):
+        i = m.start()
+        pieces.append(text[done:i])
+        origin.extend(range(done, i))
+        c = text[i]
+        folded = "" if unicodedata.category(c) == "Cf" else unicodedata.normalize("NFKC", c)
+        pieces.append(folded)
+        origin.extend([i] * len(folded))
+        done = i + 1
+    pieces.append(text[done:])
+    origin.extend(range(done, len(text)))
+    return "".join(pieces), origin
 
 
 def fence(text: str, *, source: str, note: str = "") -> str:

@@ -19,8 +19,8 @@ from collections.abc import Mapping, Sequence
 
 import msgspec
 
-from conductor.flows import Flow, Phase, band_rank
-from conductor.han_config import HanConfig
+from conductor.flows import FLOWS, Flow, Phase, band_rank
+from conductor.han_config import HanConfig, capped
 from conductor.signals import SignalSet, is_manifest, is_test, kind_of
 from conductor.snapshot import Snapshot
 from events.types import Band, RosterEntry
@@ -44,6 +44,25 @@ SLICE_SIGNALS: dict[str, str] = {
     "manifests": "manifests",
 }
 _SHOWN_FILES = 2  # files named in a reason before "+N more"
+
+
+def _role_only() -> dict[str, str]:
+    """Personas the flows seat only to validate, synthesise or edit the others' work (never to
+    look at the code first), with that role: a configuration may not make them reviewers."""
+    roles: dict[str, str] = {}
+    reviewers: set[str] = set()
+    for flow in FLOWS.values():
+        reviewers.update(c.persona for c in flow.choices)
+        for phase in flow.phases:
+            for name in phase.personas:
+                if phase.role == "discovery":
+                    reviewers.add(name)
+                else:
+                    roles.setdefault(name, phase.role)
+    return {name: role for name, role in roles.items() if name not in reviewers}
+
+
+ROLE_ONLY: dict[str, str] = _role_only()
 
 
 class Roster(msgspec.Struct, frozen=True, kw_only=True):
@@ -124,25 +143,32 @@ def choose(
         consider(c.persona, c.signals, c.min_band, c.phase or joining.name,
                  f"chosen: {c.why}")
 
+    # The file's notes are collected apart and capped: a hostile file may list thousands of names.
+    config_notes: list[str] = []
     for name in config.extra_agents:
         if name not in personas:
-            notes.append(f"{config.path}: extra agent {name!r} is not a known persona; skipped")
+            config_notes.append(f"{config.path}: extra agent {name!r} is not a known persona; skipped")
             continue
         p = personas[name]
         choice = next((c for c in flow.choices if c.persona == name), None)
         signals = choice.signals if choice else p.signals or (SLICE_SIGNALS.get(p.slice, "considered"),)
         if name in seated or any(c.persona == name for c in candidates):
             continue
+        if name in ROLE_ONLY:
+            config_notes.append(f"{config.path}: extra agent {name} only works in the "
+                                f"{ROLE_ONLY[name]} role, not as a reviewer; skipped")
+            continue
         if not any(sigs.fired(s) for s in signals):
-            notes.append(f"{config.path}: extra agent {name} not seated: none of its signals "
-                         f"({', '.join(signals)}) fired")
+            config_notes.append(f"{config.path}: extra agent {name} not seated: none of its "
+                                f"signals ({', '.join(signals)}) fired")
             continue
         if name in considered:
             continue  # a flow choice whose band is not reached: already noted
         if not flow.open_roster:
-            notes.append(f"{config.path}: {flow.name} seats no extra agents; {name} skipped")
+            config_notes.append(f"{config.path}: {flow.name} seats no extra agents; {name} skipped")
             continue
         consider(name, signals, p.min_band, joining.name, f"extra agent from {config.path}")
+    notes += capped(config_notes, config.path)
 
     if flow.open_roster:
         for name in sorted(personas):

@@ -323,8 +323,10 @@ class SignalSet:
 
     @property
     def subsystems(self) -> tuple[str, ...]:
+        # From the signal's files, not by splitting its detail text: a directory may be named
+        # "a, b, c" and is still one subsystem.
         s = self._by_name.get("subsystems")
-        return tuple(s.detail.split(", ")) if s and s.detail else ()
+        return tuple(sorted({subsystem_of(p) for p in s.files})) if s else ()
 
     @property
     def file_count(self) -> int:
@@ -468,11 +470,25 @@ def _deployables(snapshot: Snapshot, considered: tuple[str, ...]) -> Signal | No
         name = parts[-1].lower()
         if name.startswith("dockerfile") or is_manifest(p):
             units.add(subsystem_of(p) if parts[0].lower() in _CONTAINERS else parts[0])
-    touched = sorted({u for u in units for p in considered if p.startswith(u + "/")})
+    # A unit is one or two path segments, so the units a file lies under are found by looking
+    # up its own two leading prefixes (linear), not by testing every unit against every file.
+    touched = sorted({u for p in considered for u in _prefixes(p) if u in units})
     if len(touched) < 2:
         return None
-    files = tuple(p for p in considered if any(p.startswith(u + "/") for u in touched))
+    wanted = set(touched)
+    files = tuple(p for p in considered if any(u in wanted for u in _prefixes(p)))
     return Signal(name="seam", files=files, detail="deployable units: " + ", ".join(touched))
+
+
+def _prefixes(path: str) -> tuple[str, ...]:
+    """The directories of one and two segments that ``path`` lies under: ``u`` is among them
+    exactly when ``path.startswith(u + "/")`` for a ``u`` of one or two segments."""
+    parts = path.split("/", 2)
+    if len(parts) == 1:
+        return ()
+    if len(parts) == 2:
+        return (parts[0],)
+    return (parts[0], f"{parts[0]}/{parts[1]}")
 
 
 def _unfamiliar(snapshot: Snapshot, considered: tuple[str, ...], subsystems: list[str]) -> Signal | None:
@@ -480,8 +496,9 @@ def _unfamiliar(snapshot: Snapshot, considered: tuple[str, ...], subsystems: lis
     named = [s for s in subsystems if s != "(root)"]
     if not named:
         return None
+    wanted = set(named)  # one or two segments each, as for _deployables
     for p in snapshot.paths():
-        if is_doc(p) and any(p.startswith(s + "/") for s in named):
+        if is_doc(p) and any(s in wanted for s in _prefixes(p)):
             return None
     return Signal(name="unfamiliar", files=considered, detail="no documentation in " + ", ".join(named))
 

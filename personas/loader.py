@@ -42,6 +42,17 @@ SLICES: dict[str, str] = {
 }
 BANDS = ("small", "medium", "large")
 
+MAX_FILE_BYTES = 256 * 1024  # a persona file is a few KB; the builtins are under 8 KB
+# The fields every prompt of the persona carries whole (only the body is ever shortened), so
+# they stay small: (most entries, most characters per entry). The builtins use a fraction.
+_LIMITS: dict[str, tuple[int, int]] = {
+    "lens": (1, 500),
+    "severities": (10, 40),
+    "inputs": (12, 300),
+    "boundaries": (16, 300),
+    "signals": (16, 60),
+}
+
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 _PREFIX = re.compile(r"^[A-Z]{1,6}$")
 _FRONTMATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)^---[ \t]*\r?$\n?(.*)\Z", re.S | re.M)
@@ -74,6 +85,11 @@ def parse_persona(text: str, source: str, expected_name: str | None = None) -> P
         line = f" (frontmatter line {where.line + 1})" if where is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise PersonaError(source, "frontmatter", f"not valid YAML{line}: {problem}") from None
+    except (RecursionError, ValueError, OverflowError):
+        # Valid YAML that Python cannot hold: nesting past the recursion limit, or an integer
+        # past the digit limit of int/str conversion.
+        raise PersonaError(source, "frontmatter",
+                           "nested too deeply or holds a number too large to read") from None
     if not isinstance(fields, dict):
         raise PersonaError(source, "frontmatter", "must be a mapping of field: value")
     _check_keys(fields, source)
@@ -99,7 +115,7 @@ def load_personas(extra_dir: str | Path | None = None) -> dict[str, Persona]:
         if not directory.is_dir():
             raise PersonaError(str(directory), "personas_dir", "is not a directory")
         for path in sorted(directory.glob("*.md")):
-            persona = _read(path.read_bytes(), str(path), path.stem)
+            persona = _read(_read_file(path), str(path), path.stem)
             if persona.name in personas:
                 other = personas[persona.name].source
                 raise PersonaError(
@@ -124,6 +140,21 @@ def _builtins() -> tuple[tuple[str, Persona], ...]:
     return tuple(loaded)
 
 
+def _read_file(path: Path) -> bytes:
+    """The bytes of a user persona file; anything that is not a readable file of a sensible
+    size (a directory, a dangling link, a device) is a ``PersonaError`` naming it."""
+    if not path.is_file():  # a directory, a device, a pipe, a link to nothing
+        raise PersonaError(str(path), "file", "is not a regular file")
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise PersonaError(str(path), "file", f"cannot be read ({exc.strerror or exc})") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise PersonaError(str(path), "file", f"larger than {MAX_FILE_BYTES // 1024} KB")
+    return data
+
+
 def _read(data: bytes, source: str, name: str) -> Persona:
     try:
         text = data.decode("utf-8")
@@ -136,7 +167,8 @@ def _check_keys(fields: dict[Any, Any], source: str) -> None:
     for key in fields:
         if key not in _FIELDS or key in _LOADER_FIELDS:
             known = ", ".join(k for k in _FIELDS if k not in _LOADER_FIELDS)
-            raise PersonaError(source, str(key), f"unknown field (known fields: {known})")
+            name = key if isinstance(key, str) else type(key).__name__  # str(int) may refuse
+            raise PersonaError(source, name[:60], f"unknown field (known fields: {known})")
     for name, info in _FIELDS.items():
         if name not in _LOADER_FIELDS and info.required and name not in fields:
             raise PersonaError(source, name, "missing required field")
@@ -186,6 +218,15 @@ def _check_values(p: Persona, source: str, expected_name: str | None) -> None:
         fail("slice", f"{p.slice!r} is not one of {', '.join(SLICES)}")
     if p.min_band not in BANDS:
         fail("min_band", f"{p.min_band!r} is not one of {', '.join(BANDS)}")
+    for field, (most, longest) in _LIMITS.items():
+        value = getattr(p, field)
+        entries = [value] if isinstance(value, str) else [
+            b.does_not + b.use if isinstance(b, Boundary) else b for b in value
+        ]
+        if len(entries) > most:
+            fail(field, f"has {len(entries)} entries; at most {most} are allowed")
+        if any(len(e) > longest for e in entries):
+            fail(field, f"has an entry longer than {longest} characters")
     if not p.body:
         fail("body", "is empty; the body is the persona's prompt")
 
