@@ -11,6 +11,7 @@ from __future__ import annotations
 import email.utils
 import json
 import time
+import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -35,11 +36,22 @@ class ServerInfo(msgspec.Struct, frozen=True):
 
 
 def base_v1(url: str) -> str:
-    """``http://host:8000`` or ``http://host:8000/v1/`` → ``http://host:8000/v1``."""
-    url = url.strip().rstrip("/")
-    if not url.startswith(("http://", "https://")):
+    """The API root to put ``/chat/completions`` and ``/models`` under.
+
+    ``http://host:8000`` gets ``/v1``; a URL with a path is taken as its root, as OpenAI's
+    own clients take it (``/v1beta/openai`` stays so); a pasted endpoint
+    (``…/v1/chat/completions``) is cut back to its root.
+    """
+    url = url.strip()
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
         raise EngineError(f"the OpenAI base URL must start with http:// or https://: {url!r}")
-    return url if url.endswith("/v1") else url + "/v1"
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        raise EngineError(f"the OpenAI base URL takes no query or fragment: {url!r}")
+    path = parts.path.rstrip("/")
+    for endpoint in ("/chat/completions", "/completions", "/models"):
+        path = path.removesuffix(endpoint)
+    return f"{parts.scheme}://{parts.netloc}{path or '/v1'}"
 
 
 def _headers(api_key: str) -> dict[str, str]:

@@ -155,11 +155,13 @@ class FlakyServer:
     answers: list[Answer]
     requests: list[dict] = field(default_factory=list)
     times: list[float] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)  # what each request asked for
 
     def plan(self, *answers: Answer) -> None:
         self.answers[:] = list(answers)
         self.requests.clear()
         self.times.clear()
+        self.paths.clear()
 
     # The helpers, reachable through the fixture (test modules cannot import a conftest).
     Answer = Answer
@@ -175,6 +177,7 @@ def _handler(server: FlakyServer):
             pass
 
         def do_GET(self):
+            server.paths.append(self.path)
             body = json.dumps({"data": [{"id": "flaky-model", "owned_by": "flaky"}]}).encode()
             self._send(200, body, "application/json")
 
@@ -182,6 +185,7 @@ def _handler(server: FlakyServer):
             length = int(self.headers.get("content-length") or 0)
             server.requests.append(json.loads(self.rfile.read(length) or b"{}"))
             server.times.append(time.monotonic())
+            server.paths.append(self.path)
             # Bounded: once the plan is used up, every answer is a 500.
             answer = server.answers.pop(0) if server.answers else Answer(status=500, body=b"plan used up")
             if answer.delay:

@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from actors.engines.base import ChatRequest, Delta, EngineError, Guard
-from actors.engines.openai import Assembler, OpenAIEngine
+from actors.engines.openai import Assembler, OpenAIEngine, probe
 from actors.model import merged
 
 HELLO = ChatRequest(messages=[{"role": "user", "content": "hi"}], max_tokens=8)
@@ -57,6 +57,35 @@ def text_of(content) -> dict:
 
 def call(frag: dict) -> dict:
     return {"choices": [{"index": 0, "delta": {"tool_calls": [frag]}}]}
+
+
+# --- the base URL as people write it ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "written, root",
+    [
+        ("{url}", "/v1"),
+        ("{url}/", "/v1"),
+        ("{url}/v1/", "/v1"),
+        ("{url}/v1/chat/completions", "/v1"),  # the endpoint pasted from a server's docs
+        ("{url}/proxy/openai", "/proxy/openai"),  # a root with a path is taken as it is
+    ],
+)
+def test_the_base_url_is_the_api_root_however_it_is_written(flaky_server, written, root):
+    server_root = flaky_server.url.removesuffix("/v1")
+    url = written.format(url=server_root)
+    sse = flaky_server.sse(text_of("fine"), STOP)
+    flaky_server.plan(flaky_server.Answer(body=sse))
+    assert "".join(d.text for d in collect(guarded(url))) == "fine"
+    assert probe(url).models == ["flaky-model"]
+    assert flaky_server.paths == [f"{root}/chat/completions", f"{root}/models"]
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/v1?key=x", "http://127.0.0.1:9/v1#x", "127.0.0.1:9"])
+def test_a_base_url_with_a_query_or_without_a_scheme_is_refused(url):
+    with pytest.raises(EngineError, match="base URL"):
+        OpenAIEngine(url, model="m")
 
 
 # --- chunks of the wrong shape ------------------------------------------------------------------
