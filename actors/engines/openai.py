@@ -211,7 +211,10 @@ class Assembler:
             if choice.get("finish_reason"):
                 self.finish = str(choice["finish_reason"])
         self.pieces += tokens
-        return Delta(text=text, tokens=tokens) if text else None
+        # Tool-call fragments are held until the call is whole, but their count goes out now:
+        # a long call is progress (the first-token timeout must not fire on it) and the
+        # person watching sees the agent's tokens grow.
+        return Delta(text=text, tokens=tokens) if tokens else None
 
     def _add_call(self, frag: Any, chunk: dict[str, Any]) -> None:
         fn = (frag.get("function") or {}) if isinstance(frag, dict) else None

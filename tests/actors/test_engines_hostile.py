@@ -258,6 +258,30 @@ def sse(*chunks) -> bytes:
     return b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
 
 
+def test_a_tool_call_written_slowly_is_progress_not_a_first_token_timeout():
+    frags = [{"index": 0, "id": "c1", "function": {"name": "read_file", "arguments": ""}}] + [
+        {"index": 0, "function": {"arguments": part}} for part in ('{"pa', 'th": ', '"READ', 'ME.md"}')
+    ]
+
+    def handle(h):
+        h.send_response(200)
+        h.send_header("content-type", "text/event-stream")
+        h.end_headers()
+        for frag in frags:  # 5 fragments 0.25 s apart: longer than the first-token timeout
+            time.sleep(0.25)
+            h.wfile.write(b"data: " + json.dumps(call(frag)).encode() + b"\n\n")
+            h.wfile.flush()
+        h.wfile.write(b"data: " + json.dumps(STOP).encode() + b"\n\ndata: [DONE]\n\n")
+        h.close_connection = True
+
+    with serve(handle) as url:
+        deltas = collect(guarded(url, attempts=1, first_token_timeout=0.6))
+    [whole] = [c for d in deltas for c in d.tool_calls]
+    assert (whole.name, json.loads(whole.arguments)) == ("read_file", {"path": "README.md"})
+    # The fragments' tokens were counted as they came, before the call was whole.
+    assert sum(d.tokens for d in deltas if not d.tool_calls) == len(frags)
+
+
 def test_retry_after_on_a_429_is_honoured():
     times: list[float] = []
 
