@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import re
 import time
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -26,6 +27,10 @@ CONTINUING_SERVERS = ("vllm",)
 # Of an answer that is not the stream (an error, a web page), only this much is read: its
 # message is in its first lines, and an error page may be huge.
 HEAD_BYTES = 8192
+# One line of the event stream at most (a whole answer sent as one chunk fits many times):
+# a server that never ends a line must not fill this process's memory.
+MAX_LINE_CHARS = 8 << 20
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 class ServerInfo(msgspec.Struct, frozen=True):
@@ -384,10 +389,32 @@ class OpenAIEngine:
         await self._client.aclose()
 
 
+async def _lines(resp: httpx.Response) -> AsyncIterator[str]:
+    """The body's lines, each at most ``MAX_LINE_CHARS`` long (httpx's ``aiter_lines`` keeps
+    a line however long it grows). A CR and its LF split between two reads make one more
+    empty line, which the event stream ignores."""
+    held: list[str] = []
+    size = 0
+    async for text in resp.aiter_text():
+        *whole, rest = _LINE_BREAK.split(text)
+        for part in whole:
+            held.append(part)
+            yield "".join(held)
+            held, size = [], 0
+        held.append(rest)
+        size += len(rest)
+        if size > MAX_LINE_CHARS:
+            raise EngineError(
+                f"the model endpoint sent a line longer than {MAX_LINE_CHARS:,} characters"
+            )
+    if size:
+        yield "".join(held)
+
+
 async def _read_sse(resp: httpx.Response, prompt_estimate: int) -> AsyncIterator[Delta]:
     asm = Assembler()
     finished = False
-    async for line in resp.aiter_lines():
+    async for line in _lines(resp):
         if not line.startswith("data:"):
             continue  # blank separators, comments, event names
         data = line[5:].strip()

@@ -336,6 +336,50 @@ def test_a_huge_error_body_is_not_read_whole():
     assert sent["bytes"] < 50 * (1 << 20)
 
 
+def test_an_event_stream_line_that_never_ends_is_refused_not_held_whole():
+    sent = {"bytes": 0}
+
+    def handle(h):
+        h.send_response(200)
+        h.send_header("content-type", "text/event-stream")
+        h.send_header("transfer-encoding", "chunked")
+        h.end_headers()
+        block = b"data: " + b"x" * (1 << 20)
+        try:
+            for _ in range(40):  # 40 MB on one line, if anyone holds it all
+                h.wfile.write(b"%x\r\n%s\r\n" % (len(block), block))
+                sent["bytes"] += len(block)
+            h.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            pass  # the client stopped reading: what we want
+
+    with serve(handle) as url:
+        with pytest.raises(EngineError, match="a line longer than") as info:
+            collect(guarded(url))
+    assert not info.value.retryable
+    assert sent["bytes"] < 40 * (1 << 20)
+
+
+def test_lines_split_anywhere_in_the_stream_are_read_as_sent(flaky_server):
+    # Each chunk of the body ends mid-line, some between a CR and its LF.
+    body = flaky_server.sse(text_of("split "), text_of("lines"), STOP).replace(b"\n\n", b"\r\n\r\n")
+    pieces = [body[i : i + 7] for i in range(0, len(body), 7)]
+
+    def handle(h):
+        h.send_response(200)
+        h.send_header("content-type", "text/event-stream")
+        h.send_header("transfer-encoding", "chunked")
+        h.end_headers()
+        for piece in pieces:
+            h.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            h.wfile.flush()
+        h.wfile.write(b"0\r\n\r\n")
+
+    with serve(handle) as url:
+        deltas = collect(guarded(url))
+    assert "".join(d.text for d in deltas) == "split lines"
+
+
 def test_a_certificate_that_cannot_be_verified_is_a_clear_error_not_retried(tmp_path):
     key, cert = _self_signed(tmp_path)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
