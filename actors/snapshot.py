@@ -988,7 +988,7 @@ class GitSnapshot:
                 args = ["diff-tree", "-r", "-p", "--no-color", "--no-ext-diff", "--no-textconv",
                         "--find-renames"]
                 args += [self.base, self.commit] if self.base else ["--root", self.commit]
-                if self._pin.scope:
+                if self._pin.scope and "" not in self._pin.scope:  # '' (the root): no limit
                     args += ["--", *self._pin.scope]
                 out, cut = _git_bounded(self.root, args, self._env, limit)
                 text = out.decode("utf-8", "replace")

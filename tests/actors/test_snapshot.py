@@ -193,6 +193,15 @@ def test_branch_with_uncommitted_changes_includes_them(branched, tmp_path):
     assert len(snap.messages()) == 2  # the pin's own commit is not a message of the branch
 
 
+@pytest.mark.parametrize("root", [".", "./", "./."])
+def test_the_root_given_as_a_path_scopes_the_whole_change(repo, tmp_path, root):
+    dirty(repo)
+    whole = pin(repo, work_dir=tmp_path / "whole")
+    snap = pin(repo, paths=(root,), work_dir=tmp_path / "run")
+    assert snap.changed() == whole.changed() == ("src/app.py", "src/lib.py", "src/new.py")
+    assert snap.diff() == whole.diff() and "+    return 3\n" in snap.diff()
+
+
 def test_unknown_base_ref_is_a_clear_error(repo, tmp_path):
     with pytest.raises(SnapshotError) as exc:
         pin(repo, base="xyz", work_dir=tmp_path / "run")
