@@ -5,8 +5,8 @@ itself. A live run and a resumed run therefore take the same path through the fl
 
 Order within a run: steps of wave *w* start once every step of earlier waves is terminal, its
 citations are checked, and any earlier validator's verdicts are applied. A retryable failure is
-tried again up to ``max_attempts``; a step that stays failed does not stop the run. When every
-step is terminal the report is rendered, then the run finishes.
+tried again, up to ``events.types.MAX_ATTEMPTS`` attempts; a step that stays failed does not
+stop the run. When every step is terminal the report is rendered, then the run finishes.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import msgspec
 
 from conductor.state import RunState, StepState
 from events.types import RunCancelled, StepFailed
-
-MAX_ATTEMPTS = 3
 
 
 class Dispatch(msgspec.Struct, frozen=True, tag=True):
@@ -52,17 +50,13 @@ class Finish(msgspec.Struct, frozen=True, tag=True):
 Decision = Dispatch | CheckEvidence | ApplyVerdicts | Render | Finish
 
 
-def will_retry(st: StepState, max_attempts: int = MAX_ATTEMPTS) -> bool:
-    return st.status == "failed" and st.retryable and st.attempt < max_attempts
+def is_terminal(st: StepState) -> bool:
+    return st.status == "finished" or (st.status == "failed" and not st.owed_retry)
 
 
-def is_terminal(st: StepState, max_attempts: int = MAX_ATTEMPTS) -> bool:
-    return st.status == "finished" or (st.status == "failed" and not will_retry(st, max_attempts))
-
-
-def _settled(state: RunState, st: StepState, max_attempts: int) -> bool:
+def _settled(state: RunState, st: StepState) -> bool:
     """Terminal, and everything that follows from its end has been recorded."""
-    if not is_terminal(st, max_attempts):
+    if not is_terminal(st):
         return False
     if st.status == "finished":
         if st.evidence is None:
@@ -72,9 +66,7 @@ def _settled(state: RunState, st: StepState, max_attempts: int) -> bool:
     return True
 
 
-def advance(
-    state: RunState, *, resume: bool = False, max_attempts: int = MAX_ATTEMPTS
-) -> list[Decision]:
+def advance(state: RunState, *, resume: bool = False) -> list[Decision]:
     """The decisions to carry out now; an empty list means wait for a step to end.
 
     With ``resume`` (a restarted server), steps that were in flight are dispatched again with
@@ -102,13 +94,13 @@ def advance(
     for st in state.steps.values():
         if resume and st.in_flight:
             decisions.append(Dispatch(st.step_id, st.attempt, resume=True))
-        elif will_retry(st, max_attempts):
+        elif st.owed_retry:
             decisions.append(Dispatch(st.step_id, st.attempt + 1))
 
     waves = sorted({st.step.wave for st in state.steps.values()})
     for wave in waves:
         earlier = [st for st in state.steps.values() if st.step.wave < wave]
-        if not all(_settled(state, st, max_attempts) for st in earlier):
+        if not all(_settled(state, st) for st in earlier):
             break
         for st in state.steps.values():
             if st.step.wave == wave and st.status == "planned":
@@ -116,7 +108,7 @@ def advance(
     if decisions:
         return decisions
 
-    if all(_settled(state, st, max_attempts) for st in state.steps.values()):
+    if all(_settled(state, st) for st in state.steps.values()):
         return [Render()]
     return []
 
@@ -124,7 +116,12 @@ def advance(
 def cancellation(state: RunState, reason: str, ts: float) -> tuple[list, list[str]]:
     """The events (and their keys) that close a cancelled run: a ``cancelled`` failure for each
     step still queued or running, then the cancellation. The keys make it written once, by
-    the run's supervisor or, when that is gone, by whoever cancels."""
+    the run's supervisor or, when that is gone, by whoever cancels.
+
+    None for a run that has ended: a cancel can arrive while the run's last round (its
+    report and its end) is being written, and a run ends once."""
+    if state.terminal:
+        return [], []
     run_id = state.run_id
     open_steps = [st for st in state.steps.values() if st.in_flight]
     events: list = [

@@ -142,6 +142,9 @@ class Flow(msgspec.Struct, frozen=True, kw_only=True):
     scope: Literal["change", "tree"] = "change"
     sized: bool = True  # False: the caps are the same at every band (Han sizes only the rest)
     open_roster: bool = True  # user personas with matching signals may join
+    # An infrastructure specialist and an application-source one of which only one sits below
+    # the large band: the one whose kind of file the considered files are mostly made of.
+    infra_or_app: tuple[str, str] | None = None
 
     def input(self, name: str) -> FlowInput | None:
         for i in self.inputs:
@@ -302,6 +305,7 @@ def _architecture() -> Flow:
             concerns=("security", "data", "infra"), large_signals=("seam",),
         ),
         calibration=_AREA_CALIBRATION,
+        infra_or_app=("devops-engineer", "on-call-engineer"),
         sections=(
             "How to read this report",
             "Executive summary",

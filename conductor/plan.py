@@ -130,22 +130,30 @@ def _in_scope(flow: Flow, request: RunRequested, snapshot: Snapshot) -> tuple[st
     when the snapshot considers only uncommitted changes (its diff is then not empty)."""
     if flow.scope == "change" or not snapshot.diff():
         return snapshot.changed()
-    wanted = [p.strip().removeprefix("./").rstrip("/") for p in request.paths]
+    wanted = [_clean(p.strip()) for p in request.paths]
     return tuple(p for p in snapshot.paths()
-                 if not wanted or any(p == w or p.startswith(w + "/") for w in wanted))
+                 if not wanted or any(not w or p == w or p.startswith(w + "/") for w in wanted))
 
 
 def _focus_paths(focus: str, changed: tuple[str, ...]) -> tuple[str, ...]:
     """The files in scope that the focus names: a file, or everything under a directory."""
     picked: set[str] = set()
     for token in re.split(r"[\s,;]+", focus):
-        token = token.strip("`'\"()").removeprefix("./").rstrip("/")
-        if not token or token.startswith("/") or ".." in token.split("/"):
+        token = token.strip("`'\"()")
+        if token.startswith("/") or ".." in token.split("/"):
+            continue
+        token = _clean(token)
+        if not token:
             continue
         for p in changed:
             if p == token or p.startswith(token + "/"):
                 picked.add(p)
     return tuple(sorted(picked))
+
+
+def _clean(path: str) -> str:
+    """A path as the snapshot reads it: '.' segments and extra slashes dropped ('' the root)."""
+    return "/".join(part for part in path.split("/") if part not in ("", "."))
 
 
 # --- the steps ---------------------------------------------------------------------------------

@@ -176,6 +176,7 @@ def choose(
             if p.signals and name not in considered:
                 consider(name, p.signals, p.min_band, joining.name, "user persona")
 
+    candidates = _infra_or_app(flow, band, sigs, candidates, notes)
     cap = flow.caps.at(band)
     kept, left = candidates[:cap], candidates[cap:]
     if left:
@@ -190,6 +191,27 @@ def choose(
     order = {p.name: i for i, p in enumerate(flow.phases)}
     entries = sorted(seated.values(), key=lambda e: order.get(e.phase, len(order)))
     return Roster(entries=tuple(entries), notes=tuple(notes))
+
+
+def _infra_or_app(
+    flow: Flow, band: Band, sigs: SignalSet, candidates: list[_Candidate], notes: list[str]
+) -> list[_Candidate]:
+    """Below the large band, of the flow's infrastructure and application-source specialists
+    only one competes (Han: both only at large): the infrastructure one when infrastructure
+    files outnumber the application source, else the other."""
+    if flow.infra_or_app is None or band == "large":
+        return candidates
+    infra, app = flow.infra_or_app
+    names = {c.persona for c in candidates}
+    if infra not in names or app not in names:
+        return candidates
+    infra_files = set(sigs.files("infra"))
+    source = [p for p in sigs.considered if kind_of(p) == "source" and p not in infra_files]
+    keep, drop = (infra, app) if len(infra_files) > len(source) else (app, infra)
+    mostly = "infrastructure files" if keep == infra else "application source"
+    notes.append(f"{drop} left out at {band} band: the files are mostly {mostly}, which "
+                 f"{keep} covers; both sit only at large")
+    return [c for c in candidates if c.persona != drop]
 
 
 def _entry(name: str, persona: Persona, reason: str, phase: str) -> RosterEntry:

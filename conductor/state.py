@@ -39,6 +39,7 @@ from events.types import (
     ToolDenied,
     ToolResult,
     ValidatorVerdict,
+    retry_owed,
 )
 
 
@@ -91,6 +92,10 @@ class StepState(msgspec.Struct, kw_only=True):
     def ended(self) -> bool:
         return self.status in ("finished", "failed")
 
+    @property
+    def owed_retry(self) -> bool:
+        return retry_owed(self.status, self.retryable, self.attempt)
+
 
 class RunState(msgspec.Struct, kw_only=True):
     """A run, as its events have left it."""
@@ -132,9 +137,11 @@ def fold(events: Iterable[AgentEvent], run_id: str | None = None) -> RunState:
 def apply(state: RunState, event: AgentEvent) -> RunState:
     """Apply one event to the state (in place) and return it."""
     state.events += 1
+    if isinstance(event, RunFinished | RunFailed | RunCancelled) and state.terminal:
+        return state  # a run ends once: a supervisor that wrote on after a cancel ends nothing
     if isinstance(event, StepEvent) and event.step_id in state.steps:
         st = state.steps[event.step_id]
-        if event.superseded(st.attempt, st.pickup, st.ended):
+        if event.superseded(st.attempt, st.pickup, st.ended, st.owed_retry):
             return state
     match event:
         case RunRequested():
@@ -153,6 +160,7 @@ def apply(state: RunState, event: AgentEvent) -> RunState:
             if event.attempt != st.attempt:
                 st.tools = []
             st.status = "queued"
+            st.ended_ts = None
             st.attempt, st.pickup = event.attempt, event.pickup
             st.queued_ts = event.ts
             st.left_out = event.left_out
@@ -169,6 +177,7 @@ def apply(state: RunState, event: AgentEvent) -> RunState:
             st.text = st.text[: event.continued_from]
             st.continued_from = event.continued_from
             st.status = "running"
+            st.ended_ts = None
             if st.started_ts is None:
                 st.started_ts = event.ts
         case OutputDelta():

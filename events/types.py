@@ -12,6 +12,9 @@ from typing import Annotated, Any, Literal, get_args
 import msgspec
 
 SCHEMA_VERSION = 1
+# Attempts a step gets when its failures are retryable: the conductor retries up to it, and
+# every fold needs it to tell an owed retry from a late attempt (``StepEvent.superseded``).
+MAX_ATTEMPTS = 3
 
 __all__ = [
     "AgentEvent",
@@ -167,16 +170,31 @@ class StepEvent(Event, frozen=True, kw_only=True):
     # Which agent of the attempt wrote it: 0 the first, n the one that picked it up n-th.
     pickup: int = 0
 
-    def superseded(self, attempt: int, pickup: int, ended: bool) -> bool:
+    def superseded(self, attempt: int, pickup: int, ended: bool, retry_owed: bool = False) -> bool:
         """Whether every fold ignores this event, given the step's latest ``attempt`` and
-        ``pickup`` and whether that attempt has ``ended`` (finished or failed).
+        ``pickup``, whether that attempt has ``ended`` (finished or failed), and whether the
+        step is owed a retry (``retry_owed``).
 
         An agent thought lost may still be running after its step was picked up again: what
         it writes once a later pickup has started is ignored, so two agents never interleave
         one step's text or both end it. And an attempt ends once: if the lost agent ended it
         just before the pickup's start was committed, nothing of that attempt written after
-        the ending counts (the supervisor has already acted on it)."""
-        return (self.attempt, self.pickup) < (attempt, pickup) or (ended and self.attempt == attempt)
+        the ending counts (the supervisor has already acted on it).
+
+        For the same reason, once a step has ended only the supervisor opens a later attempt,
+        by queueing it. An agent picking a step up starts the next attempt itself when its
+        engine cannot continue a partial answer; if the lost agent ended the step first, that
+        late attempt is void, unless the end was a retryable failure: then it is the retry
+        the step is owed."""
+        if (self.attempt, self.pickup) < (attempt, pickup) or (ended and self.attempt == attempt):
+            return True
+        return ended and not retry_owed and self.attempt > attempt and not isinstance(self, StepQueued)
+
+
+def retry_owed(status: str, retryable: bool, attempt: int) -> bool:
+    """Whether a step in this state gets another attempt: it failed in a way worth trying
+    again, and has attempts left."""
+    return status == "failed" and retryable and attempt < MAX_ATTEMPTS
 
 
 # --- the run -------------------------------------------------------------------------------

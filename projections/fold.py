@@ -36,11 +36,15 @@ from events.types import (
     ToolCalled,
     ToolDenied,
     ValidatorVerdict,
+    retry_owed,
 )
 from projections.rows import RunRow, StepRow
 
 IN_FLIGHT = ("queued", "running")
 ENDED = ("finished", "failed")
+# Outcomes of a citation that pass the evidence check: the quote is at the cited lines, or
+# elsewhere in the same file (as ``conductor.evidence.finding_status`` counts them).
+FOUND = ("verified", "moved")
 
 # A run's columns that are sums of the same columns over its steps.
 _SUMMED = (
@@ -64,6 +68,8 @@ def fold_run(row: RunRow | None, event: AgentEvent, seq: int) -> RunRow:
     """The run row after one of its events (run-level columns; step sums are ``tally``'s)."""
     run = row if row is not None else RunRow(run_id=event.run_id)
     seen = {"last_seq": seq}
+    if isinstance(event, RunFinished | RunFailed | RunCancelled) and run.status in TERMINAL_RUN:
+        return replace(run, **seen)  # a run ends once (as ``conductor.state.apply`` folds it)
     match event:
         case RunRequested():
             return replace(
@@ -117,11 +123,17 @@ def fold_run(row: RunRow | None, event: AgentEvent, seq: int) -> RunRow:
     return replace(run, **seen)
 
 
+def set_aside(event: StepEvent, step: StepRow) -> bool:
+    """Whether every fold ignores this event of ``step`` (``StepEvent.superseded``)."""
+    owed = retry_owed(step.status, step.retryable, step.attempt)
+    return event.superseded(step.attempt, step.pickup, step.status in ENDED, owed)
+
+
 def fold_step(row: StepRow | None, event: AgentEvent, seq: int) -> StepRow:
     """The step row after one event naming its ``step_id``."""
     step = row if row is not None else StepRow(run_id=event.run_id, step_id=event.step_id)
-    if isinstance(event, StepEvent) and event.superseded(step.attempt, step.pickup, step.status in ENDED):
-        return step  # a lost agent still writing, or an attempt already ended (``StepEvent.superseded``)
+    if isinstance(event, StepEvent) and set_aside(event, step):
+        return step
     match event:
         case StepQueued():
             return replace(
@@ -183,7 +195,7 @@ def fold_step(row: StepRow | None, event: AgentEvent, seq: int) -> StepRow:
                 last_seq=seq,
             )
         case EvidenceChecked():
-            verified = sum(1 for r in event.results if r.outcome == "verified")
+            verified = sum(1 for r in event.results if r.outcome in FOUND)
             return replace(
                 step,
                 evidence_verified=verified,
@@ -257,8 +269,17 @@ def fold(runs: Runs, steps: Steps, record: Record) -> tuple[str, ...] | None:
     event, seq = record.event, record.seq
     if type(event) is OutputDelta:
         return None  # streamed text changes no row (see ``projections.rows``)
-    run = fold_run(runs.get(event.run_id), event, seq)
     run_steps = steps.setdefault(event.run_id, {})
+    if isinstance(event, StepEvent) and event.step_id in run_steps:
+        if set_aside(event, run_steps[event.step_id]):
+            # Set aside for the run too (a step's start written after the cancellation ended
+            # its attempt is no start of the run); only ``last_seq`` moves, which
+            # ``projector.position`` counts on.
+            runs[event.run_id] = replace(
+                runs.get(event.run_id) or RunRow(run_id=event.run_id), last_seq=seq
+            )
+            return ()
+    run = fold_run(runs.get(event.run_id), event, seq)
     match event:
         case RunPlanned():
             touched = []

@@ -49,7 +49,9 @@ from projections.rows import (
 TRACKING_TABLE = "projection_tracking"
 NAME = "flow"
 # Bump when the fold changes meaning without a column changing: setup then rebuilds.
-FOLD_VERSION = 1
+# 2: a step event set aside moves nothing of its run, an attempt an agent opens after its step
+# ended is set aside, a moved quote counts as verified evidence, and a run ends once.
+FOLD_VERSION = 2
 VERSION = f"{FOLD_VERSION}:" + hashlib.sha256(
     "\n".join(ddl(t) for t in TABLES).encode()
 ).hexdigest()[:16]

@@ -93,6 +93,8 @@ class StepRow(msgspec.Struct, frozen=True, kw_only=True):
     findings: int = 0
     findings_by_severity: dict[str, int] = {}
     parse_error: str = ""
+    # Citations that passed the evidence check (the quote verified at its lines, or moved
+    # within its file) and those that did not, from the step's latest check.
     evidence_verified: int = 0
     evidence_unverified: int = 0
     confirmed: int = 0

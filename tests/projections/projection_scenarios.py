@@ -137,6 +137,16 @@ def _step_events(run_id: str, step: PlannedStep, pick: Pick, ts, events: list) -
                     # committed: whatever the pickup writes then leaves the step as it ended.
                     events.append(StepFinished(run_id=run_id, ts=ts(), step_id=sid, attempt=attempt,
                                                pickup=pickup - 1, output="first", tokens_out=pick(1, 300)))
+                    if pick(0, 1):
+                        # Or the pickup's engine cannot continue: it opens the next attempt
+                        # itself, which is void once the step has ended.
+                        late = dict(run_id=run_id, step_id=sid, attempt=attempt + 1)
+                        events.append(StepStarted(ts=ts(), **late))
+                        events.append(ToolCalled(ts=ts(), call_id=f"{sid}-late-{call}", tool="read", **late))
+                        events.append(StepFinished(
+                            ts=ts(), output="late", tokens_in=pick(1, 900), tokens_out=pick(1, 300),
+                            findings=(Finding(id=f"{sid}-L", severity="Late", title="late"),), **late))
+                        return
                     events.append(StepStarted(run_id=run_id, ts=ts(), step_id=sid, attempt=attempt,
                                               pickup=pickup, continued_from=offset))
                     events.append(

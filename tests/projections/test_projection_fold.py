@@ -114,8 +114,11 @@ def test_a_step_that_finishes_again_replaces_its_findings_in_the_run():
         StepFinished(run_id=R, ts=3.0, step_id="a", output="x",
                      findings=(finding(1, "High"), finding(2, "High"))),
         StepFinished(run_id=R, ts=3.0, step_id="b", output="y", findings=(finding(3, "Low"),)),
-        # After a restart the step ran again and reported differently.
-        StepFinished(run_id=R, ts=4.0, step_id="a", attempt=2, output="x",
+        # Queued again by the supervisor (an agent's own late attempt is set aside, see
+        # test_projection_hostile), the step ran again and reported differently.
+        StepQueued(run_id=R, ts=4.0, step_id="a", attempt=2, persona="junior-developer",
+                   phase="analysis"),
+        StepFinished(run_id=R, ts=5.0, step_id="a", attempt=2, output="x",
                      findings=(finding(1, "Critical"),)),
     ))
     assert runs[R].findings_by_severity == {"Critical": 1, "Low": 1}
@@ -157,9 +160,10 @@ def test_evidence_and_verdicts_are_counted_per_step_and_summed_per_run():
         )),
     ))
     a, v, run = steps[R]["a"], steps[R]["v"], runs[R]
-    assert (a.evidence_verified, a.evidence_unverified) == (2, 2)
+    # A moved quote passes the check (conductor.evidence.finding_status); a missing file does not.
+    assert (a.evidence_verified, a.evidence_unverified) == (3, 1)
     assert (v.confirmed, v.partially_refuted, v.refuted) == (1, 1, 1)
-    assert (run.evidence_verified, run.evidence_unverified) == (2, 2)
+    assert (run.evidence_verified, run.evidence_unverified) == (3, 1)
     assert (run.confirmed, run.partially_refuted, run.refuted) == (1, 1, 1)
 
 

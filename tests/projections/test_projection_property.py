@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from conductor.state import fold as conductor_fold
 from events.duckdb_log import DuckDBLog
 from events.log import Record
-from events.types import StepEvent, StepFailed, StepFinished, StepQueued, StepStarted
+from events.types import MAX_ATTEMPTS, StepEvent, StepFailed, StepFinished, StepQueued, StepStarted
 from projection_scenarios import batches, interleave, run_events, sums_disagree, tables
 from projections import Projector, rebuild
 from projections.projector import read_log
@@ -116,13 +116,18 @@ def _agrees_with_conductor(con, records: list[Record]) -> None:
 
 def _current_writers(events: list) -> list:
     """A step's events less those written by an agent it had moved past (a later attempt or
-    pickup had started) or after its attempt had ended: ``StepEvent.superseded``, restated."""
-    kept, at, ended = [], (0, 0), False
+    pickup had started) or after its attempt had ended: ``StepEvent.superseded``, restated;
+    and those of an attempt an agent opened after the step ended (only a queueing opens one),
+    unless the end was a retryable failure with attempts left."""
+    kept, at, ended, owed = [], (0, 0), False, False
     for e in events:
         if isinstance(e, StepEvent):
             if (e.attempt, e.pickup) < at or (ended and e.attempt == at[0]):
                 continue
+            if ended and not owed and e.attempt > at[0] and not isinstance(e, StepQueued):
+                continue
             if isinstance(e, StepQueued | StepStarted | StepFinished | StepFailed):
                 at, ended = (e.attempt, e.pickup), isinstance(e, StepFinished | StepFailed)
+                owed = isinstance(e, StepFailed) and e.retryable and e.attempt < MAX_ATTEMPTS
         kept.append(e)
     return kept
