@@ -42,10 +42,10 @@ def cancel_run(names: Names, log: EventLog, run_id: str, reason: str, supervisor
     return close_cancelled(log, run_id, reason)
 
 
-def stop_steps(names: Names, run_id: str) -> None:
-    """Stop every step of ``run_id`` still running on an agent of the pool."""
+def stop_steps(names: Names, *run_ids: str) -> None:
+    """Stop every step of the ``run_ids`` still running on an agent of the pool."""
     agents = [a for i in range(names.pool_size) if (a := _lookup(names.agent(i), names.namespace))]
-    stops = [agent.stop.remote(run_id, CANCEL_GRACE_S) for agent in agents]
+    stops = [agent.stop.remote(run_id, CANCEL_GRACE_S) for agent in agents for run_id in run_ids]
     # All at once, bounded as a whole; a lost agent streams nothing, a stuck one is left.
     if stops:
         ray.wait(stops, num_returns=len(stops), timeout=CANCEL_GRACE_S + 1)

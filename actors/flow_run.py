@@ -16,6 +16,7 @@ rather than a loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import time
@@ -119,12 +120,13 @@ class FlowRun:
         return self._state.status if self._state else "requested"
 
     async def cancel(self, reason: str = "") -> bool:
-        """Stop every stream of the run and record the cancellation."""
+        """Stop every stream of the run and record the cancellation; False if the run had
+        already ended."""
         if self._state is not None and self._state.terminal:
             return False
         if self._cancel_reason is not None:  # a cancel already under way
             await self._done.wait()
-            return True
+            return self._state is not None and self._state.status == "cancelled"
         self._cancel_reason = reason or "cancelled"
         refs = [ref for ref, _ in self._inflight.values()]
         for ref in refs:
@@ -137,8 +139,7 @@ class FlowRun:
             await asyncio.wait({self._task})
         if self._appends:
             await asyncio.wait(set(self._appends))
-        await self._close_cancelled()
-        return True
+        return await self._close_cancelled()
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -165,26 +166,41 @@ class FlowRun:
             if self._cancel_reason is None:
                 raise
         except Exception as exc:  # the run records why it stopped rather than vanishing
-            await self._append(
-                [RunFailed(run_id=self._run_id, ts=time.time(), error=f"{type(exc).__name__}: {exc}")],
-                [f"{self._run_id}/failed"],
-            )
+            # Unless the log holds its end already (an append whose answer was lost): read
+            # afresh, since what was folded ahead of that append may not be what it holds.
+            self._forget_state()
             await self._catch_up()
+            if not self._state.terminal:
+                await self._append(
+                    [RunFailed(run_id=self._run_id, ts=time.time(), error=f"{type(exc).__name__}: {exc}")],
+                    [f"{self._run_id}/failed"],
+                )
+                await self._catch_up()
         finally:
             if self._cancel_reason is None:
+                # The run can end without this loop's last step ending: cancelled by whoever
+                # cancels with no answer from here, or the loop gave up. Its steps stop with it.
+                for ref, _ in self._inflight.values():
+                    with contextlib.suppress(Exception):  # ended already, or its agent is gone
+                        ray.cancel(ref)
                 self._done.set()
                 self._retire_later()
 
-    async def _close_cancelled(self) -> None:
+    async def _close_cancelled(self) -> bool:
+        """Close the run as cancelled; False if it had ended meanwhile (the loop's last append,
+        its own failure say, committed while the cancel waited for it): a run ends once."""
         pending = [t for _, t in self._inflight.values()]
         if pending:
             await asyncio.wait(pending, timeout=CANCEL_GRACE_S)
         await self._catch_up()
-        events, keys = cancellation(self._state, self._cancel_reason or "", time.time())
-        await self._append(events, keys)
-        await self._catch_up()
+        closing = not self._state.terminal
+        if closing:
+            events, keys = cancellation(self._state, self._cancel_reason or "", time.time())
+            await self._append(events, keys)
+            await self._catch_up()
         self._done.set()
         self._retire_later()
+        return closing
 
     def _retire_later(self) -> None:
         async def retire() -> None:
@@ -315,7 +331,11 @@ class FlowRun:
                 return None
         personas = self._load_personas()
         budget = max(256, self._settings.context_tokens - self._settings.step_max_tokens)
-        prompt = build_messages(self._state, step_id, self._snap(), personas, budget_tokens=budget)
+        prompt, unprepared = None, None
+        try:
+            prompt = build_messages(self._state, step_id, self._snap(), personas, budget_tokens=budget)
+        except Exception as exc:  # (its persona is no longer loaded, say) it fails, not the run
+            unprepared = exc
         if not resume:
             events.append(
                 StepQueued(
@@ -325,10 +345,24 @@ class FlowRun:
                     attempt=attempt,
                     persona=st.persona,
                     phase=st.step.phase,
-                    left_out=listed(prompt.left_out),
+                    left_out=listed(prompt.left_out) if prompt is not None else (),
                 )
             )
             keys.append(f"{self._run_id}/queued/{step_id}/{attempt}")
+        if unprepared is not None:
+            events.append(
+                StepFailed(
+                    run_id=self._run_id,
+                    ts=time.time(),
+                    step_id=step_id,
+                    attempt=attempt,
+                    pickup=st.pickup if resume else 0,
+                    error=f"could not be prepared: {type(unprepared).__name__}: {unprepared}"[:2000],
+                    retryable=False,
+                )
+            )
+            keys.append(f"{self._run_id}/unprepared/{step_id}/{attempt}")
+            return None
         persona = personas.get(st.persona)
         plan = self._state.plan
         seated = next((e for e in plan.roster if e.persona == st.persona), None)

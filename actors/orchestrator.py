@@ -24,7 +24,7 @@ from actors.service import LaunchError, LaunchRequest, NotFound
 from actors.step_runner import ModelPort
 from conductor.state import RunState, fold
 from events.log import Record
-from events.types import RunPlanned, RunRequested, RunResumed
+from events.types import TERMINAL_RUN, RunPlanned, RunRequested, RunResumed
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,12 @@ logger = logging.getLogger(__name__)
 POLL_S = 1.0
 # How often a close checks that Ray still answers while it stops the actors.
 CLOSE_POLL_S = 0.5
+# A run whose supervisor is lost while the server runs (its process died, or it gave up on a log
+# that did not answer) gets a new one, as a restart would give it, this many times at most:
+# one that keeps dying is recorded as failed rather than replaced for ever.
+SUPERVISOR_LOSSES = 3
+# How long a lost supervisor may take to be gone before its name is given to the next one.
+GONE_WAIT_S = 10.0
 
 
 class Orchestrator:
@@ -63,6 +69,10 @@ class Orchestrator:
             )
         self._models: dict[str, ModelPort] = {}
         self._runs: dict[str, Any] = {}
+        self._losses: dict[str, int] = {}  # run id -> supervisors it lost while this server runs
+        # Held while a run gets a new supervisor, and by a cancel of that run: a cancel reaches
+        # the supervisor that runs it, and no supervisor is made for a run just cancelled.
+        self._run_locks: dict[str, threading.Lock] = {}
         self._closed = False
         self._spare_lock = threading.Lock()
         self._spare: tuple[str, Any] | None = None
@@ -133,7 +143,7 @@ class Orchestrator:
             self._give_back(run_id, actor)
             raise
         self._runs[run_id] = actor
-        self._replenish_after(actor)
+        self._supervise(run_id, actor)
         return run_id
 
     def _abandon(self, run_id: str, actor: Any, exc: BaseException) -> None:
@@ -186,18 +196,81 @@ class Orchestrator:
             if self._spare is None and not self._closed:
                 self._spare = self._new_spare()
 
-    def _replenish_after(self, actor: Any) -> None:
-        def wait_then_replenish() -> None:
-            try:
-                ray.get(actor.wait.remote())
-            except Exception:  # the run's actor is gone: its run is over one way or another
-                pass
+    def _supervise(self, run_id: str, actor: Any) -> None:
+        """Watch the run's supervisor from a thread: once the run has ended the next spare is
+        made; if the supervisor went with its run unfinished, the run gets a new one."""
+
+        def watch() -> None:
+            current = actor
+            while current is not None:
+                try:
+                    status = ray.get(current.wait.remote())
+                except Exception:  # its actor is gone: the log says whether its run ended
+                    status = None
+                if status in TERMINAL_RUN or self._closed:
+                    break
+                current = self._replace(run_id, current)
             try:
                 self._replenish()
             except Exception:  # shutting down: the next launch makes its own supervisor
                 pass
 
-        threading.Thread(target=wait_then_replenish, name="spare-supervisor", daemon=True).start()
+        threading.Thread(target=watch, name="supervise-run", daemon=True).start()
+
+    def _replace(self, run_id: str, lost: Any) -> Any:
+        """A new supervisor for a run whose supervisor went before the run ended (None when
+        the run did end, or must not go on)."""
+        try:
+            with self._run_lock(run_id):
+                return self._replace_locked(run_id, lost)
+        except Exception as exc:  # the run must not stay unfinished with nobody running it
+            logger.exception("giving run %s a new supervisor", run_id)
+            if not self._closed:  # closing, it stays unfinished: the next start resumes it
+                error = f"its supervisor was lost and could not be replaced: {type(exc).__name__}: {exc}"
+                _quietly(self._fail, run_id, error)
+            return None
+
+    def _replace_locked(self, run_id: str, lost: Any) -> Any:
+        from actors.cancel import stop_steps
+
+        actor = None
+        try:
+            if self._closed or self.state(run_id).terminal:
+                return None
+            _gone(lost)
+            # Its steps still stream on the agents (a caller's death cancels nothing): stopped,
+            # the new supervisor picks each up from the log instead of running it twice.
+            stop_steps(self.names, run_id)
+            state = self.state(run_id)  # read again: an append the lost one sent may have landed
+            if state.terminal or state.plan is None or self._closed:
+                return None
+            losses = self._losses[run_id] = self._losses.get(run_id, 0) + 1
+            if losses > SUPERVISOR_LOSSES:
+                self._fail(run_id, f"its supervisor was lost {losses} times")
+                return None
+            port = self._ensure_model(state.plan.engine, state.plan.model)
+            self._resumed(state, "its supervisor was lost")
+            actor = self._create_run(run_id)
+            ray.get(actor.start.remote(port))
+            self._runs[run_id] = actor
+            if self._closed:  # closed meanwhile, perhaps after its actors were stopped
+                _quietly(ray.kill, actor)
+                return None
+            return actor
+        except BaseException:
+            if actor is not None:
+                _quietly(ray.kill, actor)
+            raise
+
+    def _run_lock(self, run_id: str) -> threading.Lock:
+        return self._run_locks.setdefault(run_id, threading.Lock())
+
+    def _resumed(self, state: RunState, reason: str) -> None:
+        in_flight = tuple(st.step_id for st in state.steps.values() if st.in_flight)
+        self.log.append(
+            [RunResumed(run_id=state.run_id, ts=time.time(), reason=reason, in_flight=in_flight)],
+            [f"{state.run_id}/resumed/{state.resumes}"],
+        )
 
     def _give_back(self, run_id: str, actor: Any) -> None:
         """After a failed launch its supervisor stays the spare, unless the launch had begun
@@ -221,22 +294,19 @@ class Orchestrator:
         resumed (its model cannot be started again, say) is recorded as failed with the
         reason, rather than keeping the server from starting or staying unfinished for ever.
         """
+        from actors.cancel import stop_steps
         from projections.queries import list_runs
 
         created = []
         rows = self.log.query_rows(list_runs, status=("requested", "planned", "running"), limit=10_000)
-        for row in rows:
-            run_id = row["run_id"]
-            if run_id in self._runs:
-                continue
-            state = self.state(run_id)
-            if state.terminal or state.plan is None:
-                continue
-            in_flight = tuple(st.step_id for st in state.steps.values() if st.in_flight)
-            self.log.append(
-                [RunResumed(run_id=run_id, ts=time.time(), reason="server restarted", in_flight=in_flight)],
-                [f"{run_id}/resumed/{state.resumes}"],
-            )
+        states = [self.state(row["run_id"]) for row in rows if row["run_id"] not in self._runs]
+        states = [state for state in states if not state.terminal and state.plan is not None]
+        # On a cluster the agents outlive a server: these runs' steps may still stream there.
+        # Stopped, each is picked up from the log once rather than run twice.
+        stop_steps(self.names, *(state.run_id for state in states))
+        for state in states:
+            run_id = state.run_id
+            self._resumed(state, "server restarted")
             try:
                 port = self._ensure_model(state.plan.engine, state.plan.model)
                 created.append((run_id, self._create_run(run_id), port))
@@ -252,6 +322,7 @@ class Orchestrator:
                 self._fail(run_id, f"could not be resumed: {type(exc).__name__}: {exc}")
                 continue
             self._runs[run_id] = actor
+            self._supervise(run_id, actor)
         return [run_id for run_id, _, _ in created if run_id in self._runs]
 
     def _fail(self, run_id: str, error: str) -> None:
@@ -314,19 +385,34 @@ class Orchestrator:
 
     def wait(self, run_id: str, timeout: float | None = None) -> str:
         """Wait for the run to end (or ``timeout``); its status then."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         actor = self._actor(run_id)
-        if actor is not None:
+        while actor is not None:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                return ray.get(actor.wait.remote(timeout))
+                return ray.get(actor.wait.remote(left))
             except ray.exceptions.RayActorError:
-                pass  # the run ended and its actor retired: the log has the answer
+                pass  # the run ended and its actor retired, or the actor was lost
+            actor = self._successor(run_id, actor, deadline)
         return self.state(run_id).status
+
+    def _successor(self, run_id: str, lost: Any, deadline: float | None) -> Any:
+        """The supervisor that replaced ``lost`` (see ``_supervise``), once there is one; None
+        when the run has ended, or is not watched here."""
+        while run_id in self._runs and not self._closed:
+            if self._runs[run_id] is not lost:
+                return self._runs[run_id]
+            if self.state(run_id).terminal or (deadline is not None and time.monotonic() >= deadline):
+                return None
+            time.sleep(0.2)
+        return None
 
     def cancel(self, run_id: str, reason: str = "") -> bool:
         from actors.cancel import cancel_run
 
         self._require(run_id)
-        return cancel_run(self.names, self.log, run_id, reason, self._runs.get(run_id))
+        with self._run_lock(run_id):
+            return cancel_run(self.names, self.log, run_id, reason, self._runs.get(run_id))
 
     def _actor(self, run_id: str):
         if run_id in self._runs:
@@ -458,6 +544,18 @@ class Orchestrator:
 def new_run_id() -> str:
     """A run id: random, short enough to type (the run's times are in its events)."""
     return "r" + uuid.uuid4().hex[:11]
+
+
+def _gone(actor: Any) -> None:
+    """End ``actor`` and wait (a while) until Ray says it is dead, so its name is free."""
+    _quietly(ray.kill, actor)
+    deadline = time.monotonic() + GONE_WAIT_S
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.status.remote(), timeout=GONE_WAIT_S)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            return
+        time.sleep(0.05)
 
 
 def _quietly(fn, *args) -> None:

@@ -313,11 +313,13 @@ class AgentWriter:
                 continue
             events: list[AgentEvent] = []
             keys: list[str] = []
+            owners: list[_Writer] = []  # the step each event is of
             texts = [c for c in self._texts if c.has_text()]
             self._texts.clear()
             for coalescer in texts:
                 events.append(coalescer.take())
                 keys.append(coalescer.step.key())
+                owners.append(coalescer.step)
             waiting, taken, self._waiting = [], self._waiting, []
             for step, evs, future in taken:
                 if step.failed is not None:  # its text was lost: it must not go on as if not
@@ -326,24 +328,49 @@ class AgentWriter:
                 waiting.append((step, evs, future))
                 events.extend(evs)
                 keys.extend(step.key() for _ in evs)
+                owners.extend(step for _ in evs)
             if not events:
                 for _, _, future in waiting:
                     _settle(future, [])
                 continue
             if texts:
                 self._last = loop.time()
+            failed: dict[_Writer, Exception] = {}
             try:
                 seqs = await self._append(events, keys)
-            except Exception as exc:  # every step with events in it hears of it
-                for coalescer in texts:
-                    coalescer.step.failed = exc
-                for _, _, future in waiting:
-                    _settle(future, exc)
-                continue
+            except ValueError as exc:  # an event the log cannot take (MalformedEvent is one)
+                if len(set(owners)) > 1:
+                    seqs, failed = await self._apart(events, keys, owners)
+                else:
+                    seqs, failed = [], {owners[0]: exc}
+            except Exception as exc:  # the log failed: every step with events in it hears of it
+                seqs, failed = [], dict.fromkeys(owners, exc)
+            for coalescer in texts:
+                if coalescer.step in failed:
+                    coalescer.step.failed = failed[coalescer.step]
             at = len(texts)
-            for _, evs, future in waiting:
-                _settle(future, seqs[at : at + len(evs)])
+            for step, evs, future in waiting:
+                _settle(future, failed[step] if step in failed else seqs[at : at + len(evs)])
                 at += len(evs)
+
+    async def _apart(
+        self, events: list[AgentEvent], keys: list[str], owners: list[_Writer]
+    ) -> tuple[list[int], dict[_Writer, Exception]]:
+        """The events of a refused append, each step's appended alone: an event one step made
+        that the log cannot take (text a broken endpoint sent, say) fails that step, not every
+        step of the agent whose events went in the same append."""
+        seqs = [0] * len(events)
+        failed: dict[_Writer, Exception] = {}
+        for step in dict.fromkeys(owners):
+            mine = [i for i, owner in enumerate(owners) if owner is step]
+            try:
+                got = await self._append([events[i] for i in mine], [keys[i] for i in mine])
+            except Exception as exc:
+                failed[step] = exc
+                continue
+            for i, seq in zip(mine, got):
+                seqs[i] = seq
+        return seqs, failed
 
 
 def _settle(future: asyncio.Future, result: Any) -> None:
@@ -537,8 +564,9 @@ async def run_step(
                 text, calls = partial, []
                 async for delta in stream(request):
                     if delta.text or delta.tokens:
-                        text += delta.text
-                        await coalescer.add(delta.text, delta.tokens)
+                        piece = _storable(delta.text)
+                        text += piece
+                        await coalescer.add(piece, delta.tokens)
                     calls.extend(delta.tool_calls or ())
                     if delta.usage is not None:
                         tokens_in += delta.usage.prompt_tokens
@@ -610,6 +638,16 @@ async def run_step(
     except asyncio.CancelledError:
         await writer.settle()
         raise
+
+
+def _storable(text: str) -> str:
+    """``text`` as the log can store it: a lone surrogate (JSON's "\\ud800", which a broken
+    or hostile endpoint may send) cannot be written as UTF-8, so it becomes U+FFFD."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text)
+    return text
 
 
 def _failed(spec: StepSpec, attempt: int, error: str, retryable: bool) -> StepFailed:

@@ -189,10 +189,11 @@ def test_cancel_stops_every_stream_within_a_second(orch, repo):
     assert orch.cancel(run_id) is False  # already terminal
 
 
-def test_cancel_without_its_supervisor_closes_every_open_step(orch, repo):
+def test_cancel_without_its_supervisor_closes_every_open_step(orch, repo, monkeypatch):
     import ray
 
     run_id = _launch_streaming(orch, repo)
+    monkeypatch.setattr(orch, "_replace", lambda run_id, lost: None)  # gone, and not replaced
     ray.kill(ray.get_actor(orch.names.flow_run(run_id), namespace=orch.names.namespace), no_restart=True)
     open_steps = {st.step_id for st in orch.state(run_id).steps.values() if st.in_flight}
     assert open_steps
@@ -228,7 +229,9 @@ def test_a_cancel_passes_over_a_supervisor_that_does_not_answer(orch, repo, monk
     stuck = Stuck.remote()
     try:
         run_id = _launch_streaming(orch, repo)
-        # The run's own supervisor goes (a stuck one dispatches nothing); the stuck one is asked.
+        # The run's own supervisor goes (a stuck one dispatches nothing; none replaces it);
+        # the stuck one is asked.
+        monkeypatch.setattr(orch, "_replace", lambda run_id, lost: None)
         ray.kill(ray.get_actor(orch.names.flow_run(run_id), namespace=orch.names.namespace), no_restart=True)
         monkeypatch.setattr(cancel, "SUPERVISOR_WAIT_S", 1.0)
         t0 = time.time()

@@ -16,7 +16,7 @@ from actors.service import LaunchRequest
 from durability_checks import check_finished_run, records, wait_until
 from durability_script import answer
 from events.codec import encode
-from events.types import OutputDelta, StepFinished, StepQueued, StepStarted
+from events.types import OutputDelta, RunResumed, StepFinished, StepQueued, StepStarted
 from projections import rebuild
 from tests.projections.projection_scenarios import tables
 
@@ -69,6 +69,37 @@ def test_an_agent_killed_mid_stream_is_continued_and_the_run_completes(orch, rep
     starts = [r.event for r in records(orch, run_id) if isinstance(r.event, StepStarted) and r.event.step_id == step_id]
     assert len(starts) == 2 and starts[0].worker == worker
     assert victim._actor_id.hex() not in starts[1].worker
+
+
+def test_a_supervisor_killed_mid_run_is_replaced_and_the_run_completes(orch, repo):
+    run_id = orch.launch(LaunchRequest(flow="code-review", repo=str(repo), text="dead supervisor"))
+    step_id, _ = wait_until(lambda: streaming_answer(orch, run_id), "a step streaming its answer")
+    supervisor = ray.get_actor(orch.names.flow_run(run_id), namespace=orch.names.namespace)
+    ray.kill(supervisor, no_restart=True)  # as if its process died; nothing restarts it by itself
+
+    assert orch.wait(run_id, 180) == "finished"
+    found = check_finished_run(records(orch, run_id), orch.report(run_id, "md"))
+    resumed = [r.event for r in records(orch, run_id) if isinstance(r.event, RunResumed)]
+    assert [e.reason for e in resumed] == ["its supervisor was lost"]
+    assert step_id in resumed[0].in_flight
+    # The new supervisor picked the streaming step up once, where the log left it.
+    mine = [p for p in found if p.step_id == step_id]
+    assert len(mine) == 1 and not mine[0].new_attempt
+    assert 0 < mine[0].committed == mine[0].continued_from
+
+
+def test_a_run_resumed_while_its_agents_outlived_the_server_runs_each_step_once(orch, repo, monkeypatch):
+    # On a cluster the agents (detached) outlive a server that died: its steps stream on.
+    run_id = orch.launch(LaunchRequest(flow="code-review", repo=str(repo), text="outlived"))
+    wait_until(lambda: streaming_answer(orch, run_id), "a step streaming its answer")
+    # As after a restart: nothing watches the old supervisor.
+    monkeypatch.setattr(orch, "_replace", lambda run_id, lost: None, raising=False)
+    ray.kill(ray.get_actor(orch.names.flow_run(run_id), namespace=orch.names.namespace), no_restart=True)
+    orch._runs.pop(run_id)
+
+    assert orch.resume_all() == [run_id]
+    assert orch.wait(run_id, 180) == "finished"
+    check_finished_run(records(orch, run_id), orch.report(run_id, "md"))  # no step ended twice
 
 
 def in_flight(orch, runs: list[str], since: int) -> bool:
