@@ -6,6 +6,7 @@ See ``actors.service`` for the contract the CLI and the API rely on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import threading
@@ -210,11 +211,15 @@ class Orchestrator:
                 if status in TERMINAL_RUN or self._closed:
                     break
                 current = self._replace(run_id, current)
+            # Nothing replaces its supervisor from now on: what that took goes (one per run).
+            self._run_locks.pop(run_id, None)
+            self._losses.pop(run_id, None)
             try:
                 self._replenish()
             except Exception:  # shutting down: the next launch makes its own supervisor
                 pass
 
+        self._run_locks.setdefault(run_id, threading.Lock())
         threading.Thread(target=watch, name="supervise-run", daemon=True).start()
 
     def _replace(self, run_id: str, lost: Any) -> Any:
@@ -262,8 +267,10 @@ class Orchestrator:
                 _quietly(ray.kill, actor)
             raise
 
-    def _run_lock(self, run_id: str) -> threading.Lock:
-        return self._run_locks.setdefault(run_id, threading.Lock())
+    def _run_lock(self, run_id: str) -> Any:
+        # A run not watched here (ended, or run elsewhere) gets no new supervisor from here:
+        # a cancel has nothing to exclude, and leaves no lock behind.
+        return self._run_locks.get(run_id) or contextlib.nullcontext()
 
     def _resumed(self, state: RunState, reason: str) -> None:
         in_flight = tuple(st.step_id for st in state.steps.values() if st.in_flight)
@@ -390,7 +397,11 @@ class Orchestrator:
         while actor is not None:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                return ray.get(actor.wait.remote(left))
+                status = ray.get(actor.wait.remote(left))
+                # Unfinished before the timeout: that supervisor gave up (a log that did not
+                # answer), and the watch gives the run a new one.
+                if status in TERMINAL_RUN or (deadline is not None and time.monotonic() >= deadline):
+                    return status
             except ray.exceptions.RayActorError:
                 pass  # the run ended and its actor retired, or the actor was lost
             actor = self._successor(run_id, actor, deadline)
@@ -398,8 +409,9 @@ class Orchestrator:
 
     def _successor(self, run_id: str, lost: Any, deadline: float | None) -> Any:
         """The supervisor that replaced ``lost`` (see ``_supervise``), once there is one; None
-        when the run has ended, or is not watched here."""
-        while run_id in self._runs and not self._closed:
+        when the run has ended, or is not watched here (any more: a replacement that failed
+        leaves none to wait for)."""
+        while run_id in self._run_locks and not self._closed:
             if self._runs[run_id] is not lost:
                 return self._runs[run_id]
             if self.state(run_id).terminal or (deadline is not None and time.monotonic() >= deadline):

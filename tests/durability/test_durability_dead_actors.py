@@ -88,6 +88,62 @@ def test_a_supervisor_killed_mid_run_is_replaced_and_the_run_completes(orch, rep
     assert 0 < mine[0].committed == mine[0].continued_from
 
 
+def test_a_supervisor_that_gave_up_is_replaced_and_wait_follows_it_to_the_end(orch, repo):
+    from actors.flow_run import FlowRunActor
+    from actors.orchestrator import _gone
+
+    class SilentLog:  # a log that does not answer (pickled by value: defined here)
+        async def read_async(self, *args, **kwargs):
+            raise ConnectionError("the log did not answer")
+
+        async def append_async(self, *args, **kwargs):
+            raise ConnectionError("the log did not answer")
+
+    # The next run's supervisor gives up at once, as one does after a log outage: it ends with
+    # the run unfinished, alive, and its wait() answers.
+    run_id, spare = orch._take_spare()
+    _gone(spare)
+    silent = FlowRunActor.options(name=orch.names.flow_run(run_id), namespace=orch.names.namespace)
+    orch._spare = (run_id, silent.remote(orch.names, orch.settings, run_id, log=SilentLog()))
+    assert orch.launch(LaunchRequest(flow="code-review", repo=str(repo), text="gave up")) == run_id
+
+    assert orch.wait(run_id, 180) == "finished"  # not the status the one that gave up had
+    check_finished_run(records(orch, run_id), orch.report(run_id, "md"))
+    resumed = [r.event for r in records(orch, run_id) if isinstance(r.event, RunResumed)]
+    assert [e.reason for e in resumed] == ["its supervisor was lost"]
+
+
+def test_a_run_that_ended_leaves_nothing_of_its_watch_behind(orch, repo):
+    run_id = orch.launch(LaunchRequest(flow="code-review", repo=str(repo), text="ends"))
+    ray.kill(ray.get_actor(orch.names.flow_run(run_id), namespace=orch.names.namespace), no_restart=True)
+    assert orch.wait(run_id, 180) == "finished"  # after one replacement
+    assert orch.cancel(run_id) is False  # a cancel of an ended run, too
+    # A server runs for months: the lock and the count of losses kept per run go with it.
+    wait_until(lambda: run_id not in orch._run_locks and run_id not in orch._losses, "the watch to end", 10)
+
+
+def test_wait_does_not_outlive_a_replacement_that_failed(orch, repo, monkeypatch):
+    import threading
+
+    run_id = orch.launch(LaunchRequest(flow="code-review", repo=str(repo), text="unreplaced"))
+    wait_until(lambda: streaming_answer(orch, run_id), "a step streaming its answer")
+
+    def refused(*args):
+        raise OSError("No space left on device")
+
+    # The log refuses the replacement's run_resumed, then the failure recorded instead: the run
+    # stays unfinished, and nobody runs it any more.
+    monkeypatch.setattr(orch, "_resumed", refused, raising=False)
+    monkeypatch.setattr(orch, "_fail", refused, raising=False)
+    ray.kill(ray.get_actor(orch.names.flow_run(run_id), namespace=orch.names.namespace), no_restart=True)
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(orch.wait(run_id)), daemon=True)
+    waiter.start()
+    waiter.join(30)
+    assert got == ["running"]  # what the log says, rather than waiting for a successor for ever
+    assert orch.cancel(run_id, "test over") is True
+
+
 def test_a_run_resumed_while_its_agents_outlived_the_server_runs_each_step_once(orch, repo, monkeypatch):
     # On a cluster the agents (detached) outlive a server that died: its steps stream on.
     run_id = orch.launch(LaunchRequest(flow="code-review", repo=str(repo), text="outlived"))
