@@ -275,6 +275,22 @@ def tables(con: Any) -> dict[str, list[tuple]]:
     }
 
 
+def equals_rebuild(path: str | os.PathLike[str]) -> None:
+    """Assert that the projection tables in the DuckDB file at ``path`` equal a rebuild of them
+    from its log."""
+    import duckdb
+
+    from projections import rebuild
+
+    con = duckdb.connect(str(path))
+    try:
+        live = tables(con)
+        rebuild(con)
+        assert tables(con) == live
+    finally:
+        con.close()
+
+
 def sums_disagree(con: Any) -> list[tuple]:
     """Runs whose sums differ from the sums over their steps (should be none)."""
     return con.execute(

@@ -18,7 +18,6 @@ the tables must equal a rebuild.
 
 from __future__ import annotations
 
-import duckdb
 import pytest
 
 from conductor.evidence import finding_status
@@ -40,8 +39,8 @@ from events.types import (
     StepQueued,
     StepStarted,
 )
-from projection_scenarios import planned, tables
-from projections import Projector, analytics, rebuild
+from projection_scenarios import equals_rebuild, planned
+from projections import Projector, analytics
 
 R = "run-1"
 
@@ -66,16 +65,6 @@ def append(log: DuckDBLog, events: list, prefix: str) -> None:
 
 def row(cur, sql: str) -> tuple:
     return cur.execute(sql).fetchone()
-
-
-def equals_rebuild(path) -> None:
-    con = duckdb.connect(str(path))
-    try:
-        live = tables(con)
-        rebuild(con)
-        assert tables(con) == live
-    finally:
-        con.close()
 
 
 def test_a_start_written_after_the_cancellation_is_no_start_of_the_run(path):
